@@ -1,0 +1,1 @@
+"""Benchmarks: each prints both sides of a comparison and their ratio. Never run as tests."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: real CIFAR-10 images, and timm reference models saved as hub-style files."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VIT_CIFAR10_JPG", REPO.parent / "shared" / "data" / "cifar10-jpg"))
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """The CIFAR-10 (JPEG q75 copy) ImageFolder tree that CI has beside the checkout."""
+    if not (DATA / "test" / "cat").is_dir():
+        raise RuntimeError(f"real test data not found at {DATA}; set VIT_CIFAR10_JPG")
+    return DATA
+
+
+def real_images(cifar_dir: Path, count: int, size: int, split: str = "test") -> torch.Tensor:
+    """`count` real CIFAR-10 images (cycling through the classes), resized to size x size and
+    normalised with mean = std = 0.5, as a (count, 3, size, size) float tensor."""
+    images = []
+    for i in range(count):
+        path = cifar_dir / split / CLASSES[i % 10] / f"{i // 10:04d}.jpg"
+        pixels = torch.frombuffer(bytearray(Image.open(path).convert("RGB").tobytes()), dtype=torch.uint8)
+        images.append(pixels.view(32, 32, 3).permute(2, 0, 1))
+    batch = torch.stack(images).float() / 255
+    batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+    return (batch - 0.5) / 0.5
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make every tensor matter: timm's init leaves biases at 0 and LayerNorms at (1, 0), which
+    would hide a swapped bias or a dropped LayerNorm weight. Add noise to every parameter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    return model
+
+
+def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0):
+    """A timm model with non-trivial random weights, saved as timm's hub `model.safetensors` is:
+    its `state_dict()`, same keys and shapes. Returns the model (in eval mode)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = perturb_(timm.create_model(name, pretrained=False, img_size=img_size), seed).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model

@@ -1,0 +1,138 @@
+"""Our ViT against timm's, loading the same timm-format safetensors file.
+
+Outputs must agree to 1e-5 (fp32): the whole model, at other image sizes (resampled position
+embeddings), with a new head, and stage by stage so that a mismatch shows where it starts.
+"""
+
+import pytest
+import torch
+
+import vit
+from tests.conftest import make_timm_file, real_images
+
+TOLERANCE = 1e-5
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def base_pair(tmp_path_factory, cifar_dir):
+    """timm's vit_base_patch16_224 and ours loaded from its saved file, plus 4 real images."""
+    path = tmp_path_factory.mktemp("timm") / "model.safetensors"
+    timm_model = make_timm_file("vit_base_patch16_224", path)
+    ours = vit.create_model("vit_base_patch16_224", pretrained=path).eval()
+    return timm_model, ours, real_images(cifar_dir, 4, 224), path
+
+
+@torch.no_grad()
+def test_vit_base_patch16_224_logits_match_timm(base_pair):
+    timm_model, ours, images, _ = base_pair
+    reference = timm_model(images)
+    assert reference.abs().max() > 0.1  # a real, non-degenerate output to compare
+    assert max_diff(ours(images), reference) <= TOLERANCE
+    assert torch.equal(ours(images).argmax(1), reference.argmax(1))
+
+
+@torch.no_grad()
+def test_forward_features_match_timm(base_pair):
+    timm_model, ours, images, _ = base_pair
+    assert max_diff(ours.forward_features(images), timm_model.forward_features(images)) <= TOLERANCE
+
+
+def stages(timm_model, ours):
+    """(name, timm stage, our stage) pairs, in the order the data flows."""
+    pairs = [
+        ("patch_embedding", timm_model.patch_embed, ours.patch_embedding),
+        ("cls_and_position", lambda x: timm_model._pos_embed(timm_model.patch_embed(x)), ours.embed),
+    ]
+    pairs += [(f"block_{i}", t, o) for i, (t, o) in enumerate(zip(timm_model.blocks, ours.blocks))]
+    pairs += [("final_norm", timm_model.norm, ours.final_norm),
+              ("head", timm_model.forward_head, ours.forward_head)]
+    return pairs
+
+
+@torch.no_grad()
+def test_every_stage_matches_timm(base_pair):
+    """Feed each stage pair the same (timm's) input, so a failure names the first stage that
+    differs instead of a diff that has grown through the rest of the network."""
+    timm_model, ours, images, _ = base_pair
+    x = images
+    mismatches = {}
+    for name, timm_stage, our_stage in stages(timm_model, ours):
+        if name == "cls_and_position":
+            reference, mine = timm_stage(images), our_stage(images)
+        else:
+            reference, mine = timm_stage(x), our_stage(x)
+        if max_diff(mine, reference) > TOLERANCE:
+            mismatches[name] = max_diff(mine, reference)
+        x = reference
+    assert len(stages(timm_model, ours)) == 2 + 12 + 2
+    assert not mismatches, f"stages that differ from timm: {mismatches}"
+
+
+@torch.no_grad()
+def test_stage_check_localises_a_broken_stage(base_pair):
+    """The per-stage check is only useful if it points at the culprit: break block 5 of a copy
+    and the first stage that differs must be block_5."""
+    timm_model, ours, images, path = base_pair
+    broken = vit.create_model("vit_base_patch16_224", pretrained=path).eval()
+    broken.blocks[5].mlp_norm.eps = 1e-1
+    x, first_bad = images, None
+    for name, timm_stage, our_stage in stages(timm_model, broken):
+        if name in ("patch_embedding", "cls_and_position"):
+            mine, reference = our_stage(images), timm_stage(images)
+        else:
+            mine, reference = our_stage(x), timm_stage(x)
+        if first_bad is None and max_diff(mine, reference) > TOLERANCE:
+            first_bad = name
+        x = reference
+    assert first_bad == "block_5"
+
+
+@pytest.mark.parametrize(
+    "name", ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch32_224", "vit_large_patch16_224"]
+)
+@torch.no_grad()
+def test_other_configurations_match_timm(name, tmp_path, cifar_dir):
+    timm_model = make_timm_file(name, tmp_path / "model.safetensors")
+    ours = vit.create_model(name, pretrained=tmp_path / "model.safetensors").eval()
+    images = real_images(cifar_dir, 2, 224)
+    assert max_diff(ours(images), timm_model(images)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name,img_size", [
+    ("vit_base_patch16_224", 384),  # upsampled position grid, 14 -> 24
+    ("vit_tiny_patch16_224", 160),  # downsampled, 14 -> 10 (the antialiased path)
+    ("vit_base_patch32_224", 256),  # 7 -> 8
+])
+@torch.no_grad()
+def test_other_image_size_matches_timm_loading_the_same_file(name, img_size, tmp_path, cifar_dir):
+    import timm
+
+    make_timm_file(name, tmp_path / "model.safetensors")  # saved at 224
+    reference = timm.create_model(
+        name, img_size=img_size, pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors")),
+    ).eval()
+    ours = vit.create_model(name, img_size=img_size, pretrained=tmp_path / "model.safetensors").eval()
+    assert ours.position_embedding.shape == reference.pos_embed.shape
+    images = real_images(cifar_dir, 2, img_size)
+    assert max_diff(ours(images), reference(images)) <= TOLERANCE
+
+
+@torch.no_grad()
+def test_new_head_keeps_features_and_starts_at_zero(base_pair, cifar_dir):
+    import timm
+
+    timm_model, _, images, path = base_pair
+    reference = timm.create_model(
+        "vit_base_patch16_224", num_classes=10, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
+    ours = vit.create_model("vit_base_patch16_224", num_classes=10, pretrained=path).eval()
+    assert max_diff(ours.forward_features(images), reference.forward_features(images)) <= TOLERANCE
+    logits = ours(images)
+    assert logits.shape == (4, 10)
+    assert torch.count_nonzero(ours.head.weight) == 0  # fresh zeroed head: uniform predictions

@@ -1,0 +1,54 @@
+"""Checkpoints: written atomically, read without unpickling code.
+
+`atomic_save` writes to a temporary file in the same folder, flushes it to disk, then renames
+it over the target: a reader (or a crash, or SIGKILL) sees the old file or the new one, never
+half of one. A failed write (full disk) removes the temporary file and leaves the old one.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; the message is one readable line."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+    except (OSError, RuntimeError) as error:  # torch.save wraps some write errors in RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise CheckpointError(f"cannot write {path} ({reason}); the previous checkpoint, if any, is untouched") from None
+
+
+def safe_load(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only; a pickle that asks
+    for anything else (a code payload) is refused before it can run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        text = str(error)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise CheckpointError(f"{path}: refused, it holds Python objects other than weights "
+                                  "(loading it could run code)") from None
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({type(error).__name__})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a checkpoint written by this project (no state_dict)")
+    return checkpoint

@@ -1,0 +1,354 @@
+"""Data: find the images, decode small ones once into a uint8 tensor, and batch them on the device.
+
+Small images (CIFAR-10's 32 x 32) are decoded once, cached on disk, and kept whole on the
+training device; augmentation (random crop with padding, flip), the resize to the model's size
+and the normalisation all run there, on a whole batch at a time, so a GPU never waits for a
+loader. Folders of large images go through a DataLoader with worker processes instead.
+"""
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vit.preprocess import to_model_input
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+SMALL_IMAGE_MAX_SIDE = 64  # up to this, a data set is decoded whole into memory
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+class DataError(Exception):
+    """A data set that cannot be used; the message says why, in one line."""
+
+
+@dataclass
+class Split:
+    """One split: either decoded images (small-image data) or files to read (large images)."""
+
+    labels: torch.Tensor  # (N,) int64
+    images: torch.Tensor | None = None  # (N, 3, h, w) uint8
+    files: list[Path] | None = None
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: list[str]
+    train: Split
+    test: Split
+    source_size: int | None  # side of the small images (32 for CIFAR-10); None for large images
+
+
+# ---------------------------------------------------------------- finding and decoding images
+
+
+def list_image_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
+    """ImageFolder layout: split_dir/<class>/<image>. Returns classes, files, labels."""
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (split_dir / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"{split_dir / name}: class folder has no images")
+        files += found
+        labels += [label] * len(found)
+    return classes, files, labels
+
+
+def decode_small(path: Path) -> tuple[bytes, tuple[int, int]] | str:
+    """One small image -> (RGB bytes, (w, h)), or the reason it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            return rgb.tobytes(), rgb.size
+    except Exception as error:  # PIL raises many types for bad files
+        return f"{type(error).__name__}: {error}"
+
+
+def decode_files(files: list[Path], num_workers: int) -> list:
+    if num_workers <= 1 or len(files) < 1000:
+        return [decode_small(f) for f in files]
+    with ProcessPoolExecutor(num_workers) as pool:
+        return list(pool.map(decode_small, files, chunksize=256))
+
+
+def decode_to_tensor(files: list[Path], labels: list[int], size: int, num_workers: int, skip_bad: bool) -> Split:
+    """Decode small images into one (N, 3, size, size) uint8 tensor; report unreadable files."""
+    decoded = decode_files(files, num_workers)
+    bad = [(f, r) for f, r in zip(files, decoded) if isinstance(r, str)]
+    odd = [f for f, r in zip(files, decoded) if not isinstance(r, str) and r[1] != (size, size)]
+    if bad and not skip_bad:
+        shown = "; ".join(f"{f}: {r}" for f, r in bad[:3])
+        raise DataError(f"{len(bad)} unreadable image(s), e.g. {shown} (use --skip-bad-images to skip them)")
+    if odd:
+        raise DataError(f"{len(odd)} image(s) are not {size}x{size}, e.g. {odd[0]}; small-image data sets need one size")
+    keep = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
+    if not keep:
+        raise DataError("no readable images")
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image(s), e.g. {bad[0][0]}")
+    pixels = np.frombuffer(b"".join(decoded[i][0] for i in keep), dtype=np.uint8)
+    images = torch.from_numpy(pixels.copy()).view(len(keep), size, size, 3).permute(0, 3, 1, 2).contiguous()
+    return Split(labels=torch.tensor([labels[i] for i in keep]), images=images)
+
+
+def cached(key_parts: dict, cache_dir: Path, build) -> Split:
+    """build() once per distinct input; later runs load the decoded tensor from disk."""
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir / f"decoded-{key}.safetensors"
+    if path.is_file():
+        try:
+            tensors = load_file(path)
+            return Split(labels=tensors["labels"], images=tensors["images"])
+        except Exception:
+            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
+    split = build()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        save_file({"labels": split.labels, "images": split.images}, str(tmp))
+        os.replace(tmp, path)
+    except OSError as error:
+        print(f"warning: cannot cache decoded images in {cache_dir} ({error.strerror}); continuing")
+    return split
+
+
+def subset(files: list, labels: list, limit: int | None, seed: int) -> tuple[list, list]:
+    """A seeded random subset of `limit` items (all items if limit is None), in file order."""
+    if limit is None or limit >= len(files):
+        return files, labels
+    chosen = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    return [files[i] for i in chosen], [labels[i] for i in chosen]
+
+
+def load_image_folder(root: Path, cfg) -> Dataset:
+    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DataError(f"{root}: expected train/ and test/ (or val/) folders in ImageFolder layout")
+    classes, train_files, train_labels = list_image_folder(root / "train")
+    test_classes, test_files, test_labels = list_image_folder(test_dir)
+    if classes != test_classes:
+        only_train, only_test = set(classes) - set(test_classes), set(test_classes) - set(classes)
+        raise DataError(f"{root}: train and {test_dir.name} have different classes "
+                        f"(only in train: {sorted(only_train)}, only in {test_dir.name}: {sorted(only_test)})")
+    train_files, train_labels = subset(train_files, train_labels, cfg.max_train_samples, cfg.seed)
+    test_files, test_labels = subset(test_files, test_labels, cfg.max_eval_samples, cfg.seed)
+
+    first = next((f for f in train_files if not isinstance(decode_small(f), str)), None)
+    if first is None:
+        raise DataError(f"{root / 'train'}: no readable images")
+    with Image.open(first) as image:
+        width, height = image.size
+    name = cfg.name or dataset_name(root)
+    if max(width, height) > SMALL_IMAGE_MAX_SIDE or width != height:
+        return Dataset(name, classes, Split(torch.tensor(train_labels), files=train_files),
+                       Split(torch.tensor(test_labels), files=test_files), source_size=None)
+
+    cache_dir = Path(cfg.cache_dir or Path.home() / ".cache" / "vit-from-scratch")
+    splits = []
+    for files, labels in ((train_files, train_labels), (test_files, test_labels)):
+        key = {"files": [str(f.resolve()) for f in files], "labels": labels, "size": width,
+               "stamp": [os.stat(f).st_mtime_ns for f in files[:: max(1, len(files) // 100)]],
+               "skip_bad": cfg.skip_bad_images}
+        splits.append(cached(key, cache_dir, lambda f=files, l=labels: decode_to_tensor(
+            f, l, width, cfg.num_workers, cfg.skip_bad_images)))
+    return Dataset(name, classes, splits[0], splits[1], source_size=width)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles. This unpickler builds numpy arrays and plain
+    containers only, and refuses any other class, so a doctored batch cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} from a CIFAR-10 batch")
+
+
+def read_cifar_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as file:
+            return _NumpyOnlyUnpickler(file, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({error})") from None
+
+
+def load_cifar_batches(folder: Path, cfg) -> Dataset:
+    """An extracted `cifar-10-batches-py` folder (data_batch_1..5, test_batch, batches.meta)."""
+    def split(names, limit):
+        batches = [read_cifar_batch(folder / n) for n in names]
+        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = [int(x) for b in batches for x in b[b"labels"]]
+        indices, labels = subset(list(range(len(labels))), labels, limit, cfg.seed)
+        return Split(labels=torch.tensor(labels), images=torch.from_numpy(images[indices]).contiguous())
+
+    meta = read_cifar_batch(folder / "batches.meta")
+    classes = [n.decode() for n in meta[b"label_names"]]
+    train = split([f"data_batch_{i}" for i in range(1, 6)], cfg.max_train_samples)
+    test = split(["test_batch"], cfg.max_eval_samples)
+    return Dataset(cfg.name or "cifar10", classes, train, test, source_size=32)
+
+
+def download_cifar10(root: Path) -> Path:
+    """torchvision's CIFAR-10 download (checked by MD5), extracted under root."""
+    folder = root / "cifar-10-batches-py"
+    if (folder / "batches.meta").is_file():
+        return folder
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(CIFAR10_URL, str(root), md5=CIFAR10_MD5)
+    except Exception as error:  # URLError, socket errors, HTTP errors, bad archive
+        raise DataError(
+            f"cannot download CIFAR-10 into {root} ({type(error).__name__}: {str(error)[:120]}). "
+            "Alternatives: --data an ImageFolder root with train/ and test/ (e.g. ../shared/data/cifar10-jpg), "
+            "or --data an extracted cifar-10-batches-py folder"
+        ) from None
+    return folder
+
+
+def dataset_name(path: Path) -> str:
+    """Name used in vit_<name>_finetuned.pth: 'cifar10' for any CIFAR-10 copy, else the folder's."""
+    name = re.sub(r"[^a-z0-9]+", "-", path.resolve().name.lower()).strip("-") or "data"
+    return "cifar10" if re.match(r"cifar-?10(\b|-|$)", name) else name
+
+
+def load_dataset(cfg) -> Dataset:
+    """Resolve --data to a Dataset."""
+    if cfg.data == "cifar10":
+        return load_cifar_batches(download_cifar10(Path(cfg.data_root)), cfg)
+    path = Path(cfg.data).expanduser()
+    if not path.is_dir():
+        raise DataError(f"--data {cfg.data}: not 'cifar10' and not a folder")
+    if (path / "batches.meta").is_file():
+        return load_cifar_batches(path, cfg)
+    return load_image_folder(path, cfg)
+
+
+# ---------------------------------------------------------------- batches on the device
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per image: a random crop of the zero-padded image (same size), then a coin-flip mirror.
+    (B, 3, h, w) uint8 -> (B, 3, h, w) uint8, done for the whole batch with one gather."""
+    b, _, h, w = images.shape
+    device = images.device
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(device)
+    flips = (torch.rand(b, generator=generator) < 0.5).to(device)
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    rows = (offsets[0][:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, h, 1)
+    cols = (offsets[1][:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, w)
+    batch = torch.arange(b, device=device)[:, None, None, None]
+    channel = torch.arange(3, device=device)[None, :, None, None]
+    crops = padded[batch, channel, rows, cols]  # (B, 3, h, w)
+    return torch.where(flips[:, None, None, None], crops.flip(3), crops)
+
+
+class TensorBatches:
+    """Batches of a decoded split, kept on `device`; each epoch has its own seeded order and each
+    step its own seeded augmentation, so a resumed run sees exactly the same batches."""
+
+    def __init__(self, split: Split, batch_size: int, device, img_size: int, mean, std,
+                 train: bool, seed: int = 0, crop_padding: int = 4, rank: int = 0, world_size: int = 1):
+        self.device = device
+        self.images, self.labels = split.images.to(device), split.labels.to(device)
+        self.batch_size, self.img_size, self.mean, self.std = batch_size, img_size, mean, std
+        self.train, self.seed, self.crop_padding = train, seed, crop_padding
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        per_rank = len(self.labels) // self.world_size if self.train else len(self.labels)
+        if self.train:
+            return per_rank // self.batch_size  # drop the last partial batch: static shapes
+        return -(-per_rank // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """This rank's sample order for `epoch`: a seeded shuffle, strided across ranks."""
+        if not self.train:
+            return torch.arange(len(self.labels))
+        order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return order[self.rank :: self.world_size]
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Yield (images, labels) for steps start_step.. of `epoch`; images normalised floats."""
+        order = self.order(epoch).to(self.labels.device)
+        for step in range(start_step, len(self)):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            images = self.images[index]
+            if self.train:
+                generator = torch.Generator().manual_seed((self.seed * 1000 + epoch) * 1_000_000 + step)
+                images = random_crop_flip(images, self.crop_padding, generator)
+            yield to_model_input(images, self.img_size, self.mean, self.std), self.labels[index]
+
+
+class _FileImages(torch.utils.data.Dataset):
+    """Large images read from files: random resized crop + flip for training, resize for eval."""
+
+    def __init__(self, files, labels, img_size: int, train: bool):
+        from torchvision.transforms import v2
+
+        self.files, self.labels = files, labels
+        resize = v2.RandomResizedCrop(img_size, antialias=True) if train else v2.Resize((img_size, img_size), antialias=True)
+        steps = [v2.PILToTensor(), resize] + ([v2.RandomHorizontalFlip()] if train else [])
+        self.transform = v2.Compose(steps)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as image:
+            return self.transform(image.convert("RGB")), self.labels[i]
+
+
+class FileBatches:
+    """The same interface as TensorBatches, over a DataLoader with worker processes."""
+
+    def __init__(self, split: Split, batch_size: int, device, img_size: int, mean, std,
+                 train: bool, seed: int = 0, num_workers: int = 4, rank: int = 0, world_size: int = 1):
+        self.dataset = _FileImages(split.files, split.labels, img_size, train)
+        self.batch_size, self.device, self.img_size, self.mean, self.std = batch_size, device, img_size, mean, std
+        self.train, self.seed, self.num_workers = train, seed, num_workers
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        per_rank = len(self.dataset) // self.world_size if self.train else len(self.dataset)
+        return per_rank // self.batch_size if self.train else -(-per_rank // self.batch_size)
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        if self.train:
+            order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            order = order[self.rank :: self.world_size].tolist()
+        else:
+            order = list(range(len(self.dataset)))
+        batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start_step, len(self))]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True)
+            yield to_model_input(images, self.img_size, self.mean, self.std), labels.to(self.device, non_blocking=True)
+
+
+def make_batches(split: Split, cfg, device, mean, std, train: bool, rank: int = 0, world_size: int = 1):
+    batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
+    if split.images is not None:
+        return TensorBatches(split, batch_size, device, cfg.img_size, mean, std, train, cfg.seed,
+                             cfg.crop_padding, rank, world_size)
+    return FileBatches(split, batch_size, device, cfg.img_size, mean, std, train, cfg.seed,
+                       cfg.num_workers, rank, world_size)

@@ -1,0 +1,129 @@
+"""Key maps from other ViT checkpoint layouts to ours, and the conversions that use them.
+
+Our names (vit/model.py) say what each tensor is; timm's and Hugging Face's name the same
+tensors differently. The tables below are the whole story: read them to see which tensor goes
+where. `{i}` stands for the block index.
+"""
+
+import re
+
+import torch
+
+# timm's VisionTransformer (the keys of timm's hub `model.safetensors`) -> ours. One to one.
+TIMM_TO_OURS: dict[str, str] = {
+    "patch_embed.proj.weight": "patch_embedding.projection.weight",  # (D, C, P, P)
+    "patch_embed.proj.bias": "patch_embedding.projection.bias",
+    "cls_token": "cls_token",  # (1, 1, D)
+    "pos_embed": "position_embedding",  # (1, 1+N, D)
+    "blocks.{i}.norm1.weight": "blocks.{i}.attention_norm.weight",
+    "blocks.{i}.norm1.bias": "blocks.{i}.attention_norm.bias",
+    "blocks.{i}.attn.qkv.weight": "blocks.{i}.attention.qkv.weight",  # (3D, D): q, k, v stacked
+    "blocks.{i}.attn.qkv.bias": "blocks.{i}.attention.qkv.bias",
+    "blocks.{i}.attn.proj.weight": "blocks.{i}.attention.out_proj.weight",
+    "blocks.{i}.attn.proj.bias": "blocks.{i}.attention.out_proj.bias",
+    "blocks.{i}.norm2.weight": "blocks.{i}.mlp_norm.weight",
+    "blocks.{i}.norm2.bias": "blocks.{i}.mlp_norm.bias",
+    "blocks.{i}.mlp.fc1.weight": "blocks.{i}.mlp.fc1.weight",  # (4D, D)
+    "blocks.{i}.mlp.fc1.bias": "blocks.{i}.mlp.fc1.bias",
+    "blocks.{i}.mlp.fc2.weight": "blocks.{i}.mlp.fc2.weight",  # (D, 4D)
+    "blocks.{i}.mlp.fc2.bias": "blocks.{i}.mlp.fc2.bias",
+    "norm.weight": "final_norm.weight",
+    "norm.bias": "final_norm.bias",
+    "head.weight": "head.weight",  # (num_classes, D)
+    "head.bias": "head.bias",
+}
+
+# Hugging Face transformers' ViTForImageClassification (google/vit-base-patch16-224) -> ours.
+# Its attention keeps q, k and v as three Linear layers; ours has one fused qkv Linear, so
+# those three are concatenated (in q, k, v order) into `attention.qkv` by `convert_hf`.
+HF_TO_OURS: dict[str, str] = {
+    "vit.embeddings.patch_embeddings.projection.weight": "patch_embedding.projection.weight",
+    "vit.embeddings.patch_embeddings.projection.bias": "patch_embedding.projection.bias",
+    "vit.embeddings.cls_token": "cls_token",
+    "vit.embeddings.position_embeddings": "position_embedding",
+    "vit.encoder.layer.{i}.layernorm_before.weight": "blocks.{i}.attention_norm.weight",
+    "vit.encoder.layer.{i}.layernorm_before.bias": "blocks.{i}.attention_norm.bias",
+    "vit.encoder.layer.{i}.attention.attention.query.weight": "blocks.{i}.attention.qkv.weight[q]",
+    "vit.encoder.layer.{i}.attention.attention.query.bias": "blocks.{i}.attention.qkv.bias[q]",
+    "vit.encoder.layer.{i}.attention.attention.key.weight": "blocks.{i}.attention.qkv.weight[k]",
+    "vit.encoder.layer.{i}.attention.attention.key.bias": "blocks.{i}.attention.qkv.bias[k]",
+    "vit.encoder.layer.{i}.attention.attention.value.weight": "blocks.{i}.attention.qkv.weight[v]",
+    "vit.encoder.layer.{i}.attention.attention.value.bias": "blocks.{i}.attention.qkv.bias[v]",
+    "vit.encoder.layer.{i}.attention.output.dense.weight": "blocks.{i}.attention.out_proj.weight",
+    "vit.encoder.layer.{i}.attention.output.dense.bias": "blocks.{i}.attention.out_proj.bias",
+    "vit.encoder.layer.{i}.layernorm_after.weight": "blocks.{i}.mlp_norm.weight",
+    "vit.encoder.layer.{i}.layernorm_after.bias": "blocks.{i}.mlp_norm.bias",
+    "vit.encoder.layer.{i}.intermediate.dense.weight": "blocks.{i}.mlp.fc1.weight",
+    "vit.encoder.layer.{i}.intermediate.dense.bias": "blocks.{i}.mlp.fc1.bias",
+    "vit.encoder.layer.{i}.output.dense.weight": "blocks.{i}.mlp.fc2.weight",
+    "vit.encoder.layer.{i}.output.dense.bias": "blocks.{i}.mlp.fc2.bias",
+    "vit.layernorm.weight": "final_norm.weight",
+    "vit.layernorm.bias": "final_norm.bias",
+    "classifier.weight": "head.weight",
+    "classifier.bias": "head.bias",
+}
+
+
+def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
+    """'ours', 'timm' or 'hf', from the name of the patch embedding weight."""
+    if "patch_embedding.projection.weight" in state_dict:
+        return "ours"
+    if "patch_embed.proj.weight" in state_dict:
+        return "timm"
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state_dict):
+        return "hf"
+    shown = ", ".join(list(state_dict)[:5]) or "no tensors at all"
+    raise ValueError(f"not a ViT checkpoint of a known layout (first keys: {shown})")
+
+
+def _rename(key: str, table: dict[str, str]) -> str | None:
+    """Look `key` up in `table`, whose entries may hold a `{i}` block index."""
+    block = re.search(r"\.(\d+)\.", key)
+    pattern = key.replace(f".{block.group(1)}.", ".{i}.", 1) if block else key
+    target = table.get(pattern)
+    if target is None:
+        return None
+    return target.replace("{i}", block.group(1)) if block else target
+
+
+def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
+    converted, unknown = {}, []
+    for key, tensor in state_dict.items():
+        new_key = _rename(key, table)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = tensor
+    if unknown:
+        raise ValueError(f"keys with no place in our ViT: {', '.join(unknown[:10])}")
+    return converted
+
+
+def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm `VisionTransformer` state dict -> ours (a pure renaming)."""
+    return _convert(state_dict, TIMM_TO_OURS)
+
+
+def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `ViTForImageClassification` (or bare `ViTModel`) state dict -> ours."""
+    if not any(k.startswith("vit.") for k in state_dict):  # a ViTModel has no "vit." prefix
+        state_dict = {f"vit.{k}": v for k, v in state_dict.items()}
+    # A ViTModel may carry a pooler that ViTForImageClassification never uses.
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("vit.pooler.")}
+    renamed = _convert(state_dict, HF_TO_OURS)
+    converted = {k: v for k, v in renamed.items() if not k.endswith("]")}
+    # Stack the separate q, k, v projections into the fused one: rows [q; k; v].
+    for key in [k for k in renamed if k.endswith("[q]")]:
+        base = key[: -len("[q]")]
+        converted[base] = torch.cat([renamed[f"{base}[{part}]"] for part in "qkv"], dim=0)
+    return converted
+
+
+def to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Any known layout -> ours."""
+    layout = detect_layout(state_dict)
+    if layout == "timm":
+        return convert_timm(state_dict)
+    if layout == "hf":
+        return convert_hf(state_dict)
+    return dict(state_dict)

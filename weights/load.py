@@ -1,0 +1,194 @@
+"""Find pretrained weights (local file, Hugging Face cache or hub), read them, fit them to a model.
+
+A `pretrained` argument is one of:
+  - None or "none": no weights;
+  - a path: a `.safetensors` file in timm's, Hugging Face's or our layout, a folder holding
+    `model.safetensors` (and maybe `config.json`), or a `.pth` checkpoint written by `train`;
+  - a Hugging Face hub id such as "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", fetched with
+    huggingface_hub (which honours HF_HUB_OFFLINE=1 and HF_HOME / HF_HUB_CACHE).
+
+Nothing here unpickles: safetensors holds only tensors, and `.pth` files are read with
+`torch.load(weights_only=True)`.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+
+from weights.convert import detect_layout, to_ours
+
+
+class WeightsError(Exception):
+    """Pretrained weights that cannot be had or do not fit; the message is one readable line."""
+
+
+@dataclass
+class Pretrained:
+    """Weights in our layout, with what the file says about how to use them."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    layout: str  # the layout the file was in: "timm", "hf" or "ours"
+    layer_norm_eps: float | None = None  # None: the model's default
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # timm's ViT weights expect 0.5 / 0.5
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    extra: dict = field(default_factory=dict)
+
+
+def is_none(pretrained) -> bool:
+    return pretrained is None or (isinstance(pretrained, str) and pretrained.lower() == "none")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".pth", ".pt"))
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """Fetch `model.safetensors` (and `config.json`, if any) of a hub repo; return its folder."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        weights_file = Path(hf_hub_download(repo_id, "model.safetensors"))
+    except (OSError, ValueError) as error:  # no network, offline mode, unknown repo, no such file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(
+            f"cannot get '{repo_id}' from the Hugging Face hub ({type(error).__name__}: {reason[:160]}). "
+            "Alternatives: pass a local .safetensors file, pre-fill the HF cache and set "
+            "HF_HUB_OFFLINE=1, or use pretrained=None (--pretrained none) to start from random weights."
+        ) from None
+    try:
+        hf_hub_download(repo_id, "config.json")  # lands beside the weights in the cache snapshot
+    except (OSError, ValueError):
+        pass  # optional: it only refines normalisation and LayerNorm eps
+    return weights_file
+
+
+def resolve(pretrained: str | os.PathLike) -> Path:
+    """A pretrained spec (path or hub id) -> a local weights file."""
+    spec = str(pretrained)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "model.safetensors"
+        if not path.is_file():
+            raise WeightsError(f"{spec}: folder has no model.safetensors")
+        return path
+    if path.is_file():
+        return path
+    if _looks_like_path(spec) or spec.count("/") != 1:
+        raise WeightsError(
+            f"{spec}: no such file, and not a Hugging Face hub id of the form 'org/name'"
+        )
+    return download_from_hub(spec)
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors of a .safetensors or weights-only .pth file, and the .pth's other entries."""
+    if path.suffix in (".pth", ".pt"):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), ...
+            raise WeightsError(f"{path}: not a readable weights-only checkpoint ({type(error).__name__})") from None
+        if not isinstance(checkpoint, dict):
+            raise WeightsError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
+        tensors = checkpoint.get("state_dict", checkpoint)
+        extra = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+        return tensors, extra
+    try:
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+            tensors = {key: file.get_tensor(key) for key in file.keys()}
+    except (SafetensorError, OSError) as error:
+        raise WeightsError(f"{path}: not a readable .safetensors file ({error})") from None
+    # Files written by `python -m weights convert` carry what the original's config said.
+    extra = {k: json.loads(metadata[k]) for k in ("mean", "std", "layer_norm_eps") if k in metadata}
+    return tensors, extra
+
+
+def _read_config(weights_file: Path) -> dict:
+    """The config.json beside a weights file (timm's and Hugging Face's hub repos have one)."""
+    config_file = weights_file.with_name("config.json")
+    if not config_file.is_file():
+        return {}
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
+    """Read pretrained weights from a path or hub id and convert them to our layout."""
+    path = resolve(pretrained)
+    tensors, extra = _read_tensors(path)
+    try:
+        layout = detect_layout(tensors)
+        state_dict = to_ours(tensors)
+    except ValueError as error:
+        raise WeightsError(f"{path}: {error}") from None
+    result = Pretrained(state_dict=state_dict, source=str(path), layout=layout, extra=extra)
+
+    config = _read_config(path)
+    if "layer_norm_eps" in extra:  # our own .pth checkpoints record it
+        result.layer_norm_eps = float(extra["layer_norm_eps"])
+    elif layout == "hf":  # transformers' ViTConfig default is 1e-12, unless config.json says otherwise
+        result.layer_norm_eps = float(config.get("layer_norm_eps", 1e-12))
+    stats = config.get("pretrained_cfg", {})  # timm's config.json
+    if "image_mean" in config:  # transformers' preprocessor convention, if present
+        stats = {"mean": config["image_mean"], "std": config["image_std"]}
+    if "mean" in extra:
+        stats = extra
+    if "mean" in stats and "std" in stats:
+        result.mean, result.std = tuple(stats["mean"]), tuple(stats["std"])
+    return result
+
+
+def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int) -> torch.Tensor:
+    """(1, 1+G*G, D) -> (1, 1+new_grid**2, D), as timm does it: the CLS entry is kept, the patch
+    entries are viewed as a G x G image with D channels and resized bicubically (antialiased)."""
+    cls_entry, patch_entries = pos_embed[:, :1], pos_embed[:, 1:]
+    old_grid = math.isqrt(patch_entries.shape[1])
+    if old_grid == new_grid:
+        return pos_embed
+    grid = patch_entries.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, D, G, G)
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True)
+    patch_entries = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos_embed.dtype)
+    return torch.cat([cls_entry, patch_entries], dim=1)
+
+
+def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Adapt weights to `model`: resample the position embedding to its grid, drop a head of the
+    wrong class count (the model keeps its fresh head); raise WeightsError on anything else."""
+    expected = model.state_dict()
+    state_dict = dict(state_dict)
+    pos = state_dict.get("position_embedding")
+    if pos is not None and pos.ndim == 3 and pos.shape != expected["position_embedding"].shape:
+        if math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1 and pos.shape[2] == expected["position_embedding"].shape[2]:
+            state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size)
+    head = state_dict.get("head.weight")
+    if head is not None and head.shape != expected["head.weight"].shape and head.shape[1:] == expected["head.weight"].shape[1:]:
+        del state_dict["head.weight"]
+        state_dict.pop("head.bias", None)
+        state_dict["head.weight"], state_dict["head.bias"] = expected["head.weight"], expected["head.bias"]
+
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    problems = []
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} with the wrong shape: " + "; ".join(wrong_shape[:6]))
+    if missing:
+        problems.append(f"{len(missing)} missing: " + ", ".join(missing[:6]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected[:6]))
+    if problems:
+        raise WeightsError("weights do not fit the model: " + " | ".join(problems))
+    return state_dict
