@@ -54,3 +54,37 @@ def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0):
     model = perturb_(timm.create_model(name, pretrained=False, img_size=img_size), seed).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
+
+
+def run_module(*args, cwd=REPO, env=None, timeout=600):
+    """Run `python -m ...` (or any python args) as a real subprocess, capturing its output."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def make_subset(cifar_dir: Path, root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """A small ImageFolder of real CIFAR-10 images (symlinks into the shared copy)."""
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                (root / split / name / f"{i:04d}.jpg").symlink_to(cifar_dir / split / name / f"{i:04d}.jpg")
+    return root
+
+
+TINY_TRAIN_ARGS = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img-size", "32",
+                   "--batch-size", "32", "--lr", "1e-3", "--device", "cpu", "--num-workers", "2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cifar_dir, tmp_path_factory):
+    """One real fine-tuning run of a tiny configuration on 800 train / 300 test real images."""
+    root = tmp_path_factory.mktemp("run")
+    data = make_subset(cifar_dir, root / "cifar10-subset", 80, 30)
+    result = run_module("-m", "train", "--data", str(data), "--epochs", "6", "--output-dir", str(root / "out"),
+                        "--cache-dir", str(root / "cache"), *TINY_TRAIN_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"data": data, "out": root / "out", "stdout": result.stdout, "stderr": result.stderr}

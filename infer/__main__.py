@@ -1,0 +1,79 @@
+"""`python -m infer`: print each image's predicted class and confidence, or evaluate a folder.
+
+    python -m infer --checkpoint runs/cifar10/vit_cifar10_finetuned.pth --image cat.jpg photos/
+    python -m infer --checkpoint ... --image cat.jpg --topk 3 --json
+    python -m infer --checkpoint ... --data ../shared/data/cifar10-jpg/test
+
+Exit status: 0 when every image was classified, 1 when any input failed (each failure is one
+line on stderr, naming the file and the reason), 2 for bad arguments.
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+from infer.images import ImageError, expand_paths
+from infer.predict import Classifier
+from train.checkpoint import CheckpointError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a vit_<name>_finetuned.pth written by train")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", nargs="+", help="image files and/or folders")
+    source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate")
+    parser.add_argument("--topk", type=int, default=1, help="show the K most likely classes")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=4, help="image-decoding threads")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    try:
+        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers)
+        if args.data:
+            return report_evaluation(classifier.evaluate_folder(args.data), args.json)
+        return report_predictions(classifier.classify(expand_paths(args.image), args.topk), args.json)
+    except (CheckpointError, ImageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except torch.cuda.OutOfMemoryError:
+        print(f"error: out of GPU memory at --batch-size {args.batch_size}; lower --batch-size", file=sys.stderr)
+        return 1
+
+
+def report_predictions(predictions, as_json: bool) -> int:
+    failed, records = 0, []
+    for p in predictions:
+        failed += p.error is not None
+        if as_json:
+            records.append({"path": p.path, "error": p.error} if p.error else
+                           {"path": p.path, "predictions": [{"class": c, "confidence": round(v, 6)} for c, v in p.top]})
+        elif p.error:
+            print(f"error: {p.path}: {p.error}", file=sys.stderr)
+        else:
+            print(f"{p.path}: " + ", ".join(f"{c} ({v:.1%})" for c, v in p.top), flush=True)
+    if as_json:
+        print(json.dumps(records, indent=1))
+    return 1 if failed else 0
+
+
+def report_evaluation(result: dict, as_json: bool) -> int:
+    for path, reason in result["errors"]:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]]}, indent=1))
+    else:
+        top_k = next(k for k in result if k.startswith("top") and k != "top1")
+        print(f"top-1: {100 * result['top1']:.2f}%")
+        print(f"{top_k[:3]}-{top_k[3:]}: {100 * result[top_k]:.2f}%  ({result['images']} images)")
+        for name, accuracy in result["per_class"].items():
+            print(f"  {name:>12}: {100 * accuracy:.2f}%")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Read any image a user may have into an RGB uint8 tensor, or say in one line why not.
+
+Handles RGBA / LA / palette transparency (composited on white), grayscale, 16- and 32-bit
+integer and float images (scaled, not clipped), CMYK and other colour spaces, EXIF rotation,
+very large images (decoded at reduced scale where the format allows it) and 1 x 1 images.
+Refuses decompression bombs, truncated or corrupt files, empty files and non-images.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+MAX_PIXELS = 100_000_000  # above this an image is treated as a decompression bomb
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey image
+# MAX_PIXELS below refuses bombs with a one-line error; Pillow's own two-line warning would only add noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageError(Exception):
+    """An input that is not a usable image; the message names the reason."""
+
+
+def _high_depth_to_uint8(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float single-channel image -> 8-bit 'L', scaling the full range."""
+    pixels = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        top = 1.0 if pixels.max(initial=0) <= 1.0 else 255.0
+    else:  # "I;16*" or "I": 16-bit data unless values say otherwise
+        top = 65535.0 if pixels.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+    scaled = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 'RGB'. Transparent pixels become white (their stored colour is arbitrary)."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _high_depth_to_uint8(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGB
+
+
+def load_image(path: str | Path, target_size: int) -> torch.Tensor:
+    """Read `path` -> (3, H, W) uint8, EXIF-upright. Images much larger than target_size are
+    reduced while decoding (JPEG draft mode) or by box-averaging, to save time and memory; the
+    final antialiased resize happens in vit.preprocess.to_model_input."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("no such file")
+    if path.is_dir():
+        raise ImageError("is a folder")
+    if path.stat().st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"refused: {width}x{height} is over {MAX_PIXELS:,} pixels (possible decompression bomb)")
+            image.draft(None, (2 * target_size, 2 * target_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            factor = min(image.size) // (2 * target_size)
+            if factor >= 2:
+                image = image.reduce(factor)
+            rgb = to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or a format Pillow cannot read") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"refused as a decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise ImageError(f"unreadable image ({str(error).splitlines()[0] or type(error).__name__})") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+def expand_paths(paths: list[str | Path]) -> list[Path]:
+    """Files as given; folders -> their image files (recursively, sorted)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found.append(path)  # a missing path is reported when it is read
+    return found

@@ -1,0 +1,175 @@
+"""`python -m infer` and the Classifier API on real images of every kind a user may have."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from infer import Classifier, ImageError, load_image
+from tests.conftest import run_module
+from train.data import list_image_folder, decode_to_tensor, make_batches
+from train.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_run):
+    return Classifier(tiny_run["out"] / "vit_cifar10_finetuned.pth", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(cifar_dir):
+    """A real CIFAR-10 test image, upscaled to a photo-like 96 x 96 RGB image."""
+    return Image.open(cifar_dir / "test" / "cat" / "0003.jpg").convert("RGB").resize((96, 96), Image.BICUBIC)
+
+
+def image_kinds(photo: Image.Image, folder):
+    """One file per kind of image; returns {kind: path}."""
+    rgba = photo.convert("RGBA")
+    alpha = np.zeros(photo.size[::-1], dtype=np.uint8)
+    alpha[photo.size[1] // 2 :] = 255  # top half transparent, bottom half opaque
+    rgba.putalpha(Image.fromarray(alpha))
+    gray = photo.convert("L")
+    sixteen = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)  # 16-bit grayscale
+    palette = photo.convert("P", palette=Image.ADAPTIVE, colors=64)
+    palette_transparent = palette.copy()
+    palette_transparent.info["transparency"] = 0
+    exif = photo.rotate(90, expand=True)  # stored on its side, with EXIF saying "rotate 90 CW"
+    exif_data = Image.Exif()
+    exif_data[0x0112] = 6
+    kinds = {
+        "rgb.jpg": (photo, {}), "rgba.png": (rgba, {}), "la.png": (gray.convert("LA"), {}),
+        "gray.png": (gray, {}), "bilevel.png": (gray.convert("1"), {}), "palette.png": (palette, {}),
+        "palette_transparent.png": (palette_transparent, {"transparency": 0}),
+        "gray16.png": (sixteen, {}), "float.tiff": (Image.fromarray(np.asarray(gray, dtype=np.float32) / 255), {}),
+        "cmyk.jpg": (photo.convert("CMYK"), {}), "exif_rotated.png": (exif, {"exif": exif_data}),
+        "huge.jpg": (photo.resize((6000, 4000)), {"quality": 80}), "one_pixel.png": (photo.resize((1, 1)), {}),
+        "webp.webp": (photo, {}),
+    }
+    paths = {}
+    for name, (image, options) in kinds.items():
+        image.save(folder / name, **options)
+        paths[name] = folder / name
+    return paths
+
+
+def test_every_kind_of_image_is_classified(classifier, photo, tmp_path):
+    paths = image_kinds(photo, tmp_path)
+    predictions = list(classifier.classify(list(paths.values()), topk=3))
+    assert [p.error for p in predictions] == [None] * len(paths)
+    for p in predictions:
+        assert len(p.top) == 3 and p.top[0][1] >= p.top[1][1] and 0 < sum(v for _, v in p.top) <= 1 + 1e-6
+
+
+def test_image_kinds_are_decoded_faithfully(photo, tmp_path):
+    paths = image_kinds(photo, tmp_path)
+    gray = torch.from_numpy(np.asarray(photo.convert("L")).copy())
+    assert torch.equal(load_image(paths["gray16.png"], 96)[0], gray)  # 16-bit scaled, not clipped at 255
+    assert torch.equal(load_image(paths["gray.png"], 96)[1], gray)
+    upright = load_image(paths["exif_rotated.png"], 96)
+    assert torch.equal(upright, torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1))
+    rgba = load_image(paths["rgba.png"], 96)
+    assert rgba.shape == (3, 96, 96) and rgba[:, :48].min() == 255  # transparent half -> white
+    assert torch.equal(rgba[:, 48:], torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[:, 48:])
+    assert load_image(paths["one_pixel.png"], 32).shape == (3, 1, 1)
+    huge = load_image(paths["huge.jpg"], 32)
+    assert max(huge.shape[1:]) < 1000  # decoded at reduced scale, not at 6000 x 4000
+
+
+def test_preprocessing_is_exactly_trainings_evaluation_preprocessing(classifier, tiny_run):
+    _, files, labels = list_image_folder(tiny_run["data"] / "test")
+    files, labels = files[:20], labels[:20]
+    split = decode_to_tensor(files, labels, 32, num_workers=1, skip_bad=False)
+    cfg = TrainConfig(img_size=32, batch_size=10)
+    batches = make_batches(split, cfg, torch.device("cpu"), classifier.mean, classifier.std, train=False)
+    training_inputs = torch.cat([images for images, _ in batches.epoch(0)])
+    inference_inputs = torch.cat([classifier.preprocess(load_image(f, 32)) for f in files])
+    assert torch.equal(training_inputs, inference_inputs)
+
+
+def test_infer_data_reproduces_the_accuracy_training_reported(tiny_run):
+    reported = torch.load(tiny_run["out"] / "vit_cifar10_finetuned.pth", weights_only=True)["metrics"]["test_acc"]
+    result = run_module("-m", "infer", "--checkpoint", str(tiny_run["out"] / "vit_cifar10_finetuned.pth"),
+                        "--data", str(tiny_run["data"]))  # finds data/test itself
+    assert result.returncode == 0, result.stderr
+    assert f"top-1: {100 * reported:.2f}%" in result.stdout
+    assert re.search(r"top-5: \d+\.\d\d%  \(300 images\)", result.stdout)
+    assert len(re.findall(r"^ +\w+: \d+\.\d\d%$", result.stdout, re.M)) == 10  # per-class lines
+
+
+def test_cli_prints_class_and_confidence_per_image(tiny_run, photo, tmp_path):
+    photo.save(tmp_path / "a.jpg")
+    photo.save(tmp_path / "b.png")
+    checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
+    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(re.fullmatch(r".*[ab]\.(jpg|png): \w+ \(\d+\.\d%\)", l) for l in lines)
+    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a.jpg"), "--topk", "3", "--json")
+    record = json.loads(result.stdout)[0]
+    assert len(record["predictions"]) == 3 and record["path"].endswith("a.jpg")
+
+
+def write_bad_inputs(folder, photo):
+    photo.save(folder / "good.jpg")
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is a text file, not a JPEG\n")
+    Image.new("1", (12_000, 12_000)).save(folder / "bomb.png")  # 144 Mpx, a few kB on disk
+    return ["truncated.jpg", "corrupt.png", "empty.jpg", "notes.jpg", "bomb.png", "missing.jpg"]
+
+
+def test_bad_inputs_get_one_line_each_and_the_rest_is_classified(tiny_run, photo, tmp_path):
+    bad = write_bad_inputs(tmp_path, photo)
+    paths = [str(tmp_path / "good.jpg")] + [str(tmp_path / name) for name in bad]
+    checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
+    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", *paths)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(bad)
+    for name, reason in zip(bad, ["unreadable", "not an image", "empty file", "not an image",
+                                  "decompression bomb", "no such file"]):
+        assert any(name in line and reason in line for line in errors), (name, errors)
+    assert result.stdout.count(": ") == 1 and "good.jpg" in result.stdout
+    as_json = json.loads(run_module("-m", "infer", "--checkpoint", checkpoint, "--image", *paths, "--json").stdout)
+    assert [("error" in r) for r in as_json] == [False] + [True] * len(bad)
+
+
+def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {}, "model_name": Payload()}, tmp_path / "evil.pth")
+    (tmp_path / "x.jpg").write_bytes(b"")
+    result = run_module("-m", "infer", "--checkpoint", str(tmp_path / "evil.pth"), "--image", str(tmp_path / "x.jpg"))
+    assert result.returncode == 1 and "refused" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_truncated_or_mismatched_checkpoints_are_clear_errors(tiny_run, tmp_path):
+    source = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    (tmp_path / "cut.pth").write_bytes(source.read_bytes()[:10_000])
+    card = torch.load(source, weights_only=True)
+    torch.save({**card, "num_classes": 100}, tmp_path / "classes.pth")
+    torch.save({**card, "model_name": "vit_small_patch16_224"}, tmp_path / "arch.pth")
+    expectations = {"cut.pth": "truncated or not a PyTorch checkpoint", "classes.pth": "do not fit",
+                    "arch.pth": "do not fit vit_small_patch16_224"}
+    for name, message in expectations.items():
+        result = run_module("-m", "infer", "--checkpoint", str(tmp_path / name), "--image", str(source))
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_load_image_errors_name_the_reason(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "absent.png", 32)
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path, 32)

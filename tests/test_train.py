@@ -1,0 +1,137 @@
+"""Fine-tuning end to end on real CIFAR-10 images (JPEG q75 copy), on CPU."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module
+from train import TrainConfig, train
+from train.data import TensorBatches, Split, dataset_name, random_crop_flip
+
+
+def epochs(out):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+
+
+def test_tiny_model_learns_clearly_above_chance(tiny_run):
+    records = epochs(tiny_run["out"])
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[-1]["test_images"] == 300
+    # 10 classes: chance is 10%; 16% on 300 held-out images is > 3 standard deviations above it.
+    assert records[-1]["test_acc"] >= 0.16, records[-1]
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.05
+
+
+def test_final_checkpoint_loads_weights_only_with_what_inference_needs(tiny_run):
+    card = torch.load(tiny_run["out"] / "vit_cifar10_finetuned.pth", weights_only=True)
+    assert card["model_name"] == "vit_tiny_patch16_224" and card["img_size"] == 32
+    assert card["class_names"] == sorted(card["class_names"]) and len(card["class_names"]) == 10
+    assert card["source_size"] == 32 and card["mean"] == [0.5, 0.5, 0.5]
+    assert card["metrics"]["test_acc"] == epochs(tiny_run["out"])[-1]["test_acc"]
+    assert card["state_dict"]["head.weight"].shape == (10, 192)
+    last = torch.load(tiny_run["out"] / "last.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"} <= set(last) and last["epoch"] == 6
+
+
+def test_plots_are_written(tiny_run):
+    for name in ("curves.png", "confusion_matrix.png"):
+        with Image.open(tiny_run["out"] / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_summary_line_per_epoch(tiny_run):
+    lines = [l for l in tiny_run["stdout"].splitlines() if l.startswith("epoch ") and "test loss" in l]
+    assert len(lines) == 6 and "img/s" in lines[0]
+
+
+def test_pretrained_local_file_really_initialises_the_weights(cifar_dir, tmp_path):
+    """With lr 0 nothing moves, so the trained model must hold exactly the file's tensors (the
+    position embedding resampled from 224 to 32 px, the head replaced by 10 classes)."""
+    import timm
+    from weights import resample_position_embedding
+
+    timm_model = make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
+    data = make_subset(cifar_dir, tmp_path / "data", 4, 2)
+    cfg = TrainConfig(data=str(data), model="vit_tiny_patch16_224", pretrained=str(tmp_path / "model.safetensors"),
+                      img_size=32, epochs=1, batch_size=8, lr=0.0, device="cpu", output_dir=str(tmp_path / "out"),
+                      cache_dir=str(tmp_path / "cache"), num_workers=1)
+    train(cfg)
+    state = torch.load(tmp_path / "out" / "vit_data_finetuned.pth", weights_only=True)["state_dict"]
+    reference = timm_model.state_dict()
+    assert torch.equal(state["blocks.3.attention.qkv.weight"], reference["blocks.3.attn.qkv.weight"])
+    assert torch.equal(state["patch_embedding.projection.weight"], reference["patch_embed.proj.weight"])
+    assert torch.equal(state["position_embedding"], resample_position_embedding(reference["pos_embed"], 2))
+    assert state["head.weight"].shape == (10, 192)
+
+
+def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
+    """Kill a run with SIGINT partway, resume it, and compare with an uninterrupted run."""
+    data = make_subset(cifar_dir, tmp_path / "cifar10-small", 40, 5)
+    common = ["-m", "train", "--data", str(data), "--epochs", "4", "--cache-dir", str(tmp_path / "cache"),
+              *TINY_TRAIN_ARGS, "--batch-size", "16"]
+    whole = run_module(*common, "--output-dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    process = subprocess.Popen([sys.executable, *common, "--output-dir", str(tmp_path / "cut")], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until the first epoch is done, then interrupt
+        if line.startswith("epoch 1/4:"):
+            process.send_signal(signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert "--resume" in stderr and "Traceback" not in stderr
+    last = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (last["epoch"], last["step"]) < (4, 0)
+
+    resumed = run_module(*common, "--output-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "whole" / "vit_cifar10_finetuned.pth", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "vit_cifar10_finetuned.pth", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    timing = ("train_img_per_s",)
+    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
+        {k: v for k, v in b["metrics"].items() if k not in timing}
+
+
+def test_resume_refuses_changed_settings(tiny_run, tmp_path):
+    result = run_module("-m", "train", "--data", str(tiny_run["data"]), "--epochs", "6", *TINY_TRAIN_ARGS,
+                        "--lr", "5e-4", "--output-dir", str(tmp_path), "--cache-dir", str(tmp_path / "c"),
+                        "--resume", str(tiny_run["out"] / "last.pt"))
+    assert result.returncode == 1
+    assert "changed: lr: 0.001 -> 0.0005" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_device_augmentation_is_a_padded_crop_and_flip():
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).view(2, 3, 6, 6)
+    generator = torch.Generator().manual_seed(0)
+    out = random_crop_flip(images, 2, generator)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for original, crop in zip(images, out):
+        padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
+        windows = [padded[:, y:y + 6, x:x + 6] for y in range(5) for x in range(5)]
+        assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(2)) for w in windows)
+
+
+def test_epoch_order_is_a_seeded_permutation_and_eval_is_not_augmented():
+    split = Split(labels=torch.arange(10), images=torch.zeros(10, 3, 4, 4, dtype=torch.uint8))
+    train_batches = TensorBatches(split, 4, torch.device("cpu"), 8, (0.5,) * 3, (0.5,) * 3, train=True, seed=1)
+    assert len(train_batches) == 2  # the partial last batch is dropped
+    assert sorted(train_batches.order(0).tolist()) == list(range(10))
+    assert torch.equal(train_batches.order(3), train_batches.order(3))
+    assert not torch.equal(train_batches.order(0), train_batches.order(1))
+    eval_batches = TensorBatches(split, 4, torch.device("cpu"), 8, (0.5,) * 3, (0.5,) * 3, train=False)
+    assert len(eval_batches) == 3 and [l.tolist() for _, l in eval_batches.epoch(0)][-1] == [8, 9]
+
+
+def test_dataset_names():
+    from pathlib import Path
+
+    assert dataset_name(Path("/x/cifar10-jpg")) == "cifar10"
+    assert dataset_name(Path("/x/CIFAR-10")) == "cifar10"
+    assert dataset_name(Path("/x/Flowers 102")) == "flowers-102"
