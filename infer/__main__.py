@@ -8,7 +8,6 @@ Exit status: 0 when every image was classified, 1 when any input failed (each fa
 line on stderr, naming the file and the reason), 2 for bad arguments.
 """
 
-import argparse
 import json
 import sys
 
@@ -17,10 +16,11 @@ import torch
 from infer.images import ImageError, expand_paths
 from infer.predict import Classifier
 from train.checkpoint import CheckpointError
+from vit.cli import ArgumentParser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m infer", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a vit_<name>_finetuned.pth written by train")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", help="image files and/or folders")

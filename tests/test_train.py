@@ -135,3 +135,20 @@ def test_dataset_names():
     assert dataset_name(Path("/x/cifar10-jpg")) == "cifar10"
     assert dataset_name(Path("/x/CIFAR-10")) == "cifar10"
     assert dataset_name(Path("/x/Flowers 102")) == "flowers-102"
+
+
+def test_compiled_training_matches_eager(cifar_dir, tmp_path):
+    """torch.compile (inductor, on CPU here) must train the same model as eager mode."""
+    data = make_subset(cifar_dir, tmp_path / "cifar10", 3, 2)
+    runs = {}
+    for mode in ("--compile", "--no-compile"):
+        out = tmp_path / mode.strip("-")
+        result = run_module("-m", "train", "--data", str(data), "--epochs", "1", "--output-dir", str(out),
+                            "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "10", mode)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (", compiled" in result.stdout) == (mode == "--compile")
+        runs[mode] = torch.load(out / "vit_cifar10_finetuned.pth", weights_only=True)
+    compiled, eager = runs["--compile"], runs["--no-compile"]
+    assert compiled["metrics"]["test_loss"] == pytest.approx(eager["metrics"]["test_loss"], abs=1e-3)
+    for key, value in eager["state_dict"].items():
+        assert torch.allclose(compiled["state_dict"][key], value, atol=5e-3), key

@@ -4,7 +4,6 @@ Every flag maps to a field of train.config.TrainConfig. Expected failures (bad d
 downloads, bad checkpoints, out of memory) end with one line on stderr and a non-zero exit.
 """
 
-import argparse
 import sys
 from dataclasses import fields
 
@@ -15,6 +14,7 @@ from train.config import TrainConfig
 from train.data import DataError
 from train.loop import Interrupted, TrainingError, train
 from weights.load import WeightsError
+from vit.cli import ArgumentParser
 
 HELP = {
     "data": "'cifar10' (download into --data-root), an ImageFolder root with train/ and test/ (or val/), "
@@ -26,7 +26,7 @@ HELP = {
 
 
 def parse_args(argv=None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     defaults = TrainConfig()
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")

@@ -234,15 +234,12 @@ def new_progress(device) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Fine-tune as `cfg` says; return the final metrics. Writes into cfg.output_dir:
-    metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth, curves.png, confusion_matrix.png."""
+def prepare(cfg: TrainConfig) -> dict:
+    """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's state."""
     device, amp_dtype, use_compile = resolve_hardware(cfg)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    is_main = rank == 0
     torch.manual_seed(cfg.seed)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
     data = load_dataset(cfg)
     # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
@@ -256,8 +253,8 @@ def train(cfg: TrainConfig) -> dict:
     train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
     test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
     if len(train_batches) == 0:
-        raise TrainingError(f"{len(data.train.labels)} training images make no full batch of {cfg.batch_size}; "
-                            "lower --batch-size")
+        raise TrainingError(f"{len(data.train.labels)} training images make no full batch of {cfg.batch_size}"
+                            f"{f' per rank ({world_size} ranks)' if world_size > 1 else ''}; lower --batch-size")
 
     total_steps = cfg.epochs * len(train_batches)
     optimizer = build_optimizer(model, cfg, device)
@@ -265,21 +262,35 @@ def train(cfg: TrainConfig) -> dict:
         optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     forward = model
-    if world_size > 1:
+    if world_size > 1:  # gradients are averaged across ranks during backward
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if use_compile:
         forward = torch.compile(forward)
-    state = dict(cfg=cfg, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                 amp_dtype=amp_dtype, device=device, class_names=data.class_names, source_size=data.source_size,
-                 history=[], is_main=is_main, world_size=world_size)
+    return dict(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, amp_dtype=amp_dtype, device=device, use_compile=use_compile,
+                train_batches=train_batches, test_batches=test_batches, class_names=data.class_names,
+                source_size=data.source_size, history=[], is_main=rank == 0, world_size=world_size)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Fine-tune as `cfg` says; return the final metrics. Writes into cfg.output_dir:
+    metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth, curves.png, confusion_matrix.png."""
+    state = prepare(cfg)
+    data, model, forward, scheduler = state["data"], state["model"], state["forward"], state["scheduler"]
+    device, amp_dtype, is_main = state["device"], state["amp_dtype"], state["is_main"]
+    train_batches, test_batches = state["train_batches"], state["test_batches"]
+    output_dir = Path(cfg.output_dir)
 
     start_epoch, start_step, progress = 0, 0, new_progress(device)
     if cfg.resume:
         start_epoch, start_step, progress = restore(state, cfg.resume)
     say = tqdm.write if is_main else (lambda *_: None)
-    say(f"{cfg.model} @ {cfg.img_size}px on {device} ({'amp ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}"
-        f"{', compiled' if use_compile else ''}), {len(data.train.labels)} train / {len(data.test.labels)} test images, "
-        f"{len(data.class_names)} classes, weights: {model.pretrained_cfg['source'] or 'random init'}")
+    precision = str(amp_dtype).split(".")[-1] if amp_dtype else "fp32"
+    extras = (", compiled" if state["use_compile"] else "") + (
+        f", {state['world_size']} ranks" if state["world_size"] > 1 else "")
+    say(f"{cfg.model} @ {cfg.img_size}px on {device} ({precision}{extras}), {len(data.train.labels)} train / "
+        f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
+        f"weights: {model.pretrained_cfg['source'] or 'random init'}")
 
     stop = StopRequest()
     metrics_file = output_dir / "metrics.jsonl"

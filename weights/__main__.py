@@ -3,7 +3,6 @@
 SRC is a timm or Hugging Face `.safetensors` file, a folder holding one, or a hub id.
 """
 
-import argparse
 import json
 import sys
 
@@ -11,10 +10,11 @@ from safetensors.torch import save_file
 
 from weights.load import WeightsError, load_pretrained
 from weights.convert import TIMM_TO_OURS
+from vit.cli import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weights", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m weights", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert a checkpoint to our layout")
     convert.add_argument("src", help="timm / Hugging Face .safetensors file, folder, or hub id")

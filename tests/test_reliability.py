@@ -1,0 +1,172 @@
+"""Bad data, impossible downloads, killed runs, full disks and diverging losses, with real
+subprocesses, signals and files."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module
+from train import TrainConfig
+from train.checkpoint import CheckpointError, atomic_save, safe_load
+
+
+def train_cli(data, tmp_path, *extra):
+    return run_module("-m", "train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+                      "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8", *extra)
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stdout[-1000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_unreadable_training_images_fail_fast_or_are_skipped(cifar_dir, tmp_path):
+    data = make_subset(cifar_dir, tmp_path / "data", 2, 1)
+    (data / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "train" / "dog" / "empty.jpg").write_bytes(b"")
+    one_line_error(train_cli(data, tmp_path), "2 unreadable image(s)", "broken.jpg", "--skip-bad-images")
+    assert not (tmp_path / "out" / "last.pt").exists()  # failed before any training
+    result = train_cli(data, tmp_path, "--skip-bad-images")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped 2 unreadable image(s)" in result.stdout
+
+
+@pytest.mark.parametrize("break_data,fragment", [
+    (lambda d: [p.unlink() for p in (d / "train" / "frog").iterdir()], "frog: class folder has no images"),
+    (lambda d: (d / "test" / "horse").rename(d / "test" / "pony"), "different classes"),
+    (lambda d: [p.unlink() for p in (d / "train").rglob("*.jpg")], "class folder has no images"),
+    (lambda d: (d / "test").rename(d / "elsewhere"), "expected train/ and test/ (or val/)"),
+])
+def test_broken_data_folders_are_refused_before_training(cifar_dir, tmp_path, break_data, fragment):
+    data = make_subset(cifar_dir, tmp_path / "data", 2, 1)
+    break_data(data)
+    one_line_error(train_cli(data, tmp_path), fragment)
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_impossible_downloads_are_one_line(tmp_path):
+    cifar = run_module("-m", "train", "--data", "cifar10", "--data-root", str(tmp_path), "--device", "cpu")
+    one_line_error(cifar, "cannot download CIFAR-10", "--data an ImageFolder root", "cifar-10-batches-py")
+    missing = run_module("-m", "train", "--data", "/nonexistent/folder", "--device", "cpu")
+    one_line_error(missing, "--data /nonexistent/folder: not 'cifar10' and not a folder")
+
+
+def test_unavailable_pretrained_weights_are_one_line(cifar_dir, tmp_path):
+    data = make_subset(cifar_dir, tmp_path / "data", 1, 1)
+    result = run_module("-m", "train", "--data", str(data), "--model", "vit_tiny_patch16_224", "--pretrained", "default",
+                        "--device", "cpu", "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
+                        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    one_line_error(result, "cannot get 'timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k'", "--pretrained none")
+    result = run_module("-m", "train", "--model", "vit_giant", "--data", str(data), "--device", "cpu",
+                        "--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "o"))
+    one_line_error(result, "unknown model 'vit_giant'")
+
+
+def test_bad_flags_are_one_line():
+    result = run_module("-m", "train", "--amp", "fp8", "--data", "/tmp")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    result = run_module("-m", "train", "--batch-size", "many")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+SAVER = """
+import sys, torch
+from train.checkpoint import atomic_save
+path = sys.argv[1]
+for version in range(10**6):
+    atomic_save({"version": version, "state_dict": {"w": torch.full((2_000_000,), float(version))}}, path)
+    print(version, flush=True)
+"""
+
+
+def test_sigkill_during_saving_never_leaves_a_broken_checkpoint(tmp_path):
+    """A process saves 8 MB checkpoints back to back; kill it at random moments, many times.
+    Every time, the checkpoint on disk must load and be a whole version."""
+    path = tmp_path / "last.pt"
+    rng = random.Random(0)
+    for _ in range(8):
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        process.stdout.readline()  # at least one version is on disk
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        checkpoint = safe_load(path)
+        version = checkpoint["version"]
+        assert torch.equal(checkpoint["state_dict"]["w"], torch.full((2_000_000,), float(version)))
+
+
+def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_path):
+    data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
+    command = [sys.executable, "-m", "train", "--data", str(data), "--epochs", "400", "--output-dir", str(tmp_path / "out"),
+               "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith("epoch 3/400:"):
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    last = safe_load(tmp_path / "out" / "last.pt")
+    assert last["epoch"] >= 3
+    # The checkpoint a SIGKILL left behind restores into a fresh run (test_train covers a full resume).
+    cfg = TrainConfig(data=str(data), epochs=400, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                      model="vit_tiny_patch16_224", pretrained="none", img_size=32, batch_size=8, lr=1e-3,
+                      device="cpu", num_workers=2, resume=str(tmp_path / "out" / "last.pt"))
+    from train.loop import prepare, restore
+
+    state = prepare(cfg)
+    epoch, step, _ = restore(state, cfg.resume)
+    assert (epoch, step) == (last["epoch"], 0)
+    assert torch.equal(state["model"].state_dict()["head.weight"], last["state_dict"]["head.weight"])
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_save({"state_dict": {"w": torch.zeros(10)}, "version": 1}, path)
+    code = ("import resource, signal, sys, torch\n"
+            "from train.checkpoint import atomic_save, CheckpointError\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))  # writes past 1 MB fail\n"
+            "try:\n"
+            f"    atomic_save({{'state_dict': {{'w': torch.ones(1_000_000)}}, 'version': 2}}, {str(path)!r})\n"
+            "except CheckpointError as error:\n"
+            "    print(error); sys.exit(1)\n")
+    result = run_module("-c", code)
+    assert result.returncode == 1, result.stderr
+    assert "cannot write" in result.stdout and "previous checkpoint" in result.stdout
+    assert safe_load(path)["version"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cifar_dir, tmp_path, monkeypatch):
+    import train.loop as loop
+
+    data = make_subset(cifar_dir, tmp_path / "data", 4, 1)
+    cfg = TrainConfig(data=str(data), epochs=3, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"),
+                      model="vit_tiny_patch16_224", pretrained="none", img_size=32, batch_size=8, device="cpu",
+                      num_workers=1, log_every=1)
+    real_evaluate = loop.evaluate
+    calls = []
+
+    def evaluate_then_diverge(forward, *args, **kwargs):
+        result = real_evaluate(forward, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # after epoch 1 the weights blow up, as a diverging run's would
+            with torch.no_grad():
+                next(forward.parameters()).fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_diverge)
+    with pytest.raises(loop.TrainingError, match="loss became NaN/Inf in epoch 2"):
+        loop.train(cfg)
+    last = safe_load(tmp_path / "out" / "last.pt")
+    assert last["epoch"] == 1 and torch.isfinite(last["state_dict"]["patch_embedding.projection.weight"]).all()
