@@ -27,13 +27,15 @@ def main(argv=None) -> int:
     source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate")
     parser.add_argument("--topk", type=int, default=1, help="show the K most likely classes")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on CPU")
     parser.add_argument("--workers", type=int, default=4, help="image-decoding threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+                        help="autocast precision (default: the one training evaluated in)")
     args = parser.parse_args(argv)
 
     try:
-        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers)
+        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp)
         if args.data:
             return report_evaluation(classifier.evaluate_folder(args.data), args.json)
         return report_predictions(classifier.classify(expand_paths(args.image), args.topk), args.json)

@@ -249,9 +249,9 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     """Per image: a random crop of the zero-padded image (same size), then a coin-flip mirror.
     (B, 3, h, w) uint8 -> (B, 3, h, w) uint8, done for the whole batch with one gather."""
     b, _, h, w = images.shape
-    device = images.device
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(device)
-    flips = (torch.rand(b, generator=generator) < 0.5).to(device)
+    device = images.device  # `generator` lives there too: no host-device copy, no sync
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=device)
+    flips = torch.rand(b, generator=generator, device=device) < 0.5
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
     rows = (offsets[0][:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, h, 1)
     cols = (offsets[1][:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, w)
@@ -293,7 +293,7 @@ class TensorBatches:
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = self.images[index]
             if self.train:
-                generator = torch.Generator().manual_seed((self.seed * 1000 + epoch) * 1_000_000 + step)
+                generator = torch.Generator(self.device).manual_seed((self.seed * 1000 + epoch) * 1_000_000 + step)
                 images = random_crop_flip(images, self.crop_padding, generator)
             yield to_model_input(images, self.img_size, self.mean, self.std), self.labels[index]
 

@@ -163,7 +163,8 @@ def evaluate(forward, batches, num_classes: int, amp_dtype, is_main: bool = True
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)
+        cells = labels * num_classes + logits.argmax(1)  # (true, predicted) pairs as flat indices
+        confusion.scatter_add_(0, cells, torch.ones_like(cells))  # unlike bincount, never syncs
         count += len(labels)
     confusion = confusion.view(num_classes, num_classes).cpu()
     return {"test_loss": loss_sum.item() / max(1, count), "test_acc": confusion.trace().item() / max(1, count),
@@ -199,7 +200,8 @@ def model_card(state: dict) -> dict:
     return {"model_name": state["cfg"].model, "img_size": state["cfg"].img_size,
             "num_classes": model.cfg.num_classes, "class_names": state["class_names"],
             "mean": list(model.pretrained_cfg["mean"]), "std": list(model.pretrained_cfg["std"]),
-            "source_size": state["source_size"], "layer_norm_eps": model.cfg.layer_norm_eps}
+            "source_size": state["source_size"], "layer_norm_eps": model.cfg.layer_norm_eps,
+            "eval_amp": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "none"}[state["amp_dtype"]]}
 
 
 def restore(state: dict, path: str) -> tuple[int, int, dict]:
