@@ -11,12 +11,10 @@ line on stderr, naming the file and the reason), 2 for bad arguments.
 import json
 import sys
 
-import torch
-
 from infer.images import ImageError, expand_paths
 from infer.predict import Classifier
 from train.checkpoint import CheckpointError
-from vit.cli import ArgumentParser
+from vit.cli import ArgumentParser, is_out_of_memory
 
 
 def main(argv=None) -> int:
@@ -42,8 +40,10 @@ def main(argv=None) -> int:
     except (CheckpointError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except torch.cuda.OutOfMemoryError:
-        print(f"error: out of GPU memory at --batch-size {args.batch_size}; lower --batch-size", file=sys.stderr)
+    except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(error):
+            raise
+        print(f"error: out of memory at --batch-size {args.batch_size}; lower --batch-size", file=sys.stderr)
         return 1
 
 

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module
 from train import TrainConfig
-from train.checkpoint import CheckpointError, atomic_save, safe_load
+from train.checkpoint import atomic_save, safe_load
 
 
 def train_cli(data, tmp_path, *extra):

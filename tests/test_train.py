@@ -52,7 +52,6 @@ def test_summary_line_per_epoch(tiny_run):
 def test_pretrained_local_file_really_initialises_the_weights(cifar_dir, tmp_path):
     """With lr 0 nothing moves, so the trained model must hold exactly the file's tensors (the
     position embedding resampled from 224 to 32 px, the head replaced by 10 classes)."""
-    import timm
     from weights import resample_position_embedding
 
     timm_model = make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")

@@ -14,7 +14,7 @@ from train.config import TrainConfig
 from train.data import DataError
 from train.loop import Interrupted, TrainingError, train
 from weights.load import WeightsError
-from vit.cli import ArgumentParser
+from vit.cli import ArgumentParser, is_out_of_memory
 
 HELP = {
     "data": "'cifar10' (download into --data-root), an ImageFolder root with train/ and test/ (or val/), "
@@ -58,8 +58,10 @@ def main(argv=None) -> int:
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         return 128 + stop.signum
-    except torch.cuda.OutOfMemoryError:
-        print(f"error: out of GPU memory at --batch-size {cfg.batch_size}; lower --batch-size "
+    except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(error):
+            raise
+        print(f"error: out of memory at --batch-size {cfg.batch_size}; lower --batch-size "
               "(or --eval-batch-size)", file=sys.stderr)
         return 1
     except (DataError, WeightsError, CheckpointError, TrainingError, ValueError) as error:

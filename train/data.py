@@ -174,7 +174,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     containers only, and refuses any other class, so a doctored batch cannot run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how Python 3's protocol-2 pickles spell bytes: str -> bytes, no more
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

@@ -8,3 +8,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """GPU out-of-memory, or the CPU allocator's 'can't allocate memory'."""
+    import torch
+
+    text = str(error)
+    return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
