@@ -2,7 +2,8 @@
 
 `atomic_save` writes to a temporary file in the same folder, flushes it to disk, then renames
 it over the target: a reader (or a crash, or SIGKILL) sees the old file or the new one, never
-half of one. A failed write (full disk) removes the temporary file and leaves the old one.
+half of one. A failed write (full disk) removes the temporary file and leaves the old one; a
+temporary file left by a killed process is removed by the next successful save.
 """
 
 import os
@@ -24,6 +25,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+        _remove_orphans(path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # make the rename itself durable
@@ -33,6 +35,24 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
         raise CheckpointError(f"cannot write {path} ({reason}); the previous checkpoint, if any, is untouched") from None
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files of `path` whose writer process no longer exists (it was killed)."""
+    for orphan in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = orphan.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def safe_load(path: str | os.PathLike) -> dict:
