@@ -165,15 +165,14 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) ->
     wrong class count (the model keeps its fresh head); raise WeightsError on anything else."""
     expected = model.state_dict()
     state_dict = dict(state_dict)
-    pos = state_dict.get("position_embedding")
-    if pos is not None and pos.ndim == 3 and pos.shape != expected["position_embedding"].shape:
-        if math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1 and pos.shape[2] == expected["position_embedding"].shape[2]:
+    pos, model_pos = state_dict.get("position_embedding"), expected["position_embedding"]
+    if pos is not None and pos.ndim == 3 and pos.shape != model_pos.shape and pos.shape[2] == model_pos.shape[2]:
+        if math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1:  # CLS + a square patch grid
             state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size)
-    head = state_dict.get("head.weight")
-    if head is not None and head.shape != expected["head.weight"].shape and head.shape[1:] == expected["head.weight"].shape[1:]:
-        del state_dict["head.weight"]
-        state_dict.pop("head.bias", None)
-        state_dict["head.weight"], state_dict["head.bias"] = expected["head.weight"], expected["head.bias"]
+    head, model_head = state_dict.get("head.weight"), expected["head.weight"]
+    if head is not None and head.shape[0] != model_head.shape[0] and head.shape[1:] == model_head.shape[1:]:
+        # Another class count (1000 ImageNet classes -> 10): keep the model's fresh, zeroed head.
+        state_dict["head.weight"], state_dict["head.bias"] = model_head, expected["head.bias"]
 
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
