@@ -172,3 +172,18 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cifar_dir, tm
         loop.train(cfg)
     last = safe_load(tmp_path / "out" / "last.pt")
     assert last["epoch"] == 1 and torch.isfinite(last["state_dict"]["patch_embedding.projection.weight"]).all()
+
+
+def test_sigterm_saves_last_checkpoint_and_exits_cleanly(cifar_dir, tmp_path):
+    data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
+    command = [sys.executable, "-m", "train", "--data", str(data), "--epochs", "400", "--output-dir", str(tmp_path / "out"),
+               "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("epoch 2/400:"):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert safe_load(tmp_path / "out" / "last.pt")["epoch"] >= 2
