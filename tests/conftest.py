@@ -88,3 +88,19 @@ def tiny_run(cifar_dir, tmp_path_factory):
                         "--cache-dir", str(root / "cache"), *TINY_TRAIN_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"data": data, "out": root / "out", "stdout": result.stdout, "stderr": result.stderr}
+
+
+def start_training(args: list[str], until: str):
+    """Start `python -m train ARGS` and return the running process once it has printed a line
+    starting with `until` (an epoch's summary line, say), so a test can signal it mid-run."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith(until):
+            return process
+    process.wait()
+    raise AssertionError(f"training ended (exit {process.returncode}) before printing {until!r}: "
+                         f"{process.stderr.read()[-2000:]}")

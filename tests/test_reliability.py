@@ -10,9 +10,15 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module
+from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module, start_training
 from train import TrainConfig
 from train.checkpoint import atomic_save, safe_load
+
+
+def long_run_args(data, tmp_path) -> list[str]:
+    """A tiny run long enough (400 short epochs) to be interrupted at any point."""
+    return ["--data", str(data), "--epochs", "400", "--output-dir", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8"]
 
 
 def train_cli(data, tmp_path, *extra):
@@ -108,12 +114,7 @@ def test_sigkill_during_saving_never_leaves_a_broken_checkpoint(tmp_path):
 
 def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
-    command = [sys.executable, "-m", "train", "--data", str(data), "--epochs", "400", "--output-dir", str(tmp_path / "out"),
-               "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in process.stdout:
-        if line.startswith("epoch 3/400:"):
-            break
+    process = start_training(long_run_args(data, tmp_path), until="epoch 3/400:")
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -176,13 +177,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cifar_dir, tm
 
 def test_sigterm_saves_last_checkpoint_and_exits_cleanly(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
-    command = [sys.executable, "-m", "train", "--data", str(data), "--epochs", "400", "--output-dir", str(tmp_path / "out"),
-               "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("epoch 2/400:"):
-            process.send_signal(signal.SIGTERM)
-            break
+    process = start_training(long_run_args(data, tmp_path), until="epoch 2/400:")
+    process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" in stderr and "--resume" in stderr and "Traceback" not in stderr

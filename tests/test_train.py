@@ -2,14 +2,12 @@
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module
+from tests.conftest import TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module, start_training
 from train import TrainConfig, train
 from train.data import TensorBatches, Split, dataset_name, random_crop_flip
 
@@ -76,12 +74,8 @@ def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
     whole = run_module(*common, "--output-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
-    process = subprocess.Popen([sys.executable, *common, "--output-dir", str(tmp_path / "cut")], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:  # wait until the first epoch is done, then interrupt
-        if line.startswith("epoch 1/4:"):
-            process.send_signal(signal.SIGINT)
-            break
+    process = start_training([*common[2:], "--output-dir", str(tmp_path / "cut")], until="epoch 1/4:")
+    process.send_signal(signal.SIGINT)  # the first epoch is done: interrupt the second
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
     assert "--resume" in stderr and "Traceback" not in stderr
