@@ -26,5 +26,6 @@ report = {"rank": dist.get_rank(), "seen": seen, "checksum": weights.double().su
 gathered = [None] * dist.get_world_size()
 dist.all_gather_object(gathered, report)
 if dist.get_rank() == 0:
-    print(json.dumps(gathered))
+    print(json.dumps(gathered), flush=True)
+dist.barrier()  # leave together: a rank tearing gloo down while the other still talks can abort
 dist.destroy_process_group()

@@ -54,6 +54,8 @@ def main(argv=None) -> int:
         torch.distributed.init_process_group(backend)
     try:
         train(cfg)
+        if distributed:
+            torch.distributed.barrier()  # all ranks finish before any tears the process group down
         return 0
     except Interrupted as stop:
         print(stop, file=sys.stderr)
