@@ -60,10 +60,13 @@ def test_broken_data_folders_are_refused_before_training(cifar_dir, tmp_path, br
 
 
 def test_impossible_downloads_are_one_line(tmp_path):
-    cifar = run_module("-m", "train", "--data", "cifar10", "--data-root", str(tmp_path), "--device", "cpu")
+    cifar = run_module("-m", "train", "--data", "cifar10", "--data-root", str(tmp_path), "--device", "cpu",
+                       "--output-dir", str(tmp_path / "out"))
     one_line_error(cifar, "cannot download CIFAR-10", "--data an ImageFolder root", "cifar-10-batches-py")
-    missing = run_module("-m", "train", "--data", "/nonexistent/folder", "--device", "cpu")
+    missing = run_module("-m", "train", "--data", "/nonexistent/folder", "--device", "cpu",
+                         "--output-dir", str(tmp_path / "out"))
     one_line_error(missing, "--data /nonexistent/folder: not 'cifar10' and not a folder")
+    assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind
 
 
 def test_unavailable_pretrained_weights_are_one_line(cifar_dir, tmp_path):

@@ -242,7 +242,6 @@ def prepare(cfg: TrainConfig) -> dict:
     device, amp_dtype, use_compile = resolve_hardware(cfg)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(cfg.seed)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
     data = load_dataset(cfg)
     # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
@@ -253,6 +252,7 @@ def prepare(cfg: TrainConfig) -> dict:
         model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", (0.5,) * 3)),
                                     std=tuple(resume_from.get("std", (0.5,) * 3)))
     model.to(device)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)  # only once data and weights are in hand
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
     test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
