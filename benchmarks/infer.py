@@ -23,7 +23,7 @@ import vit
 from benchmarks.seed import seed_transform
 from benchmarks.train import DEFAULT_DATA
 from infer import Classifier
-from infer.images import expand_paths
+from vit.images import expand_paths
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

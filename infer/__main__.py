@@ -11,7 +11,7 @@ line on stderr, naming the file and the reason), 2 for bad arguments.
 import json
 import sys
 
-from infer.images import ImageError, expand_paths
+from vit.images import ImageError, expand_paths
 from infer.predict import Classifier
 from train.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, is_out_of_memory

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from infer.images import ImageError, load_image
+from vit.images import ImageError, expand_paths, load_image
 from train.checkpoint import CheckpointError, safe_load
 from vit.model import VisionTransformer, model_config
 from vit.preprocess import to_model_input
@@ -114,7 +114,6 @@ class Classifier:
                     return self.evaluate_folder(folder / split)
             unknown = sorted(set(classes) - set(self.class_names))
             raise ImageError(f"{folder}: class folders {unknown} are not classes of this model ({', '.join(self.class_names)})")
-        from infer.images import expand_paths
 
         paths, labels = [], []
         for name in classes:

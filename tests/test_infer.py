@@ -89,6 +89,19 @@ def test_preprocessing_is_exactly_trainings_evaluation_preprocessing(classifier,
     assert torch.equal(training_inputs, inference_inputs)
 
 
+def test_training_decodes_every_image_kind_as_inference_does(photo, tmp_path):
+    """Small training images go through the same reader: a half-transparent RGBA or a 16-bit
+    image gives the tensor training learns from and inference later sees, pixel for pixel."""
+    small = photo.resize((32, 32))
+    rgba = small.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))))
+    rgba.save(tmp_path / "rgba.png")
+    Image.fromarray(np.asarray(small.convert("L")).astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+    files = [tmp_path / "rgba.png", tmp_path / "gray16.png"]
+    split = decode_to_tensor(files, [0, 1], 32, num_workers=1, skip_bad=False)
+    assert all(torch.equal(split.images[i], load_image(f, 32)) for i, f in enumerate(files))
+
+
 def test_infer_data_reproduces_the_accuracy_training_reported(tiny_run):
     reported = torch.load(tiny_run["out"] / "vit_cifar10_finetuned.pth", weights_only=True)["metrics"]["test_acc"]
     result = run_module("-m", "infer", "--checkpoint", str(tiny_run["out"] / "vit_cifar10_finetuned.pth"),

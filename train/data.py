@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from vit.images import ImageError, expand_paths, load_image
 from vit.preprocess import to_model_input
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 SMALL_IMAGE_MAX_SIDE = 64  # up to this, a data set is decoded whole into memory
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -59,7 +58,7 @@ def list_image_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]
         raise DataError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (split_dir / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = expand_paths([split_dir / name])
         if not found:
             raise DataError(f"{split_dir / name}: class folder has no images")
         files += found
@@ -68,13 +67,13 @@ def list_image_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]
 
 
 def decode_small(path: Path) -> tuple[bytes, tuple[int, int]] | str:
-    """One small image -> (RGB bytes, (w, h)), or the reason it cannot be read."""
+    """One image -> (RGB bytes in HWC order, (w, h)), or the reason it cannot be read. Images
+    larger than SMALL_IMAGE_MAX_SIDE may come back reduced (still larger than it)."""
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            return rgb.tobytes(), rgb.size
-    except Exception as error:  # PIL raises many types for bad files
-        return f"{type(error).__name__}: {error}"
+        pixels = load_image(path, SMALL_IMAGE_MAX_SIDE)  # (3, h, w) uint8
+    except ImageError as error:
+        return str(error)
+    return pixels.permute(1, 2, 0).contiguous().numpy().tobytes(), (pixels.shape[2], pixels.shape[1])
 
 
 def decode_files(files: list[Path], num_workers: int) -> list:
@@ -148,11 +147,10 @@ def load_image_folder(root: Path, cfg) -> Dataset:
     train_files, train_labels = subset(train_files, train_labels, cfg.max_train_samples, cfg.seed)
     test_files, test_labels = subset(test_files, test_labels, cfg.max_eval_samples, cfg.seed)
 
-    first = next((f for f in train_files if not isinstance(decode_small(f), str)), None)
+    first = next((d for d in map(decode_small, train_files) if not isinstance(d, str)), None)
     if first is None:
         raise DataError(f"{root / 'train'}: no readable images")
-    with Image.open(first) as image:
-        width, height = image.size
+    width, height = first[1]
     name = cfg.name or dataset_name(root)
     if max(width, height) > SMALL_IMAGE_MAX_SIDE or width != height:
         return Dataset(name, classes, Split(torch.tensor(train_labels), files=train_files),
@@ -305,17 +303,16 @@ class _FileImages(torch.utils.data.Dataset):
     def __init__(self, files, labels, img_size: int, train: bool):
         from torchvision.transforms import v2
 
-        self.files, self.labels = files, labels
+        self.files, self.labels, self.img_size = files, labels, img_size
         resize = v2.RandomResizedCrop(img_size, antialias=True) if train else v2.Resize((img_size, img_size), antialias=True)
-        steps = [v2.PILToTensor(), resize] + ([v2.RandomHorizontalFlip()] if train else [])
+        steps = [resize] + ([v2.RandomHorizontalFlip()] if train else [])
         self.transform = v2.Compose(steps)
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        with Image.open(self.files[i]) as image:
-            return self.transform(image.convert("RGB")), self.labels[i]
+        return self.transform(load_image(self.files[i], self.img_size)), self.labels[i]
 
 
 class FileBatches:

@@ -1,5 +1,8 @@
 """Read any image a user may have into an RGB uint8 tensor, or say in one line why not.
 
+Training and inference both read images through `load_image`, so a model sees the same pixels
+when it is evaluated during training and when it classifies a file later.
+
 Handles RGBA / LA / palette transparency (composited on white), grayscale, 16- and 32-bit
 integer and float images (scaled, not clipped), CMYK and other colour spaces, EXIF rotation,
 very large images (decoded at reduced scale where the format allows it) and 1 x 1 images.
