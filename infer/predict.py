@@ -8,6 +8,7 @@ import torch
 
 from vit.images import ImageError, expand_paths, load_image
 from train.checkpoint import CheckpointError, safe_load
+from train.config import AMP_DTYPES
 from vit.model import VisionTransformer, model_config
 from vit.preprocess import to_model_input
 
@@ -47,14 +48,12 @@ class Classifier:
         self.class_names = list(card["class_names"])
         self.img_size, self.mean, self.std = card["img_size"], tuple(card["mean"]), tuple(card["std"])
         self.source_size = card.get("source_size")
-        self.metrics = card.get("metrics", {})
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.workers = workers
         amp = card.get("eval_amp", "none") if amp == "auto" else amp
-        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-        if amp not in dtypes:
+        if amp not in AMP_DTYPES:
             raise CheckpointError(f"amp {amp!r}: choose bf16, fp16, none or auto")
-        self.amp_dtype = dtypes[amp]
+        self.amp_dtype = AMP_DTYPES[amp]
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import vit
 from train.checkpoint import CheckpointError, atomic_save, safe_load
-from train.config import TrainConfig
+from train.config import AMP_DTYPES, TrainConfig
 from train.data import load_dataset, make_batches
 
 # Fields that must not change between a run and its resumption.
@@ -62,8 +62,8 @@ class StopRequest:
 # ---------------------------------------------------------------- setup
 
 
-def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None, bool]:
-    """(device, autocast dtype or None, whether to torch.compile), defaults filled in."""
+def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
+    """(device, --amp name, whether to torch.compile), defaults filled in."""
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -74,11 +74,10 @@ def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     amp = cfg.amp or ("bf16" if device.type == "cuda" else "none")
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-    if amp not in dtypes:
+    if amp not in AMP_DTYPES:
         raise TrainingError(f"--amp {amp}: choose bf16, fp16 or none")
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    return device, dtypes[amp], use_compile
+    return device, amp, use_compile
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -136,11 +135,11 @@ def train_one_epoch(state: dict, batches, epoch: int, start_step: int, progress:
             if progress["non_finite"].item():  # the one sync, every log_every steps
                 raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
                                     "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
-            bar.set_postfix(loss=f"{progress['loss_sum'].item() / progress['seen']:.4f}",
-                            acc=f"{progress['correct'].item() / progress['seen']:.2%}",
+            running_loss = progress["loss_sum"].item() / progress["seen"]
+            bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{progress['correct'].item() / progress['seen']:.2%}",
                             lr=f"{scheduler.get_last_lr()[0]:.2e}")
             state["history"].append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
-                                     "loss": progress["loss_sum"].item() / progress["seen"]})
+                                     "loss": running_loss})
         if stop.signum is not None and not last_step:
             bar.close()
             path = save_last(state, epoch, step + 1, progress)
@@ -201,7 +200,7 @@ def model_card(state: dict) -> dict:
             "num_classes": model.cfg.num_classes, "class_names": state["class_names"],
             "mean": list(model.pretrained_cfg["mean"]), "std": list(model.pretrained_cfg["std"]),
             "source_size": state["source_size"], "layer_norm_eps": model.cfg.layer_norm_eps,
-            "eval_amp": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "none"}[state["amp_dtype"]]}
+            "eval_amp": state["amp"]}
 
 
 def restore(state: dict) -> tuple[int, int, dict]:
@@ -239,7 +238,8 @@ def new_progress(device) -> dict:
 
 def prepare(cfg: TrainConfig) -> dict:
     """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's state."""
-    device, amp_dtype, use_compile = resolve_hardware(cfg)
+    device, amp, use_compile = resolve_hardware(cfg)
+    amp_dtype = AMP_DTYPES[amp]
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(cfg.seed)
 
@@ -271,7 +271,7 @@ def prepare(cfg: TrainConfig) -> dict:
     if use_compile:
         forward = torch.compile(forward)
     return dict(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, amp_dtype=amp_dtype, device=device, use_compile=use_compile,
+                scaler=scaler, amp=amp, amp_dtype=amp_dtype, device=device, use_compile=use_compile,
                 train_batches=train_batches, test_batches=test_batches, class_names=data.class_names,
                 source_size=data.source_size, history=[], is_main=rank == 0, world_size=world_size,
                 resume_from=resume_from)
@@ -290,7 +290,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume:
         start_epoch, start_step, progress = restore(state)
     say = tqdm.write if is_main else (lambda *_: None)
-    precision = str(amp_dtype).split(".")[-1] if amp_dtype else "fp32"
+    precision = "fp32" if state["amp"] == "none" else state["amp"]
     extras = (", compiled" if state["use_compile"] else "") + (
         f", {state['world_size']} ranks" if state["world_size"] > 1 else "")
     say(f"{cfg.model} @ {cfg.img_size}px on {device} ({precision}{extras}), {len(data.train.labels)} train / "
