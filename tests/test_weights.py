@@ -126,3 +126,16 @@ def test_hugging_face_transformers_checkpoint_matches_transformers(tmp_path, cif
     assert (ours(images) - expected).abs().max() <= 1e-5
     hidden = reference.vit(pixel_values=images).last_hidden_state
     assert (ours.forward_features(images) - hidden).abs().max() <= 1e-5
+
+
+def test_pretrained_pth_with_a_code_payload_is_refused(tmp_path):
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {"cls_token": Payload()}}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="refused, it holds Python objects other than weights"):
+        vit.create_model("vit_tiny_patch16_224", pretrained=tmp_path / "evil.pth")
+    assert not marker.exists()

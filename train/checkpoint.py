@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from weights.load import WeightsError, load_weights_only
+
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be written or read; the message is one readable line."""
@@ -56,19 +58,12 @@ def _process_exists(pid: int) -> bool:
 
 
 def safe_load(path: str | os.PathLike) -> dict:
-    """torch.load with weights_only=True: tensors and plain containers only; a pickle that asks
-    for anything else (a code payload) is refused before it can run."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    """A checkpoint written by this project, read with weights.load_weights_only (never
+    unpickles code)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        text = str(error)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(f"{path}: refused, it holds Python objects other than weights "
-                                  "(loading it could run code)") from None
-        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({type(error).__name__})") from None
+        checkpoint = load_weights_only(path)
+    except WeightsError as error:
+        raise CheckpointError(str(error)) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a checkpoint written by this project (no state_dict)")
     return checkpoint

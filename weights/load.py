@@ -87,13 +87,27 @@ def resolve(pretrained: str | os.PathLike) -> Path:
     return download_from_hub(spec)
 
 
+def load_weights_only(path: str | os.PathLike):
+    """torch.load with weights_only=True: tensors and plain containers only. A pickle that asks
+    for anything else (a code payload) is refused before it can run. The project's one place
+    that reads .pth/.pt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), ...
+        text = str(error)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise WeightsError(f"{path}: refused, it holds Python objects other than weights "
+                               "(loading it could run code)") from None
+        raise WeightsError(f"{path}: truncated or not a PyTorch checkpoint ({type(error).__name__})") from None
+
+
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors of a .safetensors or weights-only .pth file, and the .pth's other entries."""
     if path.suffix in (".pth", ".pt"):
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), ...
-            raise WeightsError(f"{path}: not a readable weights-only checkpoint ({type(error).__name__})") from None
+        checkpoint = load_weights_only(path)
         if not isinstance(checkpoint, dict):
             raise WeightsError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
         tensors = checkpoint.get("state_dict", checkpoint)
