@@ -19,18 +19,11 @@ import torch
 from benchmarks.common import machine, synchronize
 from benchmarks.seed import seed_loader, seed_train_steps
 from train.config import TrainConfig
-from train.loop import StopRequest, new_progress, prepare, train_one_epoch
+from train.loop import new_progress, prepare, train_one_epoch
+from train.stop import StopRequest
 from vit.model import model_config
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg"
-
-
-def forward_macs(name: str, img_size: int) -> float:
-    """Multiply-accumulates of one image's forward pass (17.6 G for ViT-B/16 at 224)."""
-    cfg = model_config(name, img_size=img_size)
-    d, t = cfg.embed_dim, cfg.num_patches + 1
-    per_block = 4 * d * d * t + 2 * cfg.mlp_ratio * d * d * t + 2 * t * t * d  # qkv+proj, mlp, attention
-    return cfg.depth * per_block + cfg.num_patches * d * cfg.in_channels * cfg.patch_size**2
 
 
 class SyntheticBatches:
@@ -94,7 +87,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", default="runs/benchmark")
     args = parser.parse_args(argv)
 
-    flops_per_image = 3 * forward_macs(args.model, args.img_size) * 2
+    flops_per_image = 3 * model_config(args.model, img_size=args.img_size).forward_macs * 2
     print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.steps} steps, on {machine(torch.device(args.device))}")
     rates = {"ours": ours(args, synthetic=False)}
     if "synthetic" in args.compare:

@@ -12,31 +12,50 @@ import json
 import sys
 
 from vit.images import ImageError, expand_paths
-from infer.predict import Classifier
+from infer.predict import Classifier, OptionError
 from train.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, is_out_of_memory
 
 
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m infer", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a vit_<name>_finetuned.pth written by train")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", nargs="+", help="image files and/or folders")
-    source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate")
-    parser.add_argument("--topk", type=int, default=1, help="show the K most likely classes")
+    source.add_argument("--image", nargs="+", help="image files and/or folders of images")
+    source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate: top-1, top-5, per class")
+    parser.add_argument("--topk", type=int, default=1, help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on CPU")
-    parser.add_argument("--workers", type=int, default=4, help="image-decoding threads")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: 64 on a GPU, 8 on CPU)")
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: 2)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto, a GPU if there is one, else the CPU)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
-                        help="autocast precision (default: the one training evaluated in)")
+                        help="autocast precision (default auto: the one training evaluated in, where the "
+                             "hardware runs it natively; see --quantize)")
+    parser.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
+                        help="int8: dynamic int8 Linear layers on CPU (default auto: int8 for a GPU-trained "
+                             "checkpoint on a CPU without AMX, where bf16 would be emulated)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--workers", args.workers), ("--topk", args.topk)):
+        if value is not None and value < 1:
+            parser.error(f"argument {flag}: {value} is not a positive number")
 
     try:
-        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp)
+        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp, args.quantize)
+        if not 1 <= args.topk <= len(classifier.class_names):
+            parser.error(f"argument --topk: choose 1 to {len(classifier.class_names)} (the model's classes)")
+        if classifier.precision.note:
+            print(f"note: {classifier.precision.note}", file=sys.stderr)
         if args.data:
             return report_evaluation(classifier.evaluate_folder(args.data), args.json)
         return report_predictions(classifier.classify(expand_paths(args.image), args.topk), args.json)
+    except OptionError as error:
+        parser.error(str(error))
     except (CheckpointError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

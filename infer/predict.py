@@ -1,18 +1,25 @@
 """Load a fine-tuned checkpoint and classify images with exactly training's eval preprocessing."""
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vit.images import ImageError, expand_paths, load_image
 from train.checkpoint import CheckpointError, safe_load
-from train.config import AMP_DTYPES
+from vit.cli import first_line
+from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
+from vit.images import ImageError, expand_paths, list_class_folders, load_image
 from vit.model import VisionTransformer, model_config
 from vit.preprocess import to_model_input
+from vit.quantize import QuantizationUnavailable, quantize_int8
 
 CARD_KEYS = ("state_dict", "model_name", "img_size", "num_classes", "class_names", "mean", "std")
+
+
+class OptionError(ValueError):
+    """Options that contradict each other or the checkpoint (a --topk past its classes, say)."""
 
 
 @dataclass
@@ -22,14 +29,59 @@ class Prediction:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How the model runs: 'fp32', 'bf16' or 'fp16' (autocast), or 'int8' (dynamic, CPU)."""
+
+    name: str
+    note: str | None = None  # one line, when this is not the precision training evaluated in
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES.get(self.name)
+
+
+def choose_precision(device: torch.device, trained: str, amp: str = "auto", quantize: str = "auto") -> Precision:
+    """The precision to classify in.
+
+    trained: the --amp name training evaluated in ('bf16' for a GPU run, 'none' on CPU).
+    amp / quantize: the flags; 'auto' lets this rule decide:
+      - on a GPU, or for a checkpoint evaluated in fp32: training's precision, so that
+        `--data` reproduces the accuracy training reported;
+      - a GPU-trained (bf16/fp16) checkpoint on a CPU: bf16 where the CPU has AMX (native and
+        fastest); elsewhere bf16 is emulated (4x slower than fp32 on AVX2) or slower than int8
+        (AVX512-BF16), so dynamic int8, which agrees with it on >= 99% of predictions
+        (benchmarks/README.md), or fp32 with --quantize none.
+    """
+    trained_name = "fp32" if trained == "none" else trained
+    if quantize == "int8":
+        if device.type != "cpu":
+            raise OptionError("--quantize int8 runs on the CPU only (add --device cpu)")
+        if amp not in ("auto", "none"):
+            raise OptionError(f"--quantize int8 and --amp {amp} exclude each other (int8 layers, the rest fp32)")
+        return Precision("int8", None if trained_name == "int8" else f"int8 instead of training's {trained_name}")
+    if amp != "auto":
+        name = "fp32" if amp == "none" else amp
+        return Precision(name, None if name == trained_name else f"{name} instead of training's {trained_name} (--amp)")
+    if device.type != "cpu" or trained_name == "fp32":
+        return Precision(trained_name)
+    if cpu_has_amx_bf16():
+        return Precision("bf16", None if trained_name == "bf16" else f"bf16 (AMX) instead of training's {trained_name}")
+    if quantize == "none":
+        return Precision("fp32", f"fp32 instead of training's {trained_name}: this CPU has no AMX, where bf16 is slow")
+    return Precision("int8", f"int8 instead of training's {trained_name}: this CPU has no AMX, where int8 is "
+                             "fastest (predictions agree on >= 99% of images; --quantize none for fp32)")
+
+
 class Classifier:
     """A fine-tuned ViT and what it needs to read images: `Classifier("vit_cifar10_finetuned.pth")`."""
 
     def __init__(self, checkpoint_path: str | Path, device: str = "auto", batch_size: int | None = None,
-                 workers: int = 4, amp: str = "auto"):
-        """amp: "bf16", "fp16", "none", or "auto": the precision training evaluated in (so that
-        evaluating a folder reproduces training's figures). batch_size: None picks 64 on a GPU and
-        8 on CPU, where small batches keep the activations in cache (measured: 1.4x faster in bf16)."""
+                 workers: int = 2, amp: str = "auto", quantize: str = "auto"):
+        """amp: "bf16", "fp16", "none", or "auto"; quantize: "int8", "none" or "auto": see
+        `choose_precision` (auto: training's precision where the hardware runs it natively).
+        batch_size: None picks 64 on a GPU and 8 on CPU, where small batches keep the
+        activations in cache. workers: image-decoding threads, beside the model's threads."""
         card = safe_load(checkpoint_path)
         missing = [k for k in CARD_KEYS if k not in card]
         if missing:
@@ -41,19 +93,28 @@ class Classifier:
             self.model.load_state_dict(card["state_dict"])
         except (ValueError, RuntimeError) as error:
             raise CheckpointError(f"{checkpoint_path}: weights do not fit {card['model_name']} "
-                                  f"({str(error).splitlines()[0][:200]})") from None
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+                                  f"({first_line(error)[:200]})") from None
+        if amp not in ("auto", *AMP_DTYPES) or quantize not in ("auto", "int8", "none"):
+            raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
+                              "quantize is auto, int8 or none")
+        try:
+            self.device = pick_device(device)
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+        self.precision = choose_precision(self.device, card.get("eval_amp", "none"), amp, quantize)
         self.model.to(self.device).eval()
-        self.class_names = list(card["class_names"])
+        if self.precision.name == "int8":
+            try:
+                self.model = quantize_int8(self.model)
+            except QuantizationUnavailable as error:
+                if quantize == "int8":
+                    raise OptionError(str(error)) from None
+                self.precision = Precision("fp32", f"fp32: {error}")
+        self.model_name, self.class_names = card["model_name"], list(card["class_names"])
         self.img_size, self.mean, self.std = card["img_size"], tuple(card["mean"]), tuple(card["std"])
         self.source_size = card.get("source_size")
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.workers = workers
-        amp = card.get("eval_amp", "none") if amp == "auto" else amp
-        if amp not in AMP_DTYPES:
-            raise CheckpointError(f"amp {amp!r}: choose bf16, fp16, none or auto")
-        self.amp_dtype = AMP_DTYPES[amp]
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""
@@ -62,7 +123,8 @@ class Classifier:
     @torch.inference_mode()
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) model input -> (B, num_classes) class probabilities."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        dtype = self.precision.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             return self.model(inputs).float().softmax(dim=1)
 
     def _read(self, path: Path):
@@ -72,15 +134,23 @@ class Classifier:
             return str(error)
 
     def read_all(self, paths: list[Path]):
-        """Yield (path, model input or error message), decoding in threads, in input order."""
+        """Yield (path, model input or error message) in input order. Threads decode up to two
+        batches ahead, so reading the next batch overlaps the model's work on this one."""
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = paths[start : start + self.batch_size]
-                yield from zip(chunk, pool.map(self._read, chunk))
+            ahead = deque()
+            for path in paths:
+                ahead.append((path, pool.submit(self._read, path)))
+                if len(ahead) > 2 * self.batch_size:
+                    path_, future = ahead.popleft()
+                    yield path_, future.result()
+            while ahead:
+                path_, future = ahead.popleft()
+                yield path_, future.result()
 
     def classify(self, paths: list[Path], topk: int = 1):
         """Yield a Prediction per path, batching the readable images."""
-        topk = max(1, min(topk, len(self.class_names)))
+        if not 1 <= topk <= len(self.class_names):
+            raise OptionError(f"--topk {topk}: choose 1 to {len(self.class_names)} (the model's classes)")
         pending = []
 
         def flush():
@@ -106,7 +176,7 @@ class Classifier:
         folder = Path(folder)
         if not folder.is_dir():
             raise ImageError(f"{folder}: no such folder")
-        classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        classes = list_class_folders(folder)
         if not set(classes) <= set(self.class_names):
             for split in ("test", "val"):
                 if (folder / split).is_dir():
@@ -120,7 +190,7 @@ class Classifier:
             paths += files
             labels += [self.class_names.index(name)] * len(files)
         if not paths:
-            raise ImageError(f"{folder}: no images found")
+            raise ImageError(f"{folder}: no images found (expected {folder}/<class>/<image>)")
         k = min(5, len(self.class_names))
         correct1 = correct5 = 0
         per_class = {name: [0, 0] for name in classes}  # [correct, total]

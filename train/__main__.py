@@ -4,6 +4,7 @@ Every flag maps to a field of train.config.TrainConfig. Expected failures (bad d
 downloads, bad checkpoints, out of memory) end with one line on stderr and a non-zero exit.
 """
 
+import re
 import sys
 from dataclasses import fields
 
@@ -15,17 +16,43 @@ from train.data import DataError
 from train.loop import Interrupted, TrainingError, train
 from weights.load import WeightsError
 from vit.cli import ArgumentParser, is_out_of_memory
+from vit.device import AMP_DTYPES
+from vit.model import MODEL_CONFIGS
 
-HELP = {
-    "data": "'cifar10' (download into --data-root), an ImageFolder root with train/ and test/ (or val/), "
-            "or an extracted cifar-10-batches-py folder",
-    "pretrained": "'default' (timm's ImageNet weights for --model), a hub id, a local file, or 'none'",
-    "amp": "bf16, fp16 or none (default: bf16 on a GPU, none on CPU)",
-    "device": "auto, cpu or cuda",
+HELP = {  # every flag's help: what it means, and what its default does
+    "data": "'cifar10' (downloaded into --data-root), an ImageFolder root with train/ and test/ (or val/), "
+            "or an extracted cifar-10-batches-py folder (default: cifar10)",
+    "data_root": "where --data cifar10 is downloaded to (default: data)",
+    "model": "a model name (default: vit_base_patch16_224); one of: " + ", ".join(MODEL_CONFIGS),
+    "pretrained": "'default' (timm's ImageNet weights for --model, from the Hugging Face hub or its cache), "
+                  "a hub id, a local .safetensors/.pth file, or 'none' for random weights (default: default)",
+    "img_size": "side of the model's input in pixels, a multiple of the patch size (default: 224)",
+    "epochs": "passes over the training set (default: 3)",
+    "batch_size": "images per step (default: 128)",
+    "lr": "peak learning rate of AdamW (default: 1e-4)",
+    "weight_decay": "AdamW weight decay, not applied to norms, biases, CLS token and positions (default: 0.05)",
+    "warmup_fraction": "fraction of all steps spent warming the learning rate up from 0 (default: 0.05)",
+    "label_smoothing": "cross-entropy label smoothing (default: 0.1)",
+    "grad_clip": "clip the gradients' global norm to this (default: 1.0)",
+    "crop_padding": "random-crop padding in pixels for small images (default: 4)",
+    "device": "auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N (default: auto)",
+    "amp": "autocast precision: bf16, fp16 or none (default: bf16 on a GPU, none (fp32) on CPU)",
+    "eval_batch_size": "images per evaluation batch (default: twice --batch-size)",
+    "num_workers": "processes decoding images (and DataLoader workers for large images) (default: 4)",
+    "output_dir": "where the model, last.pt, metrics.jsonl and plots go (default: runs/cifar10)",
+    "name": "data set name in vit_<name>_finetuned.pth (default: from --data, 'cifar10' for any CIFAR-10 copy)",
+    "seed": "seed for initialisation, data order and augmentation (default: 0)",
+    "max_train_samples": "train on a seeded random subset of this many images (default: all)",
+    "max_eval_samples": "evaluate on a seeded random subset of this many images (default: all)",
+    "resume": "a last.pt to continue from, with the flags of the run that wrote it (default: start afresh)",
+    "cache_dir": "where decoded small images are cached (default: ~/.cache/vit-from-scratch)",
+    "log_every": "steps between progress-bar updates; each one waits for the GPU (default: 25)",
 }
+POSITIVE = ("img_size", "epochs", "batch_size", "eval_batch_size", "max_train_samples", "max_eval_samples", "log_every")
 
 
-def parse_args(argv=None) -> TrainConfig:
+def build_parser() -> ArgumentParser:
+    """One flag per TrainConfig field, each with a help text that names its default."""
     parser = ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     defaults = TrainConfig()
     for field in fields(TrainConfig):
@@ -33,16 +60,37 @@ def parse_args(argv=None) -> TrainConfig:
         default = getattr(defaults, field.name)
         if field.name == "compile":
             parser.add_argument("--compile", dest="compile", action="store_true", default=None,
-                                help="torch.compile the model (default: on for a GPU)")
-            parser.add_argument("--no-compile", dest="compile", action="store_false")
+                                help="torch.compile the model (default: on for a GPU, off on CPU)")
+            parser.add_argument("--no-compile", dest="compile", action="store_false", help="do not torch.compile, even on a GPU")
         elif field.name == "skip_bad_images":
-            parser.add_argument(flag, action="store_true", help="skip unreadable training images")
+            parser.add_argument(flag, action="store_true",
+                                help="skip unreadable training images (default: stop and list them)")
+        elif field.name == "amp":
+            parser.add_argument(flag, choices=list(AMP_DTYPES), default=None, help=HELP[field.name])
         else:
             kind = {int: int, float: float}.get(type(default), str)
             if field.name in ("max_train_samples", "max_eval_samples", "eval_batch_size"):
                 kind = int
-            parser.add_argument(flag, type=kind, default=default, help=HELP.get(field.name, f"default: {default}"))
+            parser.add_argument(flag, type=kind, default=default, help=HELP[field.name])
+    return parser
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """Flags -> TrainConfig; a bad flag is one line on stderr and exit status 2."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    for name in POSITIVE:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: {value} is not a positive number")
+    if args.model not in MODEL_CONFIGS:
+        parser.error(f"argument --model: unknown model '{args.model}'; known models: {', '.join(MODEL_CONFIGS)}")
+    patch = MODEL_CONFIGS[args.model]["patch_size"]
+    if args.img_size % patch:
+        parser.error(f"argument --img-size: {args.img_size} is not a multiple of {args.model}'s patch size {patch} "
+                     f"(e.g. {max(patch, round(args.img_size / patch) * patch)})")
+    if args.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        parser.error(f"argument --device: '{args.device}' is not auto, cpu, cuda or cuda:N")
     return TrainConfig(**vars(args))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from vit.cli import first_line
 from weights.load import WeightsError, load_weights_only
 
 
@@ -35,8 +36,21 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             os.close(directory)
     except (OSError, RuntimeError) as error:  # torch.save wraps some write errors in RuntimeError
         tmp.unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        reason = getattr(error, "strerror", None) or first_line(error)
         raise CheckpointError(f"cannot write {path} ({reason}); the previous checkpoint, if any, is untouched") from None
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Fail now, not after hours of training, if `path` cannot be created or written to. Creates
+    nothing: a run that fails to start leaves no folder behind."""
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"--output-dir {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--output-dir {path}: cannot write in {existing} (permission denied)")
 
 
 def _remove_orphans(path: Path) -> None:

@@ -2,11 +2,6 @@
 
 from dataclasses import dataclass
 
-import torch
-
-# --amp names -> the dtype torch.autocast runs in (None: autocast off, plain fp32)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-
 
 @dataclass
 class TrainConfig:

@@ -11,14 +11,14 @@ import json
 import os
 import pickle
 import re
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vit.images import ImageError, expand_paths, load_image
+from vit.images import ImageError, check_image, expand_paths, list_class_folders, load_image
 from vit.preprocess import to_model_input
 
 SMALL_IMAGE_MAX_SIDE = 64  # up to this, a data set is decoded whole into memory
@@ -53,13 +53,13 @@ class Dataset:
 
 def list_image_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:
     """ImageFolder layout: split_dir/<class>/<image>. Returns classes, files, labels."""
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = list_class_folders(split_dir)
     if not classes:
         raise DataError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
     files, labels = [], []
     for label, name in enumerate(classes):
         found = expand_paths([split_dir / name])
-        if not found:
+        if found == [split_dir / name]:  # a folder with no image files in it
             raise DataError(f"{split_dir / name}: class folder has no images")
         files += found
         labels += [label] * len(found)
@@ -83,21 +83,37 @@ def decode_files(files: list[Path], num_workers: int) -> list:
         return list(pool.map(decode_small, files, chunksize=256))
 
 
-def decode_to_tensor(files: list[Path], labels: list[int], size: int, num_workers: int, skip_bad: bool) -> Split:
-    """Decode small images into one (N, 3, size, size) uint8 tensor; report unreadable files."""
-    decoded = decode_files(files, num_workers)
-    bad = [(f, r) for f, r in zip(files, decoded) if isinstance(r, str)]
-    odd = [f for f, r in zip(files, decoded) if not isinstance(r, str) and r[1] != (size, size)]
+def report_unreadable(bad: list[tuple[Path, str]], skip_bad: bool, total: int | None = None) -> None:
+    """Unreadable images, (file, reason) pairs: one line naming a few and --skip-bad-images,
+    or, with skip_bad, a warning. The one rule for small and large images alike."""
     if bad and not skip_bad:
         shown = "; ".join(f"{f}: {r}" for f, r in bad[:3])
         raise DataError(f"{len(bad)} unreadable image(s), e.g. {shown} (use --skip-bad-images to skip them)")
+    if bad and len(bad) == total:
+        raise DataError(f"no readable images (e.g. {bad[0][0]}: {bad[0][1]})")
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image(s), e.g. {bad[0][0]}")
+
+
+def check_large_images(files: list[Path], labels: list[int], workers: int, skip_bad: bool) -> tuple[list, list]:
+    """Large images are decoded during training, by DataLoader workers; check every file first
+    (in threads: it is mostly I/O), so a bad one is reported before the first step, as a bad
+    small image is, and not as a traceback from inside a worker."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        problems = list(pool.map(check_image, files))
+    report_unreadable([(f, r) for f, r in zip(files, problems) if r], skip_bad, total=len(files))
+    keep = [i for i, r in enumerate(problems) if r is None]
+    return [files[i] for i in keep], [labels[i] for i in keep]
+
+
+def decode_to_tensor(files: list[Path], labels: list[int], size: int, num_workers: int, skip_bad: bool) -> Split:
+    """Decode small images into one (N, 3, size, size) uint8 tensor; report unreadable files."""
+    decoded = decode_files(files, num_workers)
+    report_unreadable([(f, r) for f, r in zip(files, decoded) if isinstance(r, str)], skip_bad, total=len(files))
+    odd = [f for f, r in zip(files, decoded) if not isinstance(r, str) and r[1] != (size, size)]
     if odd:
         raise DataError(f"{len(odd)} image(s) are not {size}x{size}, e.g. {odd[0]}; small-image data sets need one size")
     keep = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
-    if not keep:
-        raise DataError("no readable images")
-    if bad:
-        print(f"warning: skipped {len(bad)} unreadable image(s), e.g. {bad[0][0]}")
     pixels = np.frombuffer(b"".join(decoded[i][0] for i in keep), dtype=np.uint8)
     images = torch.from_numpy(pixels.copy()).view(len(keep), size, size, 3).permute(0, 3, 1, 2).contiguous()
     return Split(labels=torch.tensor([labels[i] for i in keep]), images=images)
@@ -153,6 +169,8 @@ def load_image_folder(root: Path, cfg) -> Dataset:
     width, height = first[1]
     name = cfg.name or dataset_name(root)
     if max(width, height) > SMALL_IMAGE_MAX_SIDE or width != height:
+        train_files, train_labels = check_large_images(train_files, train_labels, cfg.num_workers, cfg.skip_bad_images)
+        test_files, test_labels = check_large_images(test_files, test_labels, cfg.num_workers, cfg.skip_bad_images)
         return Dataset(name, classes, Split(torch.tensor(train_labels), files=train_files),
                        Split(torch.tensor(test_labels), files=test_files), source_size=None)
 
@@ -312,7 +330,11 @@ class _FileImages(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        return self.transform(load_image(self.files[i], self.img_size)), self.labels[i]
+        try:
+            image = load_image(self.files[i], self.img_size)
+        except ImageError as error:  # passed the header check, failed while decoding (truncated data)
+            raise DataError(f"{self.files[i]}: {error} (found while training; remove or fix it)") from None
+        return self.transform(image), self.labels[i]
 
 
 class FileBatches:
@@ -338,9 +360,12 @@ class FileBatches:
         batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start_step, len(self))]
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for images, labels in loader:
-            images = images.to(self.device, non_blocking=True)
-            yield to_model_input(images, self.img_size, self.mean, self.std), labels.to(self.device, non_blocking=True)
+        try:
+            for images, labels in loader:
+                images = images.to(self.device, non_blocking=True)
+                yield to_model_input(images, self.img_size, self.mean, self.std), labels.to(self.device, non_blocking=True)
+        except DataError as error:  # raised in a worker: its message is the traceback; keep our line
+            raise DataError(str(error).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
 
 
 def make_batches(split: Split, cfg, device, mean, std, train: bool, rank: int = 0, world_size: int = 1):

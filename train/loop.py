@@ -22,9 +22,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import vit
-from train.checkpoint import CheckpointError, atomic_save, safe_load
-from train.config import AMP_DTYPES, TrainConfig
+from train.checkpoint import CheckpointError, atomic_save, check_output_dir, safe_load
+from train.config import TrainConfig
 from train.data import load_dataset, make_batches
+from train.stop import StopRequest
+from vit.cli import first_line
+from vit.device import AMP_DTYPES, pick_device
 
 # Fields that must not change between a run and its resumption.
 RESUME_MUST_MATCH = ("data", "model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_fraction",
@@ -43,33 +46,15 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second signal kills)."""
-
-    def __init__(self):
-        self.signum = None
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        self.restore()
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
 # ---------------------------------------------------------------- setup
 
 
 def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
     """(device, --amp name, whether to torch.compile), defaults filled in."""
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError("--device cuda, but no CUDA GPU is available (use --device cpu)")
+    try:
+        device = pick_device(cfg.device)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     if dist.is_initialized() and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -100,6 +85,35 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return multiplier
 
 
+QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000"
+
+
+def forecast_seconds_per_image(model_cfg, device: torch.device, amp_dtype) -> float:
+    """A rough forecast of one training image's time, made in a fraction of a second before any
+    data is touched: the image's training arithmetic (forward + backward = 3 x the forward's
+    2 x multiply-accumulates) at half the rate that a 1024 x 1024 matmul reaches here (a ViT
+    step is mostly such matmuls; the rest, and smaller shapes, are slower). Measured on a 2-core
+    CPU it lands within a factor of two of the real rate."""
+    dtype = amp_dtype or torch.float32
+    a = torch.randn(1024, 1024, device=device, dtype=dtype)
+    (a @ a).sum().item()  # warm-up: first-call costs (threads, cuBLAS handles)
+    start = time.perf_counter()
+    for _ in range(3):
+        a = a @ a / 32
+    a.sum().item()
+    flops_per_second = 3 * 2 * 1024**3 / (time.perf_counter() - start)
+    return 3 * 2 * model_cfg.forward_macs / (0.5 * flops_per_second)
+
+
+def epoch_warning(seconds_per_image: float, images: int) -> str | None:
+    """One line when an epoch would take more than an hour, with the way to a quick first run."""
+    hours = seconds_per_image * images / 3600
+    if hours <= 1:
+        return None
+    return (f"warning: at about {1 / seconds_per_image:.1f} img/s here, one epoch of {images:,} images will take "
+            f"about {hours:.1f} h; for a first run of about a minute: {QUICK_START}")
+
+
 # ---------------------------------------------------------------- one epoch of training, one evaluation
 
 
@@ -111,8 +125,12 @@ def train_one_epoch(state: dict, batches, epoch: int, start_step: int, progress:
     model.train()
     bar = tqdm(total=len(batches) * cfg.batch_size, initial=start_step * cfg.batch_size, unit="img",
                desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not state["is_main"], dynamic_ncols=True, leave=False)
+    first_of_run = not state["steps_done"]
+    if first_of_run:  # on a CPU, or while compiling, a first step can take minutes: show that it runs
+        bar.set_postfix_str("first step" + (", compiling" if state["use_compile"] else ""), refresh=True)
     started = time.perf_counter()
     for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
+        stop.step_started()
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = forward(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
@@ -123,6 +141,8 @@ def train_one_epoch(state: dict, batches, epoch: int, start_step: int, progress:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        stop.step_finished()
+        state["steps_done"] += 1
 
         # Running sums stay on the device: no host sync here.
         progress["loss_sum"] += loss.detach().float() * len(labels)
@@ -131,7 +151,8 @@ def train_one_epoch(state: dict, batches, epoch: int, start_step: int, progress:
         progress["non_finite"] += (~torch.isfinite(loss.detach())).int()
         bar.update(len(labels))
         last_step = step + 1 == len(batches)
-        if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None:
+        if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None or first_of_run:
+            first_of_run = False
             if progress["non_finite"].item():  # the one sync, every log_every steps
                 raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
                                     "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
@@ -218,7 +239,7 @@ def restore(state: dict) -> tuple[int, int, dict]:
         state["model"].load_state_dict(checkpoint["state_dict"])
         state["optimizer"].load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path}: does not fit this model ({str(error).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: does not fit this model ({first_line(error)[:200]})") from None
     state["scheduler"].load_state_dict(checkpoint["scheduler"])
     state["scaler"].load_state_dict(checkpoint["scaler"])
     state["history"][:] = checkpoint.get("history", [])
@@ -237,17 +258,22 @@ def new_progress(device) -> dict:
 
 
 def prepare(cfg: TrainConfig) -> dict:
-    """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's state."""
+    """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's state.
+    Everything that can fail in seconds (settings, output folder, checkpoint, weights, download)
+    is checked before the data, whose first decoding can take a minute."""
     device, amp, use_compile = resolve_hardware(cfg)
     amp_dtype = AMP_DTYPES[amp]
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    torch.manual_seed(cfg.seed)
+    model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
+    check_output_dir(cfg.output_dir)
+    resume_from = safe_load(cfg.resume) if cfg.resume else None
+    # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
+    pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
+    seconds_per_image = forecast_seconds_per_image(model_cfg, device, amp_dtype)
+    torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
 
     data = load_dataset(cfg)
-    # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
-    pretrained = "none" if cfg.resume else cfg.pretrained
     model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size, pretrained=pretrained)
-    resume_from = safe_load(cfg.resume) if cfg.resume else None
     if resume_from:
         model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", (0.5,) * 3)),
                                     std=tuple(resume_from.get("std", (0.5,) * 3)))
@@ -274,7 +300,7 @@ def prepare(cfg: TrainConfig) -> dict:
                 scaler=scaler, amp=amp, amp_dtype=amp_dtype, device=device, use_compile=use_compile,
                 train_batches=train_batches, test_batches=test_batches, class_names=data.class_names,
                 source_size=data.source_size, history=[], is_main=rank == 0, world_size=world_size,
-                resume_from=resume_from)
+                resume_from=resume_from, seconds_per_image=seconds_per_image, steps_done=0)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -296,8 +322,11 @@ def train(cfg: TrainConfig) -> dict:
     say(f"{cfg.model} @ {cfg.img_size}px on {device} ({precision}{extras}), {len(data.train.labels)} train / "
         f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
         f"weights: {model.pretrained_cfg['source'] or 'random init'}")
+    warning = epoch_warning(state["seconds_per_image"], len(train_batches) * cfg.batch_size)
+    if warning:
+        say(warning)
 
-    stop = StopRequest()
+    stop = StopRequest(first_step_estimate=state["seconds_per_image"] * cfg.batch_size)
     metrics_file = output_dir / "metrics.jsonl"
     record = {}
     try:
@@ -333,5 +362,9 @@ def train(cfg: TrainConfig) -> dict:
         from train.plots import save_plots
 
         save_plots(state["history"], record.get("confusion"), data.class_names, output_dir)
-        say(f"saved {final_path} (test accuracy {final.get('test_acc', float('nan')):.2%})")
+        say(f"saved {final_path} (test accuracy {final.get('test_acc', float('nan')):.2%})\n"
+            f"wrote in {output_dir}: {final_path.name} (the fine-tuned model), last.pt (to --resume or extend), "
+            "metrics.jsonl, curves.png, confusion_matrix.png\n"
+            f"next: python -m infer --checkpoint {final_path} --image IMAGE_OR_FOLDER"
+            + (f"   (or --data {cfg.data} to evaluate a labelled folder)" if Path(cfg.data).is_dir() else ""))
     return final

@@ -3,7 +3,7 @@
 import os
 
 from vit.model import DEFAULT_PRETRAINED, VisionTransformer, model_config
-from weights.load import fit_to_model, is_none, load_pretrained
+from weights.load import fit_to_model, is_none, load_pretrained, resolve
 
 
 def create_model(
@@ -26,12 +26,21 @@ def create_model(
         model = VisionTransformer(cfg)
         model.pretrained_cfg = {"source": None, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
         return model
-    if str(pretrained) == "default":
-        pretrained = DEFAULT_PRETRAINED[name]
-    weights = load_pretrained(pretrained)
+    weights = load_pretrained(locate_pretrained(name, pretrained))
     if weights.layer_norm_eps is not None:
         cfg = model_config(name, num_classes=num_classes, img_size=img_size, layer_norm_eps=weights.layer_norm_eps)
     model = VisionTransformer(cfg)
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg = {"source": weights.source, "mean": weights.mean, "std": weights.std}
     return model
+
+
+def locate_pretrained(name: str, pretrained: str | os.PathLike | None) -> str:
+    """'none', or the local weights file that `pretrained` means for model `name`: "default" is
+    timm's hub id for the name, and a hub id is downloaded (or found in the Hugging Face cache)
+    now. `train` calls this before decoding any data, so missing weights fail in seconds."""
+    if is_none(pretrained):
+        return "none"
+    if str(pretrained) == "default":
+        pretrained = DEFAULT_PRETRAINED[name]
+    return str(resolve(pretrained))

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from vit.cli import first_line
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 MAX_PIXELS = 100_000_000  # above this an image is treated as a decompression bomb
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey image
@@ -57,7 +59,8 @@ def load_image(path: str | Path, target_size: int) -> torch.Tensor:
     if not path.exists():
         raise ImageError("no such file")
     if path.is_dir():
-        raise ImageError("is a folder")
+        raise ImageError("is a folder" if expand_paths([path]) != [path] else
+                         f"is a folder with no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     if path.stat().st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -70,6 +73,8 @@ def load_image(path: str | Path, target_size: int) -> torch.Tensor:
             image = ImageOps.exif_transpose(image)
             factor = min(image.size) // (2 * target_size)
             if factor >= 2:
+                if image.mode in ("1", "P") or image.mode.startswith("I;16"):
+                    image = to_rgb(image)  # Image.reduce refuses these modes ("image has wrong mode")
                 image = image.reduce(factor)
             rgb = to_rgb(image)
     except ImageError:
@@ -79,16 +84,49 @@ def load_image(path: str | Path, target_size: int) -> torch.Tensor:
     except Image.DecompressionBombError as error:
         raise ImageError(f"refused as a decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
-        raise ImageError(f"unreadable image ({str(error).splitlines()[0] or type(error).__name__})") from None
+        raise ImageError(f"unreadable image ({first_line(error)})") from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
+def check_image(path: str | Path) -> str | None:
+    """Why `path` is not a usable image, from its header (and, for formats with checksums such as
+    PNG, its data) without decoding the pixels; None if it looks fine. Cheap enough to run over
+    a whole folder of large images before training reads them."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return "no such file" if not path.exists() else ("is a folder" if path.is_dir() else "empty file (0 bytes)")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                return f"refused: {width}x{height} is over {MAX_PIXELS:,} pixels (possible decompression bomb)"
+            image.verify()
+    except UnidentifiedImageError:
+        return "not an image, or a format Pillow cannot read"
+    except Image.DecompressionBombError as error:
+        return f"refused as a decompression bomb ({error})"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"unreadable image ({first_line(error)})"
+    return None
+
+
+def list_class_folders(folder: str | Path) -> list[str]:
+    """The class names of an ImageFolder split (folder/<class>/<image>): its subfolders, sorted,
+    hidden ones (.ipynb_checkpoints, .DS_Store folders) left out. Training and `infer --data`
+    both list classes here, so they agree on them."""
+    return sorted(d.name for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def expand_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders -> their image files (recursively, sorted)."""
+    """Files as given; folders -> their image files (recursively, sorted, hidden files and folders
+    left out). A folder with no image files stays in the list as itself, so that reading it
+    reports "is a folder with no image files" instead of silently doing nothing."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found += images or [path]
         else:
             found.append(path)  # a missing path is reported when it is read
     return found

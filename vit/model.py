@@ -53,6 +53,15 @@ class ViTConfig:
     def num_patches(self) -> int:
         return self.grid_size**2
 
+    @property
+    def forward_macs(self) -> float:
+        """Multiply-accumulates of one image's forward pass (17.6 G for ViT-B/16 at 224): per
+        block, qkv + output projection (4 D^2 per token), the MLP (2 r D^2 per token) and
+        attention's q k^T and weights @ v (2 T^2 D), plus the patch projection."""
+        d, t = self.embed_dim, self.num_patches + 1
+        per_block = 4 * d * d * t + 2 * self.mlp_ratio * d * d * t + 2 * t * t * d
+        return self.depth * per_block + self.num_patches * d * self.in_channels * self.patch_size**2
+
 
 class PatchEmbedding(nn.Module):
     """Cut the image into non-overlapping P x P patches and project each one to a D-dim token.

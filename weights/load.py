@@ -14,6 +14,7 @@ Nothing here unpickles: safetensors holds only tensors, and `.pth` files are rea
 import json
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,24 +50,63 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".pth", ".pt"))
 
 
+ALTERNATIVES = ("use --pretrained path/to/model.safetensors (a local .safetensors file, timm's or Hugging Face's), "
+                "fill the Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1 here, "
+                "or --pretrained none to start from random weights")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub's endpoint cannot be reached (one short phrase), or None if it answers. Asked
+    before downloading so that a machine without network fails in seconds, not after
+    huggingface_hub's five retries (~25 s). Behind a proxy the answer is left to the download."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    from vit.cli import first_line  # here, not at the top: vit imports this module
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        return f"no network: cannot reach {host}:{port} ({getattr(error, 'strerror', None) or first_line(error)})"
+    return None
+
+
 def download_from_hub(repo_id: str) -> Path:
-    """Fetch `model.safetensors` (and `config.json`, if any) of a hub repo; return its folder."""
-    from huggingface_hub import hf_hub_download
+    """`model.safetensors` (and `config.json`, if any) of a hub repo, from the local Hugging Face
+    cache when it is there, else downloaded into it; returns the weights file's path."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
+
+    from vit.cli import first_line  # here, not at the top: vit imports this module
+
+    def fetch(filename: str, local_only: bool) -> Path:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
 
     try:
-        weights_file = Path(hf_hub_download(repo_id, "model.safetensors"))
-    except (OSError, ValueError) as error:  # no network, offline mode, unknown repo, no such file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(
-            f"cannot get '{repo_id}' from the Hugging Face hub ({type(error).__name__}: {reason[:160]}). "
-            "Alternatives: pass a local .safetensors file, pre-fill the HF cache and set "
-            "HF_HUB_OFFLINE=1, or use pretrained=None (--pretrained none) to start from random weights."
-        ) from None
-    try:
-        hf_hub_download(repo_id, "config.json")  # lands beside the weights in the cache snapshot
+        return fetch("model.safetensors", local_only=True)  # a weights file never changes: no need to ask
     except (OSError, ValueError):
-        pass  # optional: it only refines normalisation and LayerNorm eps
-    return weights_file
+        pass
+    reason = "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else _hub_unreachable()
+    if reason is None:
+        verbosity = hub_logging.get_verbosity()
+        hub_logging.set_verbosity_error()  # no 'Retrying in 2s' lines around our one-line error
+        try:
+            weights_file = fetch("model.safetensors", local_only=False)
+            try:
+                fetch("config.json", local_only=False)  # lands beside the weights in the cache snapshot
+            except (OSError, ValueError):
+                pass  # optional: it only refines normalisation and LayerNorm eps
+            return weights_file
+        except (OSError, ValueError) as error:  # network down, unknown repo, no such file
+            reason = f"{type(error).__name__}: {first_line(error)}"
+        finally:
+            hub_logging.set_verbosity(verbosity)
+    raise WeightsError(f"cannot get '{repo_id}' from the Hugging Face hub ({reason}); {ALTERNATIVES}")
 
 
 def resolve(pretrained: str | os.PathLike) -> Path:

@@ -1,0 +1,294 @@
+"""A newcomer's first hour: the quick start, the hub (real download code against a local
+server; failing fast and in one line without one), flags and help, signals mid-step, inputs
+that used to slip through, and what the end of a run says. Real subprocesses, real files."""
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module
+from tests.fake_hub import FakeHub
+from vit.images import load_image
+
+TINY_HUB_ID = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # DEFAULT_PRETRAINED of the tiny model
+
+
+def one_line(result, code: int) -> str:
+    assert result.returncode == code, result.stdout[-1000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# ---------------------------------------------------------------- the quick start
+
+
+def test_readme_quick_start_runs_offline_on_cpu(tmp_path):
+    """The README's offline quick-start command, exactly as written there, on the real data."""
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"^(python -m train --data \.\./shared/data/cifar10-jpg .*)$", readme, re.M).group(1)
+    args = shlex.split(command)[1:]
+    args[args.index("--data") + 1] = str(DATA)
+    result = run_module(*args, "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                        env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--max-train-samples 5000" in command and "--pretrained none" in command
+    card = torch.load(tmp_path / "out" / "vit_cifar10_finetuned.pth", weights_only=True)
+    assert card["metrics"]["test_acc"] >= 0.15  # 10 classes, 1000 test images: chance is 10% +- 1%
+    assert "warning: " not in result.stdout  # the quick start is not a slow configuration
+
+
+def test_end_of_run_lists_what_was_written_and_the_next_command(tiny_run):
+    out = tiny_run["out"]
+    tail = tiny_run["stdout"].strip().splitlines()[-3:]
+    assert tail[0].startswith(f"saved {out / 'vit_cifar10_finetuned.pth'}")
+    for name in ("vit_cifar10_finetuned.pth", "last.pt", "metrics.jsonl", "curves.png", "confusion_matrix.png"):
+        assert name in tail[1] and (out / name).is_file()
+    command = tail[2].removeprefix("next: ").split("   ")[0].replace("IMAGE_OR_FOLDER", str(tiny_run["data"] / "test" / "cat"))
+    result = subprocess.run(shlex.split(command.replace("python", sys.executable, 1)), cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.count("\n") == 30, result.stderr  # it works as printed
+
+
+def test_a_slow_configuration_is_announced_with_an_estimate():
+    """The forecast is measured on this machine: ViT-B/16 at 224 px on 50k images on a CPU
+    takes hours per epoch; the quick start's tiny model at 64 px on 5k images does not."""
+    from train.loop import epoch_warning, forecast_seconds_per_image
+    from vit.model import model_config
+
+    cpu = torch.device("cpu")
+    slow = epoch_warning(forecast_seconds_per_image(model_config("vit_base_patch16_224"), cpu, None), 50_000)
+    assert slow is not None and re.search(r"about \d+\.\d h", slow)
+    assert "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000" in slow
+    quick = forecast_seconds_per_image(model_config("vit_tiny_patch16_224", img_size=64), cpu, None)
+    assert epoch_warning(quick, 5_000) is None
+
+
+# ---------------------------------------------------------------- the hub
+
+
+def test_pretrained_default_downloads_through_the_real_hub_code(tmp_path, cifar_dir):
+    """A local server plays the hub (HF_ENDPOINT): the code a user with network runs downloads
+    timm's file into the HF cache, loads it exactly, and a second run uses the cache only."""
+    timm_model = make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
+    code = ("import torch, vit; m = vit.create_model('vit_tiny_patch16_224', pretrained='default').eval(); "
+            f"torch.save(m.state_dict(), {str(tmp_path / 'ours.pt')!r}); print(m.pretrained_cfg['source'])")
+    env = {"HF_ENDPOINT": None, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0"}
+    with FakeHub({f"{TINY_HUB_ID}/model.safetensors": tmp_path / "model.safetensors"}) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        first = run_module("-c", code, env=env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert ("GET", f"/{TINY_HUB_ID}/resolve/main/model.safetensors") in hub.requests
+        assert first.stdout.strip().startswith(str(tmp_path / "hub"))
+        asked = [r for r in hub.requests if TINY_HUB_ID in r[1]]
+        second = run_module("-c", code, env=env)
+        assert second.returncode == 0 and [r for r in hub.requests if TINY_HUB_ID in r[1]] == asked  # cached
+    from tests.conftest import real_images
+    import vit
+
+    ours = vit.create_model("vit_tiny_patch16_224").eval()
+    ours.load_state_dict(torch.load(tmp_path / "ours.pt", weights_only=True))
+    images = real_images(cifar_dir, 2, 224)
+    with torch.no_grad():
+        assert (ours(images) - timm_model(images)).abs().max() <= 1e-5
+
+
+def test_unreachable_hub_fails_in_one_whole_line_before_any_data_is_decoded(tmp_path):
+    """No network (the endpoint refuses connections): one line, whole, in flag terms, with no
+    retry noise, and before the 60k images of --data are decoded (the cache stays empty)."""
+    started = time.perf_counter()
+    result = run_module("-m", "train", "--data", str(DATA), "--model", "vit_tiny_patch16_224", "--device", "cpu",
+                        "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    seconds = time.perf_counter() - started
+    message = one_line(result, 1)
+    assert message.startswith(f"error: cannot get '{TINY_HUB_ID}' from the Hugging Face hub (no network")
+    for alternative in ("--pretrained path/to/model.safetensors", "HF_HUB_OFFLINE=1", "--pretrained none"):
+        assert alternative in message
+    assert message.endswith("random weights") and "Retry" not in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+    assert seconds < 30, seconds  # huggingface_hub alone retries for ~25 s; decoding would add more
+
+
+# ---------------------------------------------------------------- flags and help
+
+
+@pytest.mark.parametrize("module,args,fragment", [
+    ("train", ["--amp", "bf17"], "argument --amp: invalid choice: 'bf17'"),
+    ("train", ["--model", "vit_tiny_patch16_224", "--img-size", "30"], "argument --img-size: 30 is not a multiple"),
+    ("train", ["--model", "vit_giant"], "argument --model: unknown model 'vit_giant'"),
+    ("train", ["--epochs", "0"], "argument --epochs: 0 is not a positive number"),
+    ("train", ["--device", "gpu"], "argument --device: 'gpu'"),
+    ("infer", ["--checkpoint", "x.pth", "--image", "x.jpg", "--topk", "0"], "argument --topk: 0 is not a positive number"),
+])
+def test_flag_errors_are_argparse_lines_with_exit_2(module, args, fragment):
+    message = one_line(run_module("-m", module, *args), 2)
+    assert fragment in message and "img_size" not in message
+
+
+def test_topk_beyond_the_classes_is_a_flag_error(tiny_run):
+    checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
+    image = str(tiny_run["data"] / "test" / "cat" / "0000.jpg")
+    message = one_line(run_module("-m", "infer", "--checkpoint", checkpoint, "--image", image, "--topk", "20"), 2)
+    assert "argument --topk: choose 1 to 10" in message
+
+
+@pytest.mark.parametrize("module", ["train", "infer"])
+def test_every_flag_has_help_that_explains_its_default(module):
+    parser = __import__(f"{module}.__main__", fromlist=["build_parser"]).build_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and "None" not in action.help, action.option_strings
+        if action.nargs != 0 and action.default is not None and not action.required:  # flags taking a value
+            assert "default" in action.help, action.option_strings
+
+
+# ---------------------------------------------------------------- signals mid-step
+
+
+def slow_step_run(cifar_dir, tmp_path):
+    """ViT-B/16 at 224 px on a CPU: each step of 8 images takes seconds."""
+    data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
+    args = ["--data", str(data), "--model", "vit_base_patch16_224", "--pretrained", "none", "--img-size", "224",
+            "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--num-workers", "1",
+            "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    process = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("vit_base_patch16_224 @ 224px on cpu")
+    time.sleep(1.0)  # into the first step
+    return process
+
+
+def read_stderr_until(process, fragment: str, timeout: float) -> tuple[str, float]:
+    """Raw stderr bytes (no buffered readline, which can sit on text already read) until they
+    hold `fragment`; returns (text so far, seconds taken)."""
+    import os
+    import select
+
+    started, data = time.perf_counter(), b""
+    while fragment.encode() not in data and time.perf_counter() - started < timeout:
+        if select.select([process.stderr], [], [], 0.1)[0]:
+            chunk = os.read(process.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace"), time.perf_counter() - started
+
+
+def test_sigint_mid_step_is_answered_at_once_then_stops_after_the_step(cifar_dir, tmp_path):
+    process = slow_step_run(cifar_dir, tmp_path)
+    process.send_signal(signal.SIGINT)
+    text, seconds = read_stderr_until(process, "SIGINT: stopping once the current step ends", timeout=30)
+    assert "SIGINT: stopping once the current step ends" in text, text[-2000:]
+    assert seconds < 5 and process.poll() is None  # answered while the step still runs
+    rest = process.communicate(timeout=300)[1] + text
+    assert process.returncode == 128 + signal.SIGINT, rest[-2000:]
+    assert "stopped by SIGINT" in rest and "--resume" in rest and "Traceback" not in rest
+    last = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    assert (last["epoch"], last["step"]) == (0, 1)  # the step in progress was finished, then saved
+
+
+def test_a_second_signal_stops_at_once_without_saving(cifar_dir, tmp_path):
+    process = slow_step_run(cifar_dir, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    text, _ = read_stderr_until(process, "SIGTERM: stopping", timeout=30)
+    assert "SIGTERM: stopping" in text
+    process.send_signal(signal.SIGTERM)
+    started = time.perf_counter()
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and time.perf_counter() - started < 5
+    assert "stopped without saving" in rest and not (tmp_path / "out" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_empty_folder_given_to_infer_is_an_error_naming_it(tiny_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
+    for folder in ("empty", "notes"):
+        result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / folder))
+        assert result.returncode == 1 and result.stdout == ""
+        assert f"{tmp_path / folder}: is a folder with no image files" in result.stderr
+
+
+def test_hidden_folders_are_ignored_by_training_and_by_infer_data(tiny_run, tmp_path, cifar_dir):
+    data = make_subset(cifar_dir, tmp_path / "data", 2, 2)
+    for split in ("train", "test"):
+        hidden = data / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        (hidden / "0000-checkpoint.jpg").symlink_to(cifar_dir / "test" / "cat" / "0000.jpg")
+    (data / "test" / "cat" / ".thumbs").mkdir()
+    (data / "test" / "cat" / ".thumbs" / "x.jpg").write_bytes(b"not an image")
+    trained = run_module("-m", "train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+                         "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "4")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
+    evaluated = run_module("-m", "infer", "--checkpoint", checkpoint, "--data", str(data / "test"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "(20 images)" in evaluated.stdout
+
+
+PIL_MODES = {  # mode -> (file suffix, how to make a uniform image of it)
+    "1": (".png", lambda size: Image.new("1", size, 1)),
+    "L": (".png", lambda size: Image.new("L", size, 200)),
+    "P": (".gif", lambda size: Image.new("RGB", size, (200, 40, 90)).convert("P", palette=Image.ADAPTIVE)),
+    "RGB": (".jpg", lambda size: Image.new("RGB", size, (200, 40, 90))),
+    "RGBA": (".png", lambda size: Image.new("RGBA", size, (200, 40, 90, 255))),
+    "LA": (".png", lambda size: Image.new("LA", size, (200, 255))),
+    "I;16": (".png", lambda size: Image.fromarray(np.full(size[::-1], 200 * 257, dtype=np.uint16))),
+    "I": (".tiff", lambda size: Image.new("I", size, 200)),
+    "F": (".tiff", lambda size: Image.fromarray(np.full(size[::-1], 200 / 255, dtype=np.float32))),
+    "CMYK": (".tiff", lambda size: Image.new("RGB", size, (200, 40, 90)).convert("CMYK")),
+}
+EXPECTED_RGB = {"1": (255,) * 3, "L": (200,) * 3, "LA": (200,) * 3, "I;16": (200,) * 3, "I": (200,) * 3,
+                "F": (200,) * 3}
+
+
+@pytest.mark.parametrize("mode", list(PIL_MODES))
+@pytest.mark.parametrize("size", [(40, 30), (3000, 2000)])  # 3000 x 2000 triggers the reduced decode
+def test_every_pil_mode_loads_at_every_size(mode, size, tmp_path):
+    suffix, make = PIL_MODES[mode]
+    path = tmp_path / f"image{suffix}"
+    make(size).save(path)
+    pixels = load_image(path, 32)
+    assert pixels.dtype == torch.uint8 and pixels.shape[0] == 3
+    if size[0] > 1000:
+        assert max(pixels.shape[1:]) < 400  # reduced while decoding, not kept at 3000 x 2000
+    expected = torch.tensor(EXPECTED_RGB.get(mode, (200, 40, 90)), dtype=torch.float32)
+    assert (pixels.float().mean(dim=(1, 2)) - expected).abs().max() <= 3, pixels.float().mean(dim=(1, 2))
+
+
+def large_image_folder(cifar_dir, root):
+    for split, count in (("train", 8), ("val", 2)):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.open(cifar_dir / "test" / name / f"{i:04d}.jpg").resize((80, 80)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_unreadable_large_images_are_reported_before_training(cifar_dir, tmp_path):
+    root = large_image_folder(cifar_dir, tmp_path / "pets")
+    (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
+    args = ["-m", "train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+            *TINY_TRAIN_ARGS, "--batch-size", "4"]
+    message = one_line(run_module(*args), 1)
+    assert "2 unreadable image(s)" in message and "broken.png" in message and "--skip-bad-images" in message
+    assert not (tmp_path / "out").exists()
+    skipped = run_module(*args, "--skip-bad-images")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "skipped 2 unreadable image(s)" in skipped.stdout
