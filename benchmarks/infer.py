@@ -26,6 +26,7 @@ import vit
 from benchmarks.seed import seed_transform
 from benchmarks.train import DEFAULT_DATA
 from infer import Classifier
+from vit.checkpoint import ModelCard, save_model
 from vit.device import cpu_kind
 from vit.images import expand_paths
 
@@ -33,11 +34,11 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def make_checkpoint(model_name: str, img_size: int, path: Path) -> None:
-    """A checkpoint in train's format (random weights: speed does not depend on them)."""
+    """A fine-tuned checkpoint (random weights: speed does not depend on them), marked as
+    evaluated in bf16, as the default job, trained on a GPU, writes it."""
     model = vit.create_model(model_name, num_classes=10, img_size=img_size)
-    torch.save({"state_dict": model.state_dict(), "model_name": model_name, "img_size": img_size, "num_classes": 10,
-                "class_names": CLASSES, "mean": [0.5] * 3, "std": [0.5] * 3, "source_size": None,
-                "eval_amp": "bf16"}, path)  # as the default job, trained on a GPU, writes it
+    save_model(path, model, ModelCard(model_name, img_size, tuple(CLASSES), vit.DEFAULT_MEAN, vit.DEFAULT_STD,
+                                      eval_amp="bf16"))
 
 
 def seed_script(checkpoint: Path, paths: list[Path]) -> None:

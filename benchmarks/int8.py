@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     fp32, int8 = predictions["none"], predictions["int8"]
     agree = sum(a == b for a, b in zip(fp32, int8)) / len(paths)
     accuracy = {k: sum(p == t for p, t in zip(v, truth)) / len(paths) for k, v in predictions.items()}
-    print(f"{len(paths)} images, {classifier.model_name} @ {classifier.img_size}px, on {cpu_kind()}")
+    print(f"{len(paths)} images, {classifier.card.model_name} @ {classifier.card.img_size}px, on {cpu_kind()}")
     print(f"top-1 unchanged by int8: {agree:.2%} ({sum(a != b for a, b in zip(fp32, int8))} changed)")
     print(f"accuracy: fp32 {accuracy['none']:.2%}, int8 {accuracy['int8']:.2%} "
           f"(difference {100 * (accuracy['int8'] - accuracy['none']):+.2f} points)")

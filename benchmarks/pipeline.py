@@ -2,7 +2,7 @@
 
     python -m benchmarks.pipeline                  # ours vs the seed-style DataLoader, same cores
 
-"ours" is train.data.TensorBatches over the decoded uint8 tensor (gather, random crop + flip,
+"ours" is train.batches.TensorBatches over the decoded uint8 tensor (gather, random crop + flip,
 resize, normalise, a whole batch at a time); "seed" is a DataLoader over the JPEG folder with
 torchvision Resize(224)/ToTensor/Normalize in worker processes (one per core). Target: >= 2x.
 """
@@ -17,7 +17,9 @@ import torch
 from benchmarks.seed import seed_loader
 from benchmarks.train import DEFAULT_DATA
 from train.config import TrainConfig
-from train.data import load_dataset, make_batches
+from train.batches import make_batches
+from train.datasets import load_dataset
+from vit.model import DEFAULT_MEAN, DEFAULT_STD
 
 
 def rate(batches, count: int, batch_size: int) -> float:
@@ -43,7 +45,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     data = load_dataset(cfg)  # decoded once, then cached on disk
     print(f"decode/cache load of {len(data.train.labels)} images: {time.perf_counter() - started:.2f} s (once per data set)")
-    ours = make_batches(data.train, cfg, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, train=True)
+    ours = make_batches(data.train, cfg, torch.device("cpu"), DEFAULT_MEAN, DEFAULT_STD, train=True)
     seed = seed_loader(Path(args.data) / "train", args.img_size, args.batch_size, args.workers)
     print(f"{args.batch_size} x {args.img_size}px batches on {torch.get_num_threads()} threads / {args.workers} workers")
     ours_rate = rate(ours.epoch(0), args.batches, args.batch_size)

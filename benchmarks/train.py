@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import machine, synchronize
 from benchmarks.seed import seed_loader, seed_train_steps
 from train.config import TrainConfig
-from train.loop import new_progress, prepare, train_one_epoch
+from train.loop import EpochProgress, prepare, train_one_epoch
 from train.stop import StopRequest
 from vit.model import model_config
 
@@ -46,13 +46,14 @@ def ours(args, synthetic: bool) -> float:
                       batch_size=args.batch_size, max_train_samples=args.steps * args.batch_size, max_eval_samples=256,
                       device=args.device, amp=args.amp, compile=not args.no_compile, output_dir=args.output_dir,
                       log_every=10**9)
-    state = prepare(cfg)
-    batches = SyntheticBatches(state["train_batches"], args.steps) if synthetic else state["train_batches"]
+    run = prepare(cfg)
+    if synthetic:
+        run.train_batches = SyntheticBatches(run.train_batches, args.steps)
     stop = StopRequest()
     try:
-        train_one_epoch(state, batches, 0, 0, new_progress(state["device"]), stop)  # warm-up, compilation
-        synchronize(state["device"])
-        return train_one_epoch(state, batches, 1, 0, new_progress(state["device"]), stop)["train_img_per_s"]
+        train_one_epoch(run, 0, 0, EpochProgress.zeros(run.device), stop)  # warm-up, compilation
+        synchronize(run.device)
+        return train_one_epoch(run, 1, 0, EpochProgress.zeros(run.device), stop)["train_img_per_s"]
     finally:
         stop.restore()
 

@@ -13,7 +13,7 @@ import sys
 
 from vit.images import ImageError, expand_paths
 from infer.predict import Classifier, OptionError
-from train.checkpoint import CheckpointError
+from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, is_out_of_memory
 
 

@@ -7,16 +7,11 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import CheckpointError, safe_load
-from vit.cli import first_line
+from vit.checkpoint import load_model
 from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
 from vit.images import ImageError, expand_paths, list_class_folders, load_image
-from vit.model import VisionTransformer, model_config
 from vit.preprocess import to_model_input
 from vit.quantize import QuantizationUnavailable, quantize_int8
-
-CARD_KEYS = ("state_dict", "model_name", "img_size", "num_classes", "class_names", "mean", "std")
-
 
 class OptionError(ValueError):
     """Options that contradict each other or the checkpoint (a --topk past its classes, say)."""
@@ -82,18 +77,7 @@ class Classifier:
         `choose_precision` (auto: training's precision where the hardware runs it natively).
         batch_size: None picks 64 on a GPU and 8 on CPU, where small batches keep the
         activations in cache. workers: image-decoding threads, beside the model's threads."""
-        card = safe_load(checkpoint_path)
-        missing = [k for k in CARD_KEYS if k not in card]
-        if missing:
-            raise CheckpointError(f"{checkpoint_path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
-        try:
-            cfg = model_config(card["model_name"], num_classes=card["num_classes"], img_size=card["img_size"],
-                               layer_norm_eps=card.get("layer_norm_eps", 1e-6))
-            self.model = VisionTransformer(cfg)
-            self.model.load_state_dict(card["state_dict"])
-        except (ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{checkpoint_path}: weights do not fit {card['model_name']} "
-                                  f"({first_line(error)[:200]})") from None
+        self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         if amp not in ("auto", *AMP_DTYPES) or quantize not in ("auto", "int8", "none"):
             raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
                               "quantize is auto, int8 or none")
@@ -101,8 +85,8 @@ class Classifier:
             self.device = pick_device(device)
         except ValueError as error:
             raise OptionError(str(error)) from None
-        self.precision = choose_precision(self.device, card.get("eval_amp", "none"), amp, quantize)
-        self.model.to(self.device).eval()
+        self.precision = choose_precision(self.device, self.card.eval_amp, amp, quantize)
+        self.model.to(self.device)
         if self.precision.name == "int8":
             try:
                 self.model = quantize_int8(self.model)
@@ -110,15 +94,14 @@ class Classifier:
                 if quantize == "int8":
                     raise OptionError(str(error)) from None
                 self.precision = Precision("fp32", f"fp32: {error}")
-        self.model_name, self.class_names = card["model_name"], list(card["class_names"])
-        self.img_size, self.mean, self.std = card["img_size"], tuple(card["mean"]), tuple(card["std"])
-        self.source_size = card.get("source_size")
+        self.class_names = list(self.card.class_names)
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.workers = workers
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""
-        return to_model_input(image[None].to(self.device), self.img_size, self.mean, self.std, self.source_size)
+        card = self.card
+        return to_model_input(image[None].to(self.device), card.img_size, card.mean, card.std, card.source_size)
 
     @torch.inference_mode()
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -129,7 +112,7 @@ class Classifier:
 
     def _read(self, path: Path):
         try:
-            return self.preprocess(load_image(path, self.source_size or self.img_size))
+            return self.preprocess(load_image(path, self.card.source_size or self.card.img_size))
         except ImageError as error:
             return str(error)
 

@@ -8,19 +8,20 @@ import torch
 import torch.distributed as dist
 
 from train.config import TrainConfig
-from train.loop import StopRequest, new_progress, prepare, train_one_epoch
+from train.loop import EpochProgress, prepare, train_one_epoch
+from train.stop import StopRequest
 
 data, output = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
 cfg = TrainConfig(data=data, model="vit_tiny_patch16_224", pretrained="none", img_size=32, epochs=1, batch_size=8,
                   lr=1e-3, device="cpu", output_dir=output, cache_dir=output + "/cache", num_workers=1)
-state = prepare(cfg)
-batches = state["train_batches"]
+run = prepare(cfg)
+batches = run.train_batches
 seen = batches.order(0)[: len(batches) * cfg.batch_size].tolist()  # the samples this rank trains on
 stop = StopRequest()
-train_one_epoch(state, batches, 0, 0, new_progress(state["device"]), stop)
+train_one_epoch(run, 0, 0, EpochProgress.zeros(run.device), stop)
 stop.restore()
-weights = torch.cat([p.detach().flatten() for p in state["model"].parameters()])
+weights = torch.cat([p.detach().flatten() for p in run.model.parameters()])
 report = {"rank": dist.get_rank(), "seen": seen, "checksum": weights.double().sum().item(),
           "first": weights[:1000].tolist(), "steps": len(batches)}
 gathered = [None] * dist.get_world_size()

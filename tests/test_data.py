@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import CLASSES, TINY_TRAIN_ARGS, run_module
 from train import TrainConfig
-from train.data import DataError, load_dataset, read_cifar_batch
+from train.datasets import DataError, load_dataset, read_cifar_batch
 
 
 def test_folder_of_large_images_trains_through_the_dataloader(cifar_dir, tmp_path):

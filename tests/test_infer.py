@@ -10,7 +10,8 @@ from PIL import Image
 
 from infer import Classifier, ImageError, load_image
 from tests.conftest import run_module
-from train.data import list_image_folder, decode_to_tensor, make_batches
+from train.batches import make_batches
+from train.datasets import decode_to_tensor, list_image_folder
 from train.config import TrainConfig
 
 
@@ -83,7 +84,7 @@ def test_preprocessing_is_exactly_trainings_evaluation_preprocessing(classifier,
     files, labels = files[:20], labels[:20]
     split = decode_to_tensor(files, labels, 32, num_workers=1, skip_bad=False)
     cfg = TrainConfig(img_size=32, batch_size=10)
-    batches = make_batches(split, cfg, torch.device("cpu"), classifier.mean, classifier.std, train=False)
+    batches = make_batches(split, cfg, torch.device("cpu"), classifier.card.mean, classifier.card.std, train=False)
     training_inputs = torch.cat([images for images, _ in batches.epoch(0)])
     inference_inputs = torch.cat([classifier.preprocess(load_image(f, 32)) for f in files])
     assert torch.equal(training_inputs, inference_inputs)

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module, start_training
 from train import TrainConfig
-from train.checkpoint import atomic_save, safe_load
+from vit.checkpoint import atomic_save, safe_load
 
 
 def long_run_args(data, tmp_path) -> list[str]:
@@ -89,7 +89,7 @@ def test_bad_flags_are_one_line():
 
 SAVER = """
 import sys, torch
-from train.checkpoint import atomic_save
+from vit.checkpoint import atomic_save
 path = sys.argv[1]
 for version in range(10**6):
     atomic_save({"version": version, "state_dict": {"w": torch.full((2_000_000,), float(version))}}, path)
@@ -129,17 +129,17 @@ def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_pat
                       device="cpu", num_workers=2, resume=str(tmp_path / "out" / "last.pt"))
     from train.loop import prepare, restore
 
-    state = prepare(cfg)
-    epoch, step, _ = restore(state)
+    run = prepare(cfg)
+    epoch, step, _ = restore(run)
     assert (epoch, step) == (last["epoch"], 0)
-    assert torch.equal(state["model"].state_dict()["head.weight"], last["state_dict"]["head.weight"])
+    assert torch.equal(run.model.state_dict()["head.weight"], last["state_dict"]["head.weight"])
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     atomic_save({"state_dict": {"w": torch.zeros(10)}, "version": 1}, path)
     code = ("import resource, signal, sys, torch\n"
-            "from train.checkpoint import atomic_save, CheckpointError\n"
+            "from vit.checkpoint import atomic_save, CheckpointError\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))  # writes past 1 MB fail\n"
             "try:\n"

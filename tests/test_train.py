@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.conftest import TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module, start_training
 from train import TrainConfig, train
-from train.data import TensorBatches, Split, dataset_name, random_crop_flip
+from train.batches import TensorBatches, random_crop_flip
+from train.datasets import Split, dataset_name
 
 
 def epochs(out):

@@ -10,11 +10,11 @@ from dataclasses import fields
 
 import torch
 
-from train.checkpoint import CheckpointError
 from train.config import TrainConfig
-from train.data import DataError
+from train.datasets import DataError
 from train.loop import Interrupted, TrainingError, train
 from weights.load import WeightsError
+from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, is_out_of_memory
 from vit.device import AMP_DTYPES
 from vit.model import MODEL_CONFIGS

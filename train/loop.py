@@ -4,8 +4,10 @@
         train steps (autocast, clip, step) -> evaluate -> metrics.jsonl -> last.pt
     -> vit_<name>_finetuned.pth, plots
 
-Nothing in a training step waits for the GPU: losses and accuracies are summed on the device
-and read only every `log_every` steps.
+The file reads in that order: the run's objects (`Run`, made by `prepare`), one epoch of
+training, one evaluation, the resumable checkpoint (last.pt), and `train`, which strings them
+together. Nothing in a training step waits for the GPU: losses and accuracies are summed on the
+device and read only every `log_every` steps.
 """
 
 import json
@@ -13,7 +15,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,16 +24,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import vit
-from train.checkpoint import CheckpointError, atomic_save, check_output_dir, safe_load
+from train.batches import make_batches
 from train.config import TrainConfig
-from train.data import load_dataset, make_batches
+from train.datasets import Dataset, data_folder, load_dataset
 from train.stop import StopRequest
+from vit.checkpoint import CheckpointError, ModelCard, atomic_save, safe_load, save_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
 
 # Fields that must not change between a run and its resumption.
 RESUME_MUST_MATCH = ("data", "model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_fraction",
                      "label_smoothing", "grad_clip", "crop_padding", "seed", "max_train_samples", "amp")
+QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000"
 
 
 class TrainingError(Exception):
@@ -46,7 +50,65 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# ---------------------------------------------------------------- setup
+# ---------------------------------------------------------------- the run's objects
+
+
+@dataclass
+class EpochProgress:
+    """The running sums of the epoch in progress, kept on the device (read every log_every steps).
+    Saved in last.pt, so an epoch resumed halfway reports the same totals."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    non_finite: torch.Tensor
+    seen: int = 0
+
+    @classmethod
+    def zeros(cls, device) -> "EpochProgress":
+        zero = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
+        return cls(zero(torch.float32), zero(torch.long), zero(torch.int32))
+
+    def to(self, device) -> "EpochProgress":
+        return EpochProgress(self.loss_sum.to(device), self.correct.to(device), self.non_finite.to(device), self.seen)
+
+
+@dataclass
+class Run:
+    """Everything one fine-tuning run works with; `prepare` makes it."""
+
+    cfg: TrainConfig
+    data: Dataset
+    model: vit.VisionTransformer
+    forward: torch.nn.Module  # the model as trained: wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: str  # "bf16", "fp16" or "none"
+    use_compile: bool
+    train_batches: object  # train.batches.TensorBatches or FileBatches
+    test_batches: object
+    seconds_per_image: float  # the speed forecast made before any data was touched
+    rank: int = 0
+    world_size: int = 1
+    resume_from: dict | None = None  # the last.pt being resumed
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl's records so far
+    steps_done: int = 0  # in this process
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.amp]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def card(self) -> ModelCard:
+        """What inference needs besides the weights (vit/checkpoint.py)."""
+        return ModelCard(model_name=self.cfg.model, img_size=self.cfg.img_size, class_names=tuple(self.data.class_names),
+                         mean=tuple(self.model.pretrained_cfg["mean"]), std=tuple(self.model.pretrained_cfg["std"]),
+                         source_size=self.data.source_size, layer_norm_eps=self.model.cfg.layer_norm_eps,
+                         eval_amp=self.amp)
 
 
 def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
@@ -63,6 +125,44 @@ def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
         raise TrainingError(f"--amp {amp}: choose bf16, fp16 or none")
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     return device, amp, use_compile
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Fail now, not after hours of training, if `path` cannot be created or written to. Creates
+    nothing: a run that fails to start leaves no folder behind."""
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"--output-dir {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--output-dir {path}: cannot write in {existing} (permission denied)")
+
+
+def forecast_seconds_per_image(model_cfg, device: torch.device, amp_dtype) -> float:
+    """A rough forecast of one training image's time, made in a fraction of a second before any
+    data is touched: the image's training arithmetic (forward + backward = 3 x the forward's
+    2 x multiply-accumulates) at half the rate that a 1024 x 1024 matmul reaches here (a ViT
+    step is mostly such matmuls; the rest, and smaller shapes, are slower). Measured on a 2-core
+    CPU it lands within a factor of two of the real rate."""
+    a = torch.randn(1024, 1024, device=device, dtype=amp_dtype or torch.float32)
+    (a @ a).sum().item()  # warm-up: first-call costs (threads, cuBLAS handles)
+    start = time.perf_counter()
+    for _ in range(3):
+        a = a @ a / 32
+    a.sum().item()
+    flops_per_second = 3 * 2 * 1024**3 / (time.perf_counter() - start)
+    return 3 * 2 * model_cfg.forward_macs / (0.5 * flops_per_second)
+
+
+def epoch_warning(seconds_per_image: float, images: int) -> str | None:
+    """One line when an epoch would take more than an hour, with the way to a quick first run."""
+    hours = seconds_per_image * images / 3600
+    if hours <= 1:
+        return None
+    return (f"warning: at about {1 / seconds_per_image:.1f} img/s here, one epoch of {images:,} images will take "
+            f"about {hours:.1f} h; for a first run of about a minute: {QUICK_START}")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -85,54 +185,68 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return multiplier
 
 
-QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000"
+def prepare(cfg: TrainConfig) -> Run:
+    """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's objects.
+    Everything that can fail in seconds (settings, output folder, checkpoint, weights, download)
+    is checked before the data, whose first decoding can take a minute."""
+    device, amp, use_compile = resolve_hardware(cfg)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
+    check_output_dir(cfg.output_dir)
+    data_folder(cfg)
+    resume_from = safe_load(cfg.resume) if cfg.resume else None
+    # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
+    pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
+    seconds_per_image = forecast_seconds_per_image(model_cfg, device, AMP_DTYPES[amp])
+    torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
 
+    data = load_dataset(cfg)
+    model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size, pretrained=pretrained)
+    if resume_from:
+        model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
+                                    std=tuple(resume_from.get("std", vit.DEFAULT_STD)))
+    model.to(device)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)  # only once data and weights are in hand
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
+    test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
+    if len(train_batches) == 0:
+        raise TrainingError(f"{len(data.train.labels)} training images make no full batch of {cfg.batch_size}"
+                            f"{f' per rank ({world_size} ranks)' if world_size > 1 else ''}; lower --batch-size")
 
-def forecast_seconds_per_image(model_cfg, device: torch.device, amp_dtype) -> float:
-    """A rough forecast of one training image's time, made in a fraction of a second before any
-    data is touched: the image's training arithmetic (forward + backward = 3 x the forward's
-    2 x multiply-accumulates) at half the rate that a 1024 x 1024 matmul reaches here (a ViT
-    step is mostly such matmuls; the rest, and smaller shapes, are slower). Measured on a 2-core
-    CPU it lands within a factor of two of the real rate."""
-    dtype = amp_dtype or torch.float32
-    a = torch.randn(1024, 1024, device=device, dtype=dtype)
-    (a @ a).sum().item()  # warm-up: first-call costs (threads, cuBLAS handles)
-    start = time.perf_counter()
-    for _ in range(3):
-        a = a @ a / 32
-    a.sum().item()
-    flops_per_second = 3 * 2 * 1024**3 / (time.perf_counter() - start)
-    return 3 * 2 * model_cfg.forward_macs / (0.5 * flops_per_second)
-
-
-def epoch_warning(seconds_per_image: float, images: int) -> str | None:
-    """One line when an epoch would take more than an hour, with the way to a quick first run."""
-    hours = seconds_per_image * images / 3600
-    if hours <= 1:
-        return None
-    return (f"warning: at about {1 / seconds_per_image:.1f} img/s here, one epoch of {images:,} images will take "
-            f"about {hours:.1f} h; for a first run of about a minute: {QUICK_START}")
+    total_steps = cfg.epochs * len(train_batches)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    forward = model
+    if world_size > 1:  # gradients are averaged across ranks during backward
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if use_compile:
+        forward = torch.compile(forward)
+    return Run(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
+               scaler=scaler, device=device, amp=amp, use_compile=use_compile, train_batches=train_batches,
+               test_batches=test_batches, seconds_per_image=seconds_per_image, rank=rank, world_size=world_size,
+               resume_from=resume_from)
 
 
 # ---------------------------------------------------------------- one epoch of training, one evaluation
 
 
-def train_one_epoch(state: dict, batches, epoch: int, start_step: int, progress: dict, stop: StopRequest) -> dict:
-    """Steps start_step.. of `epoch`. `progress` holds the epoch's running sums (on the device),
-    so an epoch resumed halfway reports the same totals."""
-    cfg, model, forward = state["cfg"], state["model"], state["forward"]
-    optimizer, scheduler, scaler, amp_dtype = state["optimizer"], state["scheduler"], state["scaler"], state["amp_dtype"]
+def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgress, stop: StopRequest) -> dict:
+    """Steps start_step.. of `epoch`, adding to `progress` (the epoch's running sums)."""
+    cfg, model, batches, optimizer, scaler = run.cfg, run.model, run.train_batches, run.optimizer, run.scaler
     model.train()
     bar = tqdm(total=len(batches) * cfg.batch_size, initial=start_step * cfg.batch_size, unit="img",
-               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not state["is_main"], dynamic_ncols=True, leave=False)
-    first_of_run = not state["steps_done"]
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.is_main, dynamic_ncols=True, leave=False)
+    first_of_run = run.steps_done == 0
     if first_of_run:  # on a CPU, or while compiling, a first step can take minutes: show that it runs
-        bar.set_postfix_str("first step" + (", compiling" if state["use_compile"] else ""), refresh=True)
+        bar.set_postfix_str("first step" + (", compiling" if run.use_compile else ""), refresh=True)
     started = time.perf_counter()
     for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
         stop.step_started()
-        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = forward(images)
+        with torch.autocast(images.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            logits = run.forward(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -140,36 +254,36 @@ def train_one_epoch(state: dict, batches, epoch: int, start_step: int, progress:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        run.scheduler.step()
         stop.step_finished()
-        state["steps_done"] += 1
+        run.steps_done += 1
 
         # Running sums stay on the device: no host sync here.
-        progress["loss_sum"] += loss.detach().float() * len(labels)
-        progress["correct"] += (logits.argmax(1) == labels).sum()
-        progress["seen"] += len(labels)
-        progress["non_finite"] += (~torch.isfinite(loss.detach())).int()
+        progress.loss_sum += loss.detach().float() * len(labels)
+        progress.correct += (logits.argmax(1) == labels).sum()
+        progress.seen += len(labels)
+        progress.non_finite += (~torch.isfinite(loss.detach())).int()
         bar.update(len(labels))
         last_step = step + 1 == len(batches)
         if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None or first_of_run:
             first_of_run = False
-            if progress["non_finite"].item():  # the one sync, every log_every steps
+            if progress.non_finite.item():  # the one sync, every log_every steps
                 raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
                                     "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
-            running_loss = progress["loss_sum"].item() / progress["seen"]
-            bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{progress['correct'].item() / progress['seen']:.2%}",
-                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            state["history"].append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
-                                     "loss": running_loss})
+            running_loss = progress.loss_sum.item() / progress.seen
+            bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{progress.correct.item() / progress.seen:.2%}",
+                            lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+            run.history.append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
+                                "loss": running_loss})
         if stop.signum is not None and not last_step:
             bar.close()
-            path = save_last(state, epoch, step + 1, progress)
+            path = save_last(run, epoch, step + 1, progress)
             raise Interrupted(stop.signum, path)
     bar.close()
     seconds = time.perf_counter() - started
-    return {"train_loss": progress["loss_sum"].item() / max(1, progress["seen"]),
-            "train_acc": progress["correct"].item() / max(1, progress["seen"]),
-            "train_img_per_s": (len(batches) - start_step) * cfg.batch_size * state["world_size"] / seconds,
+    return {"train_loss": progress.loss_sum.item() / max(1, progress.seen),
+            "train_acc": progress.correct.item() / max(1, progress.seen),
+            "train_img_per_s": (len(batches) - start_step) * cfg.batch_size * run.world_size / seconds,
             "train_seconds": seconds}
 
 
@@ -191,162 +305,99 @@ def evaluate(model, batches, num_classes: int, amp_dtype, is_main: bool = True, 
             "test_images": count, "confusion": confusion.tolist()}
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- last.pt: the resumable state
 
 
-def save_last(state: dict, epoch: int, step: int, progress: dict) -> Path:
-    """Everything needed to continue exactly where we are: after `step` steps of `epoch`."""
-    path = Path(state["cfg"].output_dir) / "last.pt"
-    if not state["is_main"]:
+def save_last(run: Run, epoch: int, step: int, progress: EpochProgress) -> Path:
+    """Everything needed to continue exactly where we are, after `step` steps of `epoch`: the
+    fine-tuned checkpoint's fields (vit/checkpoint.py) plus optimiser, schedule, scaler, RNG,
+    the epoch's running sums, the history and the settings."""
+    path = Path(run.cfg.output_dir) / "last.pt"
+    if not run.is_main:
         return path
+    sums = progress.to("cpu")
     atomic_save({
-        "state_dict": state["model"].state_dict(),
-        "optimizer": state["optimizer"].state_dict(),
-        "scheduler": state["scheduler"].state_dict(),
-        "scaler": state["scaler"].state_dict(),
+        "state_dict": run.model.state_dict(), **run.card().to_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "epoch": epoch, "step": step,
-        "progress": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in progress.items()},
-        "history": state["history"],
+        "progress": {"loss_sum": sums.loss_sum, "correct": sums.correct, "non_finite": sums.non_finite,
+                     "seen": sums.seen},
+        "history": run.history,
         "rng": torch.get_rng_state(),
-        "config": asdict(state["cfg"]),
-        **model_card(state),
+        "config": asdict(run.cfg),
     }, path)
     return path
 
 
-def model_card(state: dict) -> dict:
-    """What inference needs besides the weights."""
-    model = state["model"]
-    return {"model_name": state["cfg"].model, "img_size": state["cfg"].img_size,
-            "num_classes": model.cfg.num_classes, "class_names": state["class_names"],
-            "mean": list(model.pretrained_cfg["mean"]), "std": list(model.pretrained_cfg["std"]),
-            "source_size": state["source_size"], "layer_norm_eps": model.cfg.layer_norm_eps,
-            "eval_amp": state["amp"]}
-
-
-def restore(state: dict) -> tuple[int, int, dict]:
-    """Load the last.pt that `prepare` read into the run's objects; return (epoch, step, epoch
-    progress sums)."""
-    checkpoint, path = state["resume_from"], state["cfg"].resume
+def restore(run: Run) -> tuple[int, int, EpochProgress]:
+    """Load the last.pt that `prepare` read into the run's objects; return (epoch, step, the
+    epoch's running sums)."""
+    checkpoint, path = run.resume_from, run.cfg.resume
     if "optimizer" not in checkpoint:
         raise CheckpointError(f"{path}: a final model, not a resumable last.pt")
     saved = checkpoint.get("config", {})
-    changed = [f"{k}: {saved.get(k)!r} -> {getattr(state['cfg'], k)!r}"
-               for k in RESUME_MUST_MATCH if saved.get(k) != getattr(state["cfg"], k)]
+    changed = [f"{k}: {saved.get(k)!r} -> {getattr(run.cfg, k)!r}"
+               for k in RESUME_MUST_MATCH if saved.get(k) != getattr(run.cfg, k)]
     if changed:
         raise CheckpointError(f"{path}: resume with the settings of the original run; changed: {'; '.join(changed)}")
     try:
-        state["model"].load_state_dict(checkpoint["state_dict"])
-        state["optimizer"].load_state_dict(checkpoint["optimizer"])
+        run.model.load_state_dict(checkpoint["state_dict"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: does not fit this model ({first_line(error)[:200]})") from None
-    state["scheduler"].load_state_dict(checkpoint["scheduler"])
-    state["scaler"].load_state_dict(checkpoint["scaler"])
-    state["history"][:] = checkpoint.get("history", [])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    run.history[:] = checkpoint.get("history", [])
     torch.set_rng_state(checkpoint["rng"])
-    device = state["device"]
-    progress = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in checkpoint["progress"].items()}
+    progress = EpochProgress(**checkpoint["progress"]).to(run.device)
     return checkpoint["epoch"], checkpoint["step"], progress
-
-
-def new_progress(device) -> dict:
-    zero = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
-    return {"loss_sum": zero(torch.float32), "correct": zero(torch.long), "non_finite": zero(torch.int32), "seen": 0}
 
 
 # ---------------------------------------------------------------- the run
 
 
-def prepare(cfg: TrainConfig) -> dict:
-    """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's state.
-    Everything that can fail in seconds (settings, output folder, checkpoint, weights, download)
-    is checked before the data, whose first decoding can take a minute."""
-    device, amp, use_compile = resolve_hardware(cfg)
-    amp_dtype = AMP_DTYPES[amp]
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
-    check_output_dir(cfg.output_dir)
-    resume_from = safe_load(cfg.resume) if cfg.resume else None
-    # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
-    pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
-    seconds_per_image = forecast_seconds_per_image(model_cfg, device, amp_dtype)
-    torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
-
-    data = load_dataset(cfg)
-    model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size, pretrained=pretrained)
-    if resume_from:
-        model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", (0.5,) * 3)),
-                                    std=tuple(resume_from.get("std", (0.5,) * 3)))
-    model.to(device)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)  # only once data and weights are in hand
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
-    test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
-    if len(train_batches) == 0:
-        raise TrainingError(f"{len(data.train.labels)} training images make no full batch of {cfg.batch_size}"
-                            f"{f' per rank ({world_size} ranks)' if world_size > 1 else ''}; lower --batch-size")
-
-    total_steps = cfg.epochs * len(train_batches)
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    forward = model
-    if world_size > 1:  # gradients are averaged across ranks during backward
-        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if use_compile:
-        forward = torch.compile(forward)
-    return dict(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, amp=amp, amp_dtype=amp_dtype, device=device, use_compile=use_compile,
-                train_batches=train_batches, test_batches=test_batches, class_names=data.class_names,
-                source_size=data.source_size, history=[], is_main=rank == 0, world_size=world_size,
-                resume_from=resume_from, seconds_per_image=seconds_per_image, steps_done=0)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Fine-tune as `cfg` says; return the final metrics. Writes into cfg.output_dir:
     metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth, curves.png, confusion_matrix.png."""
-    state = prepare(cfg)
-    data, model, scheduler = state["data"], state["model"], state["scheduler"]
-    device, amp_dtype, is_main = state["device"], state["amp_dtype"], state["is_main"]
-    train_batches, test_batches = state["train_batches"], state["test_batches"]
-    output_dir = Path(cfg.output_dir)
+    run = prepare(cfg)
+    data, model, output_dir = run.data, run.model, Path(cfg.output_dir)
 
-    start_epoch, start_step, progress = 0, 0, new_progress(device)
+    start_epoch, start_step, progress = 0, 0, EpochProgress.zeros(run.device)
     if cfg.resume:
-        start_epoch, start_step, progress = restore(state)
-    say = tqdm.write if is_main else (lambda *_: None)
-    precision = "fp32" if state["amp"] == "none" else state["amp"]
-    extras = (", compiled" if state["use_compile"] else "") + (
-        f", {state['world_size']} ranks" if state["world_size"] > 1 else "")
-    say(f"{cfg.model} @ {cfg.img_size}px on {device} ({precision}{extras}), {len(data.train.labels)} train / "
+        start_epoch, start_step, progress = restore(run)
+    say = tqdm.write if run.is_main else (lambda *_: None)
+    precision = "fp32" if run.amp == "none" else run.amp
+    extras = (", compiled" if run.use_compile else "") + (f", {run.world_size} ranks" if run.world_size > 1 else "")
+    say(f"{cfg.model} @ {cfg.img_size}px on {run.device} ({precision}{extras}), {len(data.train.labels)} train / "
         f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
         f"weights: {model.pretrained_cfg['source'] or 'random init'}")
-    warning = epoch_warning(state["seconds_per_image"], len(train_batches) * cfg.batch_size)
+    warning = epoch_warning(run.seconds_per_image, len(run.train_batches) * cfg.batch_size)
     if warning:
         say(warning)
 
-    stop = StopRequest(first_step_estimate=state["seconds_per_image"] * cfg.batch_size)
+    stop = StopRequest(first_step_estimate=run.seconds_per_image * cfg.batch_size)
     metrics_file = output_dir / "metrics.jsonl"
     record = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            train_stats = train_one_epoch(state, train_batches, epoch, start_step, progress, stop)
+            train_stats = train_one_epoch(run, epoch, start_step, progress, stop)
             model.eval()
-            # Eager, not `forward`: under no_grad a compiled model would compile a second graph
+            # Eager, not `run.forward`: under no_grad a compiled model would compile a second graph
             # (tens of seconds), while eager bf16 evaluation of 10k images takes seconds.
-            eval_stats = evaluate(model, test_batches, len(data.class_names), amp_dtype, is_main)
+            eval_stats = evaluate(model, run.test_batches, len(data.class_names), run.amp_dtype, run.is_main)
             record = {"kind": "epoch", "epoch": epoch + 1, **train_stats, **eval_stats,
-                      "epoch_seconds": train_stats["train_seconds"], "lr": scheduler.get_last_lr()[0]}
-            if is_main:
+                      "epoch_seconds": train_stats["train_seconds"], "lr": run.scheduler.get_last_lr()[0]}
+            if run.is_main:
                 with open(metrics_file, "a") as file:
                     file.write(json.dumps({k: v for k, v in record.items() if k != "confusion"}) + "\n")
-            state["history"].append({k: v for k, v in record.items() if k != "confusion"})
+            run.history.append({k: v for k, v in record.items() if k != "confusion"})
             say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%} | "
                 f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | "
                 f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
-            start_step, progress = 0, new_progress(device)
-            save_last(state, epoch + 1, 0, progress)
+            start_step, progress = 0, EpochProgress.zeros(run.device)
+            save_last(run, epoch + 1, 0, progress)
             if stop.signum is not None:
                 raise Interrupted(stop.signum, output_dir / "last.pt")
     finally:
@@ -354,14 +405,13 @@ def train(cfg: TrainConfig) -> dict:
 
     final = {k: record.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")}
     if not record and cfg.resume:  # resumed a run that had already finished
-        final = {k: v for k, v in state["history"][-1].items() if k in final} if state["history"] else {}
-    if is_main:
+        final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
+    if run.is_main:
         final_path = output_dir / f"vit_{data.name}_finetuned.pth"
-        atomic_save({"state_dict": model.state_dict(), **model_card(state), "metrics": final,
-                     "confusion": record.get("confusion"), "config": asdict(cfg)}, final_path)
+        save_model(final_path, model, run.card(), metrics=final, confusion=record.get("confusion"), config=asdict(cfg))
         from train.plots import save_plots
 
-        save_plots(state["history"], record.get("confusion"), data.class_names, output_dir)
+        save_plots(run.history, record.get("confusion"), data.class_names, output_dir)
         say(f"saved {final_path} (test accuracy {final.get('test_acc', float('nan')):.2%})\n"
             f"wrote in {output_dir}: {final_path.name} (the fine-tuned model), last.pt (to --resume or extend), "
             "metrics.jsonl, curves.png, confusion_matrix.png\n"

@@ -32,7 +32,8 @@ class StopRequest:
         self._receive, self._send = socket.socketpair()
         self._send.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._send.fileno(), warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, daemon=True, name="stop-watcher").start()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="stop-watcher")
+        self._watcher.start()
 
     def _handle(self, signum, frame):  # the Python-level handler: runs between steps' operations
         if self.signum is None:
@@ -79,5 +80,6 @@ class StopRequest:
         signal.set_wakeup_fd(self._previous_fd)
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-        self._send.close()
+        self._send.close()  # the watcher's recv() then returns b"" and the thread ends
+        self._watcher.join(timeout=5)
         self._receive.close()

@@ -23,15 +23,15 @@ def create_model(
     """
     cfg = model_config(name, num_classes=num_classes, img_size=img_size)  # validates name/size early
     if is_none(pretrained):
-        model = VisionTransformer(cfg)
-        model.pretrained_cfg = {"source": None, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-        return model
+        return VisionTransformer(cfg)
     weights = load_pretrained(locate_pretrained(name, pretrained))
     if weights.layer_norm_eps is not None:
         cfg = model_config(name, num_classes=num_classes, img_size=img_size, layer_norm_eps=weights.layer_norm_eps)
     model = VisionTransformer(cfg)
     model.load_state_dict(fit_to_model(weights.state_dict, model))
-    model.pretrained_cfg = {"source": weights.source, "mean": weights.mean, "std": weights.std}
+    model.pretrained_cfg["source"] = weights.source
+    if weights.mean is not None:  # else the model's default, timm's (0.5, 0.5, 0.5)
+        model.pretrained_cfg.update(mean=weights.mean, std=weights.std)
     return model
 
 

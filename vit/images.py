@@ -10,6 +10,7 @@ Refuses decompression bombs, truncated or corrupt files, empty files and non-ima
 """
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGB
 
 
-def load_image(path: str | Path, target_size: int) -> torch.Tensor:
-    """Read `path` -> (3, H, W) uint8, EXIF-upright. Images much larger than target_size are
-    reduced while decoding (JPEG draft mode) or by box-averaging, to save time and memory; the
-    final antialiased resize happens in vit.preprocess.to_model_input."""
-    path = Path(path)
+@contextmanager
+def _opened(path: Path):
+    """Image.open(path) for a `with` block, with every way a file can fail to be an image (in the
+    block too) turned into one ImageError that names the reason."""
     if not path.exists():
         raise ImageError("no such file")
     if path.is_dir():
@@ -68,15 +68,7 @@ def load_image(path: str | Path, target_size: int) -> torch.Tensor:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageError(f"refused: {width}x{height} is over {MAX_PIXELS:,} pixels (possible decompression bomb)")
-            image.draft(None, (2 * target_size, 2 * target_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            factor = min(image.size) // (2 * target_size)
-            if factor >= 2:
-                if image.mode in ("1", "P") or image.mode.startswith("I;16"):
-                    image = to_rgb(image)  # Image.reduce refuses these modes ("image has wrong mode")
-                image = image.reduce(factor)
-            rgb = to_rgb(image)
+            yield image
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -85,6 +77,22 @@ def load_image(path: str | Path, target_size: int) -> torch.Tensor:
         raise ImageError(f"refused as a decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ImageError(f"unreadable image ({first_line(error)})") from None
+
+
+def load_image(path: str | Path, target_size: int) -> torch.Tensor:
+    """Read `path` -> (3, H, W) uint8, EXIF-upright. Images much larger than target_size are
+    reduced while decoding (JPEG draft mode) or by box-averaging, to save time and memory; the
+    final antialiased resize happens in vit.preprocess.to_model_input."""
+    with _opened(Path(path)) as image:
+        image.draft(None, (2 * target_size, 2 * target_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        factor = min(image.size) // (2 * target_size)
+        if factor >= 2:
+            if image.mode in ("1", "P") or image.mode.startswith("I;16"):
+                image = to_rgb(image)  # Image.reduce refuses these modes ("image has wrong mode")
+            image = image.reduce(factor)
+        rgb = to_rgb(image)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
@@ -92,21 +100,11 @@ def check_image(path: str | Path) -> str | None:
     """Why `path` is not a usable image, from its header (and, for formats with checksums such as
     PNG, its data) without decoding the pixels; None if it looks fine. Cheap enough to run over
     a whole folder of large images before training reads them."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return "no such file" if not path.exists() else ("is a folder" if path.is_dir() else "empty file (0 bytes)")
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                return f"refused: {width}x{height} is over {MAX_PIXELS:,} pixels (possible decompression bomb)"
+        with _opened(Path(path)) as image:
             image.verify()
-    except UnidentifiedImageError:
-        return "not an image, or a format Pillow cannot read"
-    except Image.DecompressionBombError as error:
-        return f"refused as a decompression bomb ({error})"
-    except (OSError, SyntaxError, ValueError) as error:
-        return f"unreadable image ({first_line(error)})"
+    except ImageError as error:
+        return str(error)
     return None
 
 

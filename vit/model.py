@@ -22,6 +22,12 @@ import torch.nn.functional as F
 from einops import rearrange
 
 
+# The input normalisation timm's ViT weights expect (x - 0.5) / 0.5 per channel; other weights
+# carry their own, and `vit.create_model` records it in `model.pretrained_cfg`.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """Everything that fixes the shapes (and numerics) of a ViT."""
@@ -152,6 +158,9 @@ class VisionTransformer(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
         self.reset_parameters()
+        # Where the weights came from, and the normalisation their inputs need (timm's name for
+        # this record); vit.create_model fills it in when it loads pretrained weights.
+        self.pretrained_cfg = {"source": None, "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
 
     def reset_parameters(self) -> None:
         """timm's initialisation: truncated normal (std 0.02) linears and position embedding."""

@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    metadata = {"layout": "ours", "converted_from": weights.layout, "source": weights.source,
-                "mean": json.dumps(list(weights.mean)), "std": json.dumps(list(weights.std))}
+    metadata = {"layout": "ours", "converted_from": weights.layout, "source": weights.source}
+    if weights.mean is not None:  # what the original's config said; else the model's default applies
+        metadata.update(mean=json.dumps(list(weights.mean)), std=json.dumps(list(weights.std)))
     if weights.layer_norm_eps is not None:
         metadata["layer_norm_eps"] = str(weights.layer_norm_eps)
     tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}

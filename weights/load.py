@@ -37,8 +37,8 @@ class Pretrained:
     source: str
     layout: str  # the layout the file was in: "timm", "hf" or "ours"
     layer_norm_eps: float | None = None  # None: the model's default
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # timm's ViT weights expect 0.5 / 0.5
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] | None = None  # None: the file does not say (the model's default)
+    std: tuple[float, float, float] | None = None
     extra: dict = field(default_factory=dict)
 
 

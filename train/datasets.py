@@ -1,9 +1,9 @@
-"""Data: find the images, decode small ones once into a uint8 tensor, and batch them on the device.
+"""Data sets: find the images (ImageFolder trees, CIFAR-10's python archive, its download) and
+decode small ones once into a uint8 tensor, cached on disk.
 
-Small images (CIFAR-10's 32 x 32) are decoded once, cached on disk, and kept whole on the
-training device; augmentation (random crop with padding, flip), the resize to the model's size
-and the normalisation all run there, on a whole batch at a time, so a GPU never waits for a
-loader. Folders of large images go through a DataLoader with worker processes instead.
+Small images (CIFAR-10's 32 x 32) are decoded once into one (N, 3, h, w) uint8 tensor, which
+train/batches.py keeps whole on the training device. Folders of large images are listed and
+checked here, and read during training by DataLoader workers.
 """
 
 import hashlib
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vit.checkpoint import CheckpointError, atomic_write
 from vit.images import ImageError, check_image, expand_paths, list_class_folders, load_image
-from vit.preprocess import to_model_input
 
 SMALL_IMAGE_MAX_SIDE = 64  # up to this, a data set is decoded whole into memory
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -121,7 +121,7 @@ def decode_to_tensor(files: list[Path], labels: list[int], size: int, num_worker
 
 def cached(key_parts: dict, cache_dir: Path, build) -> Split:
     """build() once per distinct input; later runs load the decoded tensor from disk."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir / f"decoded-{key}.safetensors"
@@ -134,11 +134,9 @@ def cached(key_parts: dict, cache_dir: Path, build) -> Split:
     split = build()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        save_file({"labels": split.labels, "images": split.images}, str(tmp))
-        os.replace(tmp, path)
-    except OSError as error:
-        print(f"warning: cannot cache decoded images in {cache_dir} ({error.strerror}); continuing")
+        atomic_write(path, lambda file: file.write(save({"labels": split.labels, "images": split.images})))
+    except (OSError, CheckpointError) as error:  # a read-only or full disk: go on without the cache
+        print(f"warning: decoded images not cached in {cache_dir} ({getattr(error, 'strerror', None) or error})")
     return split
 
 
@@ -247,131 +245,22 @@ def dataset_name(path: Path) -> str:
     return "cifar10" if re.match(r"cifar-?10(\b|-|$)", name) else name
 
 
-def load_dataset(cfg) -> Dataset:
-    """Resolve --data to a Dataset."""
+def data_folder(cfg) -> Path | None:
+    """--data as a folder, None for 'cifar10'; a DataError at once if it is neither (checked
+    before the weights are fetched: a typo should not cost a download)."""
     if cfg.data == "cifar10":
-        return load_cifar_batches(download_cifar10(Path(cfg.data_root)), cfg)
+        return None
     path = Path(cfg.data).expanduser()
     if not path.is_dir():
         raise DataError(f"--data {cfg.data}: not 'cifar10' and not a folder")
+    return path
+
+
+def load_dataset(cfg) -> Dataset:
+    """Resolve --data to a Dataset."""
+    path = data_folder(cfg)
+    if path is None:
+        return load_cifar_batches(download_cifar10(Path(cfg.data_root)), cfg)
     if (path / "batches.meta").is_file():
         return load_cifar_batches(path, cfg)
     return load_image_folder(path, cfg)
-
-
-# ---------------------------------------------------------------- batches on the device
-
-
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Per image: a random crop of the zero-padded image (same size), then a coin-flip mirror.
-    (B, 3, h, w) uint8 -> (B, 3, h, w) uint8, done for the whole batch with one gather."""
-    b, _, h, w = images.shape
-    device = images.device  # `generator` lives there too: no host-device copy, no sync
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=device)
-    flips = torch.rand(b, generator=generator, device=device) < 0.5
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    rows = (offsets[0][:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, h, 1)
-    cols = (offsets[1][:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, w)
-    batch = torch.arange(b, device=device)[:, None, None, None]
-    channel = torch.arange(3, device=device)[None, :, None, None]
-    crops = padded[batch, channel, rows, cols]  # (B, 3, h, w)
-    return torch.where(flips[:, None, None, None], crops.flip(3), crops)
-
-
-class TensorBatches:
-    """Batches of a decoded split, kept on `device`; each epoch has its own seeded order and each
-    step its own seeded augmentation, so a resumed run sees exactly the same batches."""
-
-    def __init__(self, split: Split, batch_size: int, device, img_size: int, mean, std,
-                 train: bool, seed: int = 0, crop_padding: int = 4, rank: int = 0, world_size: int = 1):
-        self.device = device
-        self.images, self.labels = split.images.to(device), split.labels.to(device)
-        self.batch_size, self.img_size, self.mean, self.std = batch_size, img_size, mean, std
-        self.train, self.seed, self.crop_padding = train, seed, crop_padding
-        self.rank, self.world_size = rank, world_size
-
-    def __len__(self) -> int:
-        per_rank = len(self.labels) // self.world_size if self.train else len(self.labels)
-        if self.train:
-            return per_rank // self.batch_size  # drop the last partial batch: static shapes
-        return -(-per_rank // self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """This rank's sample order for `epoch`: a seeded shuffle, strided across ranks."""
-        if not self.train:
-            return torch.arange(len(self.labels))
-        order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return order[self.rank :: self.world_size]
-
-    def epoch(self, epoch: int, start_step: int = 0):
-        """Yield (images, labels) for steps start_step.. of `epoch`; images normalised floats."""
-        order = self.order(epoch).to(self.labels.device)
-        for step in range(start_step, len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            images = self.images[index]
-            if self.train:
-                generator = torch.Generator(self.device).manual_seed((self.seed * 1000 + epoch) * 1_000_000 + step)
-                images = random_crop_flip(images, self.crop_padding, generator)
-            yield to_model_input(images, self.img_size, self.mean, self.std), self.labels[index]
-
-
-class _FileImages(torch.utils.data.Dataset):
-    """Large images read from files: random resized crop + flip for training, resize for eval."""
-
-    def __init__(self, files, labels, img_size: int, train: bool):
-        from torchvision.transforms import v2
-
-        self.files, self.labels, self.img_size = files, labels, img_size
-        resize = v2.RandomResizedCrop(img_size, antialias=True) if train else v2.Resize((img_size, img_size), antialias=True)
-        steps = [resize] + ([v2.RandomHorizontalFlip()] if train else [])
-        self.transform = v2.Compose(steps)
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        try:
-            image = load_image(self.files[i], self.img_size)
-        except ImageError as error:  # passed the header check, failed while decoding (truncated data)
-            raise DataError(f"{self.files[i]}: {error} (found while training; remove or fix it)") from None
-        return self.transform(image), self.labels[i]
-
-
-class FileBatches:
-    """The same interface as TensorBatches, over a DataLoader with worker processes."""
-
-    def __init__(self, split: Split, batch_size: int, device, img_size: int, mean, std,
-                 train: bool, seed: int = 0, num_workers: int = 4, rank: int = 0, world_size: int = 1):
-        self.dataset = _FileImages(split.files, split.labels, img_size, train)
-        self.batch_size, self.device, self.img_size, self.mean, self.std = batch_size, device, img_size, mean, std
-        self.train, self.seed, self.num_workers = train, seed, num_workers
-        self.rank, self.world_size = rank, world_size
-
-    def __len__(self) -> int:
-        per_rank = len(self.dataset) // self.world_size if self.train else len(self.dataset)
-        return per_rank // self.batch_size if self.train else -(-per_rank // self.batch_size)
-
-    def epoch(self, epoch: int, start_step: int = 0):
-        if self.train:
-            order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            order = order[self.rank :: self.world_size].tolist()
-        else:
-            order = list(range(len(self.dataset)))
-        batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start_step, len(self))]
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        try:
-            for images, labels in loader:
-                images = images.to(self.device, non_blocking=True)
-                yield to_model_input(images, self.img_size, self.mean, self.std), labels.to(self.device, non_blocking=True)
-        except DataError as error:  # raised in a worker: its message is the traceback; keep our line
-            raise DataError(str(error).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
-
-
-def make_batches(split: Split, cfg, device, mean, std, train: bool, rank: int = 0, world_size: int = 1):
-    batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
-    if split.images is not None:
-        return TensorBatches(split, batch_size, device, cfg.img_size, mean, std, train, cfg.seed,
-                             cfg.crop_padding, rank, world_size)
-    return FileBatches(split, batch_size, device, cfg.img_size, mean, std, train, cfg.seed,
-                       cfg.num_workers, rank, world_size)

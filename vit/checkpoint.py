@@ -1,0 +1,163 @@
+"""The fine-tuned checkpoint, `vit_<name>_finetuned.pth`: what it holds, how it is written, read,
+checked and turned back into a model. The one definition; `train` writes it, `infer` and
+`vit.create_model(..., pretrained=path)` read it.
+
+A checkpoint is a plain dict, saved with torch.save and read with `weights_only=True`:
+
+    state_dict      the model's weights (our layout, vit/model.py)
+    model_name      e.g. "vit_base_patch16_224"       \
+    img_size        the model's input side in pixels   |
+    num_classes     len(class_names)                   |  the ModelCard: everything besides the
+    class_names     the classes, in label order        |  weights that using the model needs
+    mean, std       the input normalisation            |
+    source_size     side of the small images trained on (32 for CIFAR-10), None for large ones
+    layer_norm_eps  1e-6 (timm) or 1e-12 (transformers)|
+    eval_amp        the precision training evaluated in: "bf16", "fp16" or "none"  /
+    metrics, confusion, config   what training measured, and its settings (optional)
+
+Writes are atomic: a temporary file in the same folder, flushed to disk, renamed over the
+target. A reader (or a crash, or SIGKILL) sees the old file or the new one, never half of one;
+a failed write (full disk) removes the temporary file and leaves the old one; temporary files
+of killed writers are swept by the next save.
+"""
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import torch
+
+from vit.cli import first_line
+from vit.model import ViTConfig, VisionTransformer, model_config
+from weights.load import WeightsError, load_weights_only
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a fine-tuned model needs besides its weights."""
+
+    model_name: str
+    img_size: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source_size: int | None = None  # side of the small images trained on (32 for CIFAR-10)
+    layer_norm_eps: float = ViTConfig.layer_norm_eps
+    eval_amp: str = "none"  # the precision training evaluated in: "bf16", "fp16" or "none"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        """Plain types only, so that torch.load(weights_only=True) reads it back."""
+        card = asdict(self)
+        card.update(class_names=list(self.class_names), mean=list(self.mean), std=list(self.std),
+                    num_classes=self.num_classes)
+        return card
+
+    @classmethod
+    def from_dict(cls, checkpoint: dict, path) -> "ModelCard":
+        required = ("model_name", "img_size", "class_names", "mean", "std")
+        missing = [k for k in ("state_dict", *required) if k not in checkpoint]
+        if missing:
+            raise CheckpointError(f"{path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
+        known = {f.name for f in fields(cls)}
+        card = cls(**{k: v for k, v in checkpoint.items() if k in known})
+        card = cls(**{**asdict(card), "class_names": tuple(card.class_names), "mean": tuple(card.mean),
+                      "std": tuple(card.std)})
+        if checkpoint.get("num_classes", card.num_classes) != card.num_classes:
+            raise CheckpointError(f"{path}: weights do not fit the card (num_classes {checkpoint['num_classes']}, "
+                                  f"but {card.num_classes} class names)")
+        return card
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(file) on a temporary file beside `path`, flush it to disk, rename it over
+    `path`. The project's one way of writing a file that must never be seen half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        _remove_orphans(path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+    except (OSError, RuntimeError) as error:  # torch.save wraps some write errors in RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or first_line(error)
+        raise CheckpointError(f"cannot write {path} ({reason}); the previous checkpoint, if any, is untouched") from None
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save, atomically."""
+    atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files of `path` whose writer process no longer exists (it was killed)."""
+    for orphan in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = orphan.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def safe_load(path: str | os.PathLike) -> dict:
+    """A checkpoint written by this project (a fine-tuned model or a last.pt), read with
+    weights.load_weights_only: tensors and plain containers, never pickled code."""
+    try:
+        checkpoint = load_weights_only(path)
+    except WeightsError as error:
+        raise CheckpointError(str(error)) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a checkpoint written by this project (no state_dict)")
+    return checkpoint
+
+
+def save_model(path: str | os.PathLike, model: VisionTransformer, card: ModelCard, **extra) -> None:
+    """Write a fine-tuned checkpoint: the weights, the card, and `extra` (metrics, confusion,
+    config: plain types)."""
+    atomic_save({"state_dict": model.state_dict(), **card.to_dict(), **extra}, path)
+
+
+def read_model(path: str | os.PathLike) -> tuple[ModelCard, dict[str, torch.Tensor], dict]:
+    """(card, state dict, the other entries) of a fine-tuned checkpoint; CheckpointError if it
+    is not one."""
+    checkpoint = safe_load(path)
+    card = ModelCard.from_dict(checkpoint, path)
+    known = {"state_dict", "num_classes", *(f.name for f in fields(ModelCard))}
+    return card, checkpoint["state_dict"], {k: v for k, v in checkpoint.items() if k not in known}
+
+
+def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
+    """A fine-tuned checkpoint turned back into its model (eval mode) and card."""
+    card, state_dict, _ = read_model(path)
+    try:
+        model = VisionTransformer(model_config(card.model_name, num_classes=card.num_classes,
+                                               img_size=card.img_size, layer_norm_eps=card.layer_norm_eps))
+        model.load_state_dict(state_dict)
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: weights do not fit {card.model_name} ({first_line(error)[:200]})") from None
+    model.pretrained_cfg.update(source=str(path), mean=card.mean, std=card.std)
+    return model.eval(), card
