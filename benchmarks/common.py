@@ -1,10 +1,11 @@
 """Timing helpers shared by the benchmarks."""
 
-import platform
 import statistics
 import time
 
 import torch
+
+from vit.device import cpu_kind
 
 
 def synchronize(device: torch.device) -> None:
@@ -34,4 +35,4 @@ def alternate(candidates: dict, images_per_run: int, repeats: int, device: torch
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return cpu_kind()  # e.g. "AMD EPYC (AVX2, 2 threads)": the CPU kind goes with every CPU figure

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import vit
 from benchmarks.common import alternate, machine
+from vit.device import pick_device
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=pick_device("auto").type)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed run")

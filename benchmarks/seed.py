@@ -5,13 +5,15 @@ import torch
 import torch.nn.functional as F
 from torchvision import datasets, transforms
 
+from vit.model import DEFAULT_MEAN, DEFAULT_STD
+
 
 def seed_transform(img_size: int, mean, std):
     return transforms.Compose([transforms.Resize((img_size, img_size)), transforms.ToTensor(),
                                transforms.Normalize(mean, std)])
 
 
-def seed_loader(folder, img_size: int, batch_size: int, workers: int, mean=(0.5,) * 3, std=(0.5,) * 3):
+def seed_loader(folder, img_size: int, batch_size: int, workers: int, mean=DEFAULT_MEAN, std=DEFAULT_STD):
     dataset = datasets.ImageFolder(folder, transform=seed_transform(img_size, mean, std))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)

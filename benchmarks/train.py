@@ -21,6 +21,7 @@ from benchmarks.seed import seed_loader, seed_train_steps
 from train.config import TrainConfig
 from train.loop import EpochProgress, prepare, train_one_epoch
 from train.stop import StopRequest
+from vit.device import pick_device
 from vit.model import model_config
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg"
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=60, help="timed steps per side")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=pick_device("auto").type)
     parser.add_argument("--amp", default=None, help="bf16, fp16, none (default: bf16 on GPU)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--workers", type=int, default=8, help="seed DataLoader workers")

@@ -1,6 +1,7 @@
 """Shared fixtures: real CIFAR-10 images, and timm reference models saved as hub-style files."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -84,10 +85,12 @@ def tiny_run(cifar_dir, tmp_path_factory):
     """One real fine-tuning run of a tiny configuration on 800 train / 300 test real images."""
     root = tmp_path_factory.mktemp("run")
     data = make_subset(cifar_dir, root / "cifar10-subset", 80, 30)
+    started = time.perf_counter()
     result = run_module("-m", "train", "--data", str(data), "--epochs", "6", "--output-dir", str(root / "out"),
                         "--cache-dir", str(root / "cache"), *TINY_TRAIN_ARGS)
+    seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"data": data, "out": root / "out", "stdout": result.stdout, "stderr": result.stderr}
+    return {"data": data, "out": root / "out", "stdout": result.stdout, "stderr": result.stderr, "seconds": seconds}
 
 
 def start_training(args: list[str], until: str):

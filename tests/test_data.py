@@ -84,7 +84,7 @@ def test_doctored_cifar_batch_is_refused_and_never_runs(tmp_path):
 def test_out_of_memory_is_one_line_with_a_hint(monkeypatch, capsys):
     import train.__main__ as cli
 
-    def no_memory(cfg):
+    def no_memory(cfg, started=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(cli, "train", no_memory)

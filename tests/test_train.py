@@ -146,3 +146,50 @@ def test_compiled_training_matches_eager(cifar_dir, tmp_path):
     assert compiled["metrics"]["test_loss"] == pytest.approx(eager["metrics"]["test_loss"], abs=1e-3)
     for key, value in eager["state_dict"].items():
         assert torch.allclose(compiled["state_dict"][key], value, atol=5e-3), key
+
+
+def test_every_run_accounts_for_its_time(tiny_run):
+    """One timing record whose phases add up to the total, counted from the process's start."""
+    records = [json.loads(l) for l in (tiny_run["out"] / "metrics.jsonl").read_text().splitlines()]
+    timing = records[-1]
+    assert timing["kind"] == "timing" and [r["kind"] for r in records].count("timing") == 1
+    phases = ("startup", "weights", "data", "compile", "train", "eval", "save", "other")
+    assert all(timing[p] >= -0.01 for p in phases), timing
+    assert sum(timing[p] for p in phases) == pytest.approx(timing["total"], abs=0.01)
+    assert timing["train"] > 0 and timing["eval"] > 0 and timing["save"] > 0 and timing["startup"] > 0.3  # imports
+    assert timing["compile"] == 0  # eager on CPU by default
+    # The process's whole life, seen from outside, is a little longer (start-up of the interpreter, exit).
+    assert 0.7 * tiny_run["seconds"] <= timing["total"] <= tiny_run["seconds"]
+    line = next(l for l in tiny_run["stdout"].splitlines() if l.startswith("time: "))
+    assert line.endswith(f"total {timing['total']:.1f} s") and f"train {timing['train']:.1f} s" in line
+
+
+def test_regional_compilation_gives_eager_outputs_and_evaluation_stays_eager(cifar_dir):
+    """Each block compiled in place (inductor, on CPU here): same outputs and gradients as eager,
+    the same state_dict keys, and evaluation under `eager()` compiles nothing more."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    import vit
+    from tests.conftest import real_images
+    from train.loop import compile_blocks, eager
+
+    torch.manual_seed(0)
+    model = vit.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    compiled = copy.deepcopy(model)
+    compile_blocks(compiled)
+    assert all(block._compiled_call_impl is not None for block in compiled.blocks)
+    assert list(compiled.state_dict()) == list(model.state_dict())
+    images = real_images(cifar_dir, 4, 32)
+    expected, got = model(images), compiled(images)
+    assert (got - expected).abs().max() <= 1e-5
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    for (name, a), b in zip(model.named_parameters(), compiled.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad(), eager():
+        assert (compiled(images) - model(images)).abs().max() <= 1e-5
+    assert counters["stats"]["unique_graphs"] == graphs  # no inference graph was compiled

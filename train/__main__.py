@@ -13,6 +13,7 @@ import torch
 from train.config import TrainConfig
 from train.datasets import DataError
 from train.loop import Interrupted, TrainingError, train
+from train.timing import process_start
 from weights.load import WeightsError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, is_out_of_memory
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         torch.distributed.init_process_group(backend)
     try:
-        train(cfg)
+        train(cfg, started=process_start())
         if distributed:
             torch.distributed.barrier()  # all ranks finish before any tears the process group down
         return 0

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from train.batches import make_batches
 from train.config import TrainConfig
 from train.datasets import Dataset, data_folder, load_dataset
 from train.stop import StopRequest
+from train.timing import PhaseTimer, timing_line
 from vit.checkpoint import CheckpointError, ModelCard, atomic_save, safe_load, save_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
@@ -94,6 +96,7 @@ class Run:
     resume_from: dict | None = None  # the last.pt being resumed
     history: list[dict] = field(default_factory=list)  # metrics.jsonl's records so far
     steps_done: int = 0  # in this process
+    first_step_seconds: float | None = None  # this process's first step, compilation included
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -185,31 +188,57 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return multiplier
 
 
-def prepare(cfg: TrainConfig) -> Run:
+def compile_blocks(model: vit.VisionTransformer) -> None:
+    """Regional compilation: torch.compile each encoder block, in place, instead of the whole
+    model. The blocks share one forward, so Dynamo traces it and Inductor compiles it once for
+    all of them: on an H200 the first ViT-B/16 step took 7 s instead of 21 s, at the same steady
+    speed (benchmarks/README.md). In place (Module.compile), so the state_dict keys stay ours."""
+    for block in model.blocks:
+        block.compile()
+
+
+@contextmanager
+def eager():
+    """Run compiled modules eagerly inside: evaluation under no_grad would otherwise compile a
+    second, inference-only graph of the block, while eager evaluation takes seconds."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # PyTorch >= 2.6
+    if set_stance is None:
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
+
+
+def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's objects.
     Everything that can fail in seconds (settings, output folder, checkpoint, weights, download)
     is checked before the data, whose first decoding can take a minute."""
+    timer = timer or PhaseTimer()
     device, amp, use_compile = resolve_hardware(cfg)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
     check_output_dir(cfg.output_dir)
     data_folder(cfg)
     resume_from = safe_load(cfg.resume) if cfg.resume else None
-    # On resume the weights come from last.pt: no need to fetch the pretrained ones again.
-    pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
+    with timer.phase("weights"):  # on resume they come from last.pt: nothing to fetch
+        pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
     seconds_per_image = forecast_seconds_per_image(model_cfg, device, AMP_DTYPES[amp])
     torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
 
-    data = load_dataset(cfg)
-    model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size, pretrained=pretrained)
-    if resume_from:
-        model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
-                                    std=tuple(resume_from.get("std", vit.DEFAULT_STD)))
-    model.to(device)
+    with timer.phase("data"):
+        data = load_dataset(cfg)
+    with timer.phase("weights"):
+        model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size,
+                                 pretrained=pretrained)
+        if resume_from:
+            model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
+                                        std=tuple(resume_from.get("std", vit.DEFAULT_STD)))
+        model.to(device)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)  # only once data and weights are in hand
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
-    test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
+    with timer.phase("data"):  # small images move to the device here
+        train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
+        test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
     if len(train_batches) == 0:
         raise TrainingError(f"{len(data.train.labels)} training images make no full batch of {cfg.batch_size}"
                             f"{f' per rank ({world_size} ranks)' if world_size > 1 else ''}; lower --batch-size")
@@ -219,11 +248,12 @@ def prepare(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    if use_compile:
+        with timer.phase("compile"):
+            compile_blocks(model)
     forward = model
     if world_size > 1:  # gradients are averaged across ranks during backward
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if use_compile:
-        forward = torch.compile(forward)
     return Run(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
                scaler=scaler, device=device, amp=amp, use_compile=use_compile, train_batches=train_batches,
                test_batches=test_batches, seconds_per_image=seconds_per_image, rank=rank, world_size=world_size,
@@ -266,7 +296,6 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
         bar.update(len(labels))
         last_step = step + 1 == len(batches)
         if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None or first_of_run:
-            first_of_run = False
             if progress.non_finite.item():  # the one sync, every log_every steps
                 raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
                                     "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
@@ -275,6 +304,8 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
                             lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
             run.history.append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
                                 "loss": running_loss})
+            if first_of_run:  # the .item() above waited for the GPU: the first step is really done
+                run.first_step_seconds, first_of_run = time.perf_counter() - started, False
         if stop.signum is not None and not last_step:
             bar.close()
             path = save_last(run, epoch, step + 1, progress)
@@ -303,6 +334,14 @@ def evaluate(model, batches, num_classes: int, amp_dtype, is_main: bool = True, 
     confusion = confusion.view(num_classes, num_classes).cpu()
     return {"test_loss": loss_sum.item() / max(1, count), "test_acc": confusion.trace().item() / max(1, count),
             "test_images": count, "confusion": confusion.tolist()}
+
+
+def compile_seconds(first_step: float, epoch_seconds: float, steps: int) -> float:
+    """What the first step took beyond an ordinary step of the same epoch: compilation."""
+    if steps < 2:
+        return 0.0
+    ordinary = (epoch_seconds - first_step) / (steps - 1)
+    return max(0.0, first_step - ordinary)
 
 
 # ---------------------------------------------------------------- last.pt: the resumable state
@@ -358,10 +397,12 @@ def restore(run: Run) -> tuple[int, int, EpochProgress]:
 # ---------------------------------------------------------------- the run
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, started: float | None = None) -> dict:
     """Fine-tune as `cfg` says; return the final metrics. Writes into cfg.output_dir:
-    metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth, curves.png, confusion_matrix.png."""
-    run = prepare(cfg)
+    metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth, curves.png, confusion_matrix.png.
+    started: the time.time() the run's timing counts from (python -m train: the process's start)."""
+    timer = PhaseTimer(started)
+    run = prepare(cfg, timer)
     data, model, output_dir = run.data, run.model, Path(cfg.output_dir)
 
     start_epoch, start_step, progress = 0, 0, EpochProgress.zeros(run.device)
@@ -382,11 +423,14 @@ def train(cfg: TrainConfig) -> dict:
     record = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            train_stats = train_one_epoch(run, epoch, start_step, progress, stop)
+            with timer.phase("train"):
+                train_stats = train_one_epoch(run, epoch, start_step, progress, stop)
+            if run.use_compile and epoch == start_epoch and run.first_step_seconds is not None:
+                steps = len(run.train_batches) - start_step
+                timer.move(compile_seconds(run.first_step_seconds, train_stats["train_seconds"], steps), "train", "compile")
             model.eval()
-            # Eager, not `run.forward`: under no_grad a compiled model would compile a second graph
-            # (tens of seconds), while eager bf16 evaluation of 10k images takes seconds.
-            eval_stats = evaluate(model, run.test_batches, len(data.class_names), run.amp_dtype, run.is_main)
+            with timer.phase("eval"), eager():
+                eval_stats = evaluate(model, run.test_batches, len(data.class_names), run.amp_dtype, run.is_main)
             record = {"kind": "epoch", "epoch": epoch + 1, **train_stats, **eval_stats,
                       "epoch_seconds": train_stats["train_seconds"], "lr": run.scheduler.get_last_lr()[0]}
             if run.is_main:
@@ -397,7 +441,8 @@ def train(cfg: TrainConfig) -> dict:
                 f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | "
                 f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
             start_step, progress = 0, EpochProgress.zeros(run.device)
-            save_last(run, epoch + 1, 0, progress)
+            with timer.phase("save"):
+                save_last(run, epoch + 1, 0, progress)
             if stop.signum is not None:
                 raise Interrupted(stop.signum, output_dir / "last.pt")
     finally:
@@ -408,10 +453,16 @@ def train(cfg: TrainConfig) -> dict:
         final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
     if run.is_main:
         final_path = output_dir / f"vit_{data.name}_finetuned.pth"
-        save_model(final_path, model, run.card(), metrics=final, confusion=record.get("confusion"), config=asdict(cfg))
-        from train.plots import save_plots
+        with timer.phase("save"):
+            save_model(final_path, model, run.card(), metrics=final, confusion=record.get("confusion"),
+                       config=asdict(cfg))
+            from train.plots import save_plots
 
-        save_plots(run.history, record.get("confusion"), data.class_names, output_dir)
+            save_plots(run.history, record.get("confusion"), data.class_names, output_dir)
+        timing = timer.record()
+        with open(metrics_file, "a") as file:
+            file.write(json.dumps(timing) + "\n")
+        say(timing_line(timing))
         say(f"saved {final_path} (test accuracy {final.get('test_acc', float('nan')):.2%})\n"
             f"wrote in {output_dir}: {final_path.name} (the fine-tuned model), last.pt (to --resume or extend), "
             "metrics.jsonl, curves.png, confusion_matrix.png\n"

@@ -119,6 +119,29 @@ def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return converted
 
 
+def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Ours -> another layout, reading `table` (theirs -> ours) backwards: one table serves both
+    ways. A target such as "blocks.{i}.attention.qkv.weight[k]" names the middle third of our
+    fused qkv tensor, which becomes their separate key projection."""
+    converted, used = {}, set()
+    for their_pattern, our_pattern in table.items():
+        part = our_pattern[-2] if our_pattern.endswith("]") else None
+        base = our_pattern[: -len("[q]")] if part else our_pattern
+        regex = re.compile(re.escape(base).replace(re.escape("{i}"), r"(\d+)") + "$")
+        for key, tensor in state_dict.items():
+            match = regex.match(key)
+            if not match:
+                continue
+            if part:  # rows [q; k; v] of the fused projection
+                tensor = tensor.chunk(3, dim=0)["qkv".index(part)]
+            converted[their_pattern.replace("{i}", match.group(1)) if match.groups() else their_pattern] = tensor
+            used.add(key)
+    left = [k for k in state_dict if k not in used]
+    if left:
+        raise ValueError(f"keys with no place in that layout: {', '.join(left[:10])}")
+    return converted
+
+
 def to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Any known layout -> ours."""
     layout = detect_layout(state_dict)
