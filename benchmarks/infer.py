@@ -2,6 +2,7 @@
 
     python -m benchmarks.infer                                   # ViT-B/16, 300 CIFAR-10 test images
     python -m benchmarks.infer --num-images 1000 --with-bf16     # also time bf16 autocast
+    python -m benchmarks.infer --with-onnx                       # also time the ONNX export (onnxruntime)
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.infer   # an AMX/AVX-512 CPU as AVX2
 
 Both sides load the same weights and print one line per image. The checkpoint says it was
@@ -78,6 +79,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--with-bf16", action="store_true", help="also time --amp bf16 (slow without AMX)")
+    parser.add_argument("--with-onnx", action="store_true", help="also time the model exported to ONNX (onnxruntime)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: time the default precision at batch 1/8/16 with 1/2/4 decoding threads")
     args = parser.parse_args(argv)
@@ -97,6 +99,11 @@ def main(argv=None) -> None:
         seconds = {"seed": timed(seed_script, checkpoint, paths)}
         for name, (amp, quantize) in sides.items():
             seconds[name] = timed(ours, checkpoint, paths, amp, quantize, precisions, name)
+        if args.with_onnx:  # the same weights through python -m weights export --format onnx
+            from vit.export import export
+
+            export(checkpoint, "onnx", Path(tmp) / "model.onnx")
+            seconds["ours onnx"] = timed(ours, Path(tmp) / "model.onnx", paths, "auto", "auto", precisions, "ours onnx")
     for name, s in seconds.items():
         print(f"{name:>15} ({precisions[name]:>4}): {s:7.1f} s  {len(paths) / s:7.1f} img/s  "
               f"{seconds['seed'] / s:5.2f}x seed")

@@ -19,7 +19,8 @@ from vit.cli import ArgumentParser, is_out_of_memory
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m infer", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="a vit_<name>_finetuned.pth written by train")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a vit_<name>_finetuned.pth written by train, or a .onnx exported from one")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", help="image files and/or folders of images")
     source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate: top-1, top-5, per class")

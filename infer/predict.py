@@ -1,5 +1,6 @@
 """Load a fine-tuned checkpoint and classify images with exactly training's eval preprocessing."""
 
+import json
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -7,11 +8,14 @@ from pathlib import Path
 
 import torch
 
-from vit.checkpoint import load_model
+from vit.checkpoint import CheckpointError, ModelCard, load_model
+from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
 from vit.images import ImageError, expand_paths, list_class_folders, load_image
+from vit.export import ONNX_CARD_KEY
 from vit.preprocess import to_model_input
 from vit.quantize import QuantizationUnavailable, quantize_int8
+
 
 class OptionError(ValueError):
     """Options that contradict each other or the checkpoint (a --topk past its classes, say)."""
@@ -68,6 +72,30 @@ def choose_precision(device: torch.device, trained: str, amp: str = "auto", quan
                              "fastest (predictions agree on >= 99% of images; --quantize none for fp32)")
 
 
+class OnnxModel:
+    """A model exported with `python -m weights export --format onnx`, run by ONNX Runtime on the
+    CPU behind the same call as our nn.Module: (B, 3, S, S) float tensor -> (B, classes) logits.
+    Its ModelCard travels in the file's metadata."""
+
+    def __init__(self, path: str | Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise CheckpointError(f"{path}: running .onnx models needs onnxruntime: pip install -e \".[onnx]\"") from None
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            card = json.loads(self.session.get_modelmeta().custom_metadata_map[ONNX_CARD_KEY])
+        except Exception as error:  # onnxruntime raises its own exception types for broken files
+            raise CheckpointError(f"{path}: not an ONNX model exported by this project ({first_line(error)[:160]})") from None
+        self.card = ModelCard.from_dict({"state_dict": None, **card}, path)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"images": images.cpu().float().numpy()})[0])
+
+    def to(self, device):  # inputs are handed over as numpy arrays on the CPU
+        return self
+
+
 class Classifier:
     """A fine-tuned ViT and what it needs to read images: `Classifier("vit_cifar10_finetuned.pth")`."""
 
@@ -77,10 +105,22 @@ class Classifier:
         `choose_precision` (auto: training's precision where the hardware runs it natively).
         batch_size: None picks 64 on a GPU and 8 on CPU, where small batches keep the
         activations in cache. workers: image-decoding threads, beside the model's threads."""
-        self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         if amp not in ("auto", *AMP_DTYPES) or quantize not in ("auto", "int8", "none"):
             raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
                               "quantize is auto, int8 or none")
+        if Path(checkpoint_path).suffix == ".onnx":  # exported: ONNX Runtime on the CPU, in fp32
+            if amp not in ("auto", "none") or quantize == "int8" or device not in ("auto", "cpu"):
+                raise OptionError("an .onnx model runs on the CPU in fp32: drop --amp, --quantize and --device")
+            self.model = OnnxModel(checkpoint_path)
+            self.card, self.device, self.precision = self.model.card, torch.device("cpu"), Precision("fp32")
+        else:
+            self._load_pytorch(checkpoint_path, device, amp, quantize)
+        self.class_names = list(self.card.class_names)
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.workers = workers
+
+    def _load_pytorch(self, checkpoint_path, device: str, amp: str, quantize: str) -> None:
+        self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         try:
             self.device = pick_device(device)
         except ValueError as error:
@@ -94,9 +134,6 @@ class Classifier:
                 if quantize == "int8":
                     raise OptionError(str(error)) from None
                 self.precision = Precision("fp32", f"fp32: {error}")
-        self.class_names = list(self.card.class_names)
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
-        self.workers = workers
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""

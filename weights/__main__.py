@@ -1,6 +1,10 @@
-"""`python -m weights convert SRC OUT.safetensors`: write any known ViT checkpoint in our layout.
+"""`python -m weights`: convert checkpoints to our layout, export fine-tuned models, print key maps.
 
-SRC is a timm or Hugging Face `.safetensors` file, a folder holding one, or a hub id.
+    python -m weights convert SRC OUT.safetensors     # SRC: a timm or Hugging Face file, folder, or hub id
+    python -m weights export vit_cifar10_finetuned.pth --format timm model.safetensors
+    python -m weights export vit_cifar10_finetuned.pth --format hf hf_folder/
+    python -m weights export vit_cifar10_finetuned.pth --format onnx model.onnx
+    python -m weights keymap
 """
 
 import json
@@ -8,9 +12,12 @@ import sys
 
 from safetensors.torch import save_file
 
-from weights.load import WeightsError, load_pretrained
+from vit.checkpoint import CheckpointError
+from vit.cli import ArgumentParser, first_line
+from vit.export import FORMATS, ExportError
+from vit.export import export as export_model
 from weights.convert import TIMM_TO_OURS
-from vit.cli import ArgumentParser
+from weights.load import WeightsError, load_pretrained
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +26,25 @@ def main(argv: list[str] | None = None) -> int:
     convert = commands.add_parser("convert", help="convert a checkpoint to our layout")
     convert.add_argument("src", help="timm / Hugging Face .safetensors file, folder, or hub id")
     convert.add_argument("out", help="output .safetensors path")
+    export = commands.add_parser("export", help="write a fine-tuned checkpoint for timm, transformers or ONNX")
+    export.add_argument("checkpoint", help="a vit_<name>_finetuned.pth written by train")
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="timm: a .safetensors file; hf: a transformers folder; onnx: a .onnx file")
+    export.add_argument("out", help="the file (timm, onnx) or folder (hf) to write")
     commands.add_parser("keymap", help="print the timm -> ours key map")
     args = parser.parse_args(argv)
+
+    if args.command == "export":
+        try:
+            how_to_load = export_model(args.checkpoint, args.format, args.out)
+        except (CheckpointError, ExportError, WeightsError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except OSError as error:
+            print(f"error: cannot write {args.out} ({error.strerror or first_line(error)})", file=sys.stderr)
+            return 1
+        print(f"exported {args.checkpoint} -> {args.out} ({args.format}); {how_to_load}")
+        return 0
 
     if args.command == "keymap":
         width = max(map(len, TIMM_TO_OURS))

@@ -1,0 +1,92 @@
+"""A model fine-tuned here, exported to timm, transformers and ONNX: each loads in its own
+library and gives our logits."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from tests.conftest import real_images, run_module
+from vit.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_run):
+    """The tiny run's checkpoint (ViT-Ti/16 at 32 px, 10 CIFAR-10 classes), its model and card."""
+    path = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    model, card = load_model(path)
+    return path, model, card
+
+
+def export(checkpoint, fmt, out):
+    result = run_module("-m", "weights", "export", str(checkpoint), "--format", fmt, str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@torch.no_grad()
+def test_timm_export_loads_in_timm_with_the_same_logits(finetuned, tmp_path, cifar_dir):
+    import timm
+
+    checkpoint, model, card = finetuned
+    said = export(checkpoint, "timm", tmp_path / "model.safetensors")
+    # The exact call the command prints:
+    call = re.search(r"load it with timm\.(create_model\(.*\))$", said.strip()).group(1)
+    reference = eval(f"timm.{call}").eval()
+    images = real_images(cifar_dir, 4, card.img_size)
+    assert (reference(images) - model(images)).abs().max() <= 1e-5
+    assert reference.num_classes == card.num_classes == 10
+
+
+@torch.no_grad()
+def test_hf_export_loads_in_transformers_with_the_same_logits(finetuned, tmp_path, cifar_dir):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    checkpoint, model, card = finetuned
+    export(checkpoint, "hf", tmp_path / "hf")
+    reference = AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    images = real_images(cifar_dir, 4, card.img_size)
+    assert (reference(pixel_values=images).logits - model(images)).abs().max() <= 1e-4
+    assert [reference.config.id2label[i] for i in range(10)] == list(card.class_names)
+    assert reference.config.label2id["cat"] == card.class_names.index("cat")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "hf")
+    assert list(processor.image_mean) == list(card.mean) and list(processor.image_std) == list(card.std)
+    assert processor.size["height"] == card.img_size
+
+
+def test_onnx_export_runs_in_onnxruntime_and_in_infer_with_the_same_outputs(finetuned, tmp_path, cifar_dir, tiny_run):
+    import onnxruntime
+
+    checkpoint, model, card = finetuned
+    export(checkpoint, "onnx", tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # a dynamic batch dimension
+        images = real_images(cifar_dir, batch, card.img_size)
+        logits = session.run(["logits"], {"images": images.numpy()})[0]
+        with torch.no_grad():
+            assert (torch.from_numpy(logits) - model(images)).abs().max() <= 1e-4
+    stored = json.loads(session.get_modelmeta().custom_metadata_map["vit_card"])
+    assert stored["class_names"] == list(card.class_names) and stored["mean"] == list(card.mean)
+    # python -m infer takes the .onnx file as it takes the .pth, with the same predictions.
+    folder = str(tiny_run["data"] / "test" / "cat")
+    onnx = run_module("-m", "infer", "--checkpoint", str(tmp_path / "model.onnx"), "--image", folder, "--json")
+    ours = run_module("-m", "infer", "--checkpoint", str(checkpoint), "--image", folder, "--json")
+    assert onnx.returncode == 0 and ours.returncode == 0, onnx.stderr
+    a, b = json.loads(onnx.stdout), json.loads(ours.stdout)
+    assert [r["predictions"][0]["class"] for r in a] == [r["predictions"][0]["class"] for r in b]
+    assert max(abs(x["predictions"][0]["confidence"] - y["predictions"][0]["confidence"]) for x, y in zip(a, b)) < 1e-4
+
+
+def test_bad_exports_are_one_line(tmp_path, finetuned):
+    (tmp_path / "cut.pth").write_bytes(finetuned[0].read_bytes()[:5000])
+    result = run_module("-m", "weights", "export", str(tmp_path / "cut.pth"), "--format", "onnx", str(tmp_path / "x.onnx"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'cut.pth'}: truncated or not a PyTorch checkpoint")
+    assert not (tmp_path / "x.onnx").exists()
+    result = run_module("-m", "weights", "export", str(finetuned[0]), "--format", "tflite", str(tmp_path / "x"))
+    assert result.returncode == 2 and "invalid choice: 'tflite'" in result.stderr
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    result = run_module("-m", "infer", "--checkpoint", str(tmp_path / "junk.onnx"), "--image", str(finetuned[0]))
+    assert result.returncode == 1 and "not an ONNX model exported by this project" in result.stderr
