@@ -24,6 +24,9 @@ def build_parser() -> ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", help="image files and/or folders of images")
     source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate: top-1, top-5, per class")
+    parser.add_argument("--explain", metavar="OUT_DIR",
+                        help="also write OUT_DIR/<image>.png: the input, its attention rollout, and the last "
+                             "block's CLS attention per head (default: off)")
     parser.add_argument("--topk", type=int, default=1, help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -47,13 +50,18 @@ def main(argv=None) -> int:
             parser.error(f"argument {flag}: {value} is not a positive number")
 
     try:
-        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp, args.quantize)
+        quantize = "none" if args.explain and args.quantize == "auto" else args.quantize  # exact maps: fp32
+        classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp, quantize)
         if not 1 <= args.topk <= len(classifier.class_names):
             parser.error(f"argument --topk: choose 1 to {len(classifier.class_names)} (the model's classes)")
         if classifier.precision.note:
             print(f"note: {classifier.precision.note}", file=sys.stderr)
         if args.data:
+            if args.explain:
+                parser.error("--explain goes with --image, not --data")
             return report_evaluation(classifier.evaluate_folder(args.data), args.json)
+        if args.explain:
+            return report_explanations(classifier.explain(expand_paths(args.image), args.explain))
         return report_predictions(classifier.classify(expand_paths(args.image), args.topk), args.json)
     except OptionError as error:
         parser.error(str(error))
@@ -80,6 +88,18 @@ def report_predictions(predictions, as_json: bool) -> int:
             print(f"{p.path}: " + ", ".join(f"{c} ({v:.1%})" for c, v in p.top), flush=True)
     if as_json:
         print(json.dumps(records, indent=1))
+    return 1 if failed else 0
+
+
+def report_explanations(explained) -> int:
+    failed = 0
+    for prediction, picture in explained:
+        if prediction.error:
+            failed += 1
+            print(f"error: {prediction.path}: {prediction.error}", file=sys.stderr)
+        else:
+            label, confidence = prediction.top[0]
+            print(f"{prediction.path}: {label} ({confidence:.1%}), explained in {picture}", flush=True)
     return 1 if failed else 0
 
 

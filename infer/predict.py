@@ -12,6 +12,8 @@ from vit.checkpoint import CheckpointError, ModelCard, load_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
 from vit.images import ImageError, expand_paths, list_class_folders, load_image
+from infer.pictures import free_path, save_explanation
+from vit.explain import attention_rollout, cls_attention
 from vit.export import ONNX_CARD_KEY
 from vit.preprocess import to_model_input
 from vit.quantize import QuantizationUnavailable, quantize_int8
@@ -190,6 +192,28 @@ class Classifier:
                 yield from flush()
         if pending:
             yield from flush()
+
+    def explain(self, paths: list[Path], out_dir: str | Path):
+        """Classify each image and write OUT_DIR/<stem>.png showing what the model looked at
+        (vit/explain.py: attention rollout, and the last block's CLS attention per head); yield
+        (Prediction, the picture's path or None)."""
+        if not isinstance(self.model, torch.nn.Module) or self.precision.name == "int8":
+            raise OptionError("--explain needs the PyTorch model in full precision: a .pth checkpoint, --quantize none")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, item in self.read_all(paths):
+            if isinstance(item, str):
+                yield Prediction(str(path), error=item), None
+                continue
+            probs = self.probabilities(item)[0]
+            confidence, index = probs.max(0)
+            prediction = Prediction(str(path), top=[(self.class_names[index], confidence.item())])
+            with torch.inference_mode():
+                rollout, heads = attention_rollout(self.model, item)[0], cls_attention(self.model, item)[0]
+            picture = free_path(out_dir, Path(path).stem)
+            save_explanation(picture, item[0], self.card.mean, self.card.std, rollout, heads,
+                             f"{Path(path).name}: {prediction.top[0][0]} ({confidence.item():.1%})")
+            yield prediction, picture
 
     def evaluate_folder(self, folder: Path) -> dict:
         """Accuracy over a labelled folder (folder/<class>/<image>, class names as in training)."""

@@ -1,0 +1,54 @@
+"""The `--explain` picture: what the model saw, where its attention flowed, and each head's view.
+
+    [ the input, as the model saw it ] [ attention rollout over it ] [ last block: CLS attention, per head ]
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def free_path(folder: Path, stem: str) -> Path:
+    """folder/stem.png, or stem-1.png, stem-2.png, ... when that name is taken: never overwrite."""
+    path, n = folder / f"{stem}.png", 0
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.png"
+    return path
+
+
+def save_explanation(path: Path, model_input: torch.Tensor, mean, std, rollout: torch.Tensor,
+                     heads: torch.Tensor, title: str) -> None:
+    """model_input (3, S, S) normalised; rollout (grid, grid); heads (H, grid, grid)."""
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    seen = (model_input.cpu().float() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+    size = model_input.shape[-1]
+    heat = F.interpolate(rollout[None, None].float().cpu(), size=(size, size), mode="bilinear")[0, 0].numpy()
+
+    columns = max(1, int(len(heads) ** 0.5 + 0.999))
+    rows = -(-len(heads) // columns)
+    figure = plt.figure(figsize=(12, 4.2))
+    grid = figure.add_gridspec(rows, 2 + columns, width_ratios=[columns, columns] + [1] * columns)
+    axis = figure.add_subplot(grid[:, 0])
+    axis.imshow(seen)
+    axis.set_title("input, as the model saw it", fontsize=9)
+    axis = figure.add_subplot(grid[:, 1])
+    axis.imshow(seen)
+    axis.imshow(heat, cmap="jet", alpha=0.5)
+    axis.set_title("attention rollout", fontsize=9)
+    for h, head in enumerate(heads):
+        axis = figure.add_subplot(grid[h // columns, 2 + h % columns])
+        axis.imshow(head.float().cpu().numpy(), cmap="viridis")
+        axis.set_title(f"head {h + 1}", fontsize=7)
+    for axis in figure.axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f"{title}    (right: last block, CLS attention per head)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

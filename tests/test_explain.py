@@ -1,0 +1,132 @@
+"""Attention maps, rollout and `infer --explain`: exact against timm, and right on a model whose
+answer is known by construction."""
+
+import pytest
+import torch
+from PIL import Image
+
+import vit
+from tests.conftest import make_timm_file, real_images, run_module
+from vit.explain import attention_maps, attention_rollout, cls_attention
+
+
+@torch.no_grad()
+def test_attention_maps_equal_timms_attention_weights(tmp_path, cifar_dir):
+    """timm's non-fused attention path materialises softmax(q k^T * scale) before attn_drop:
+    catch it there and compare, block by block, on the same converted weights."""
+    timm_model = make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
+    ours = vit.create_model("vit_tiny_patch16_224", pretrained=tmp_path / "model.safetensors").eval()
+    images = real_images(cifar_dir, 2, 224)
+    expected = []
+    for block in timm_model.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda module, args, out: expected.append(out))
+    reference_logits = timm_model(images)
+    maps = attention_maps(ours, images)
+    assert len(maps) == len(expected) == 12
+    for got, want in zip(maps, expected):
+        assert got.shape == (2, 3, 197, 197) and got.dtype == torch.float32
+        assert (got - want).abs().max() <= 1e-5
+        assert torch.allclose(got.sum(-1), torch.ones(2, 3, 197))
+    # Observing the attention leaves the model's own (fused) output as it was.
+    assert (ours(images) - reference_logits).abs().max() <= 1e-5
+
+
+def one_patch_model(target: int) -> vit.VisionTransformer:
+    """A 1-block ViT whose CLS token provably attends to patch `target` alone (besides itself):
+    the image contributes nothing (zero patch projection), only the CLS token and the target
+    patch's position vector are non-zero and equal, and q = k = 8 * the normed token."""
+    cfg = vit.ViTConfig(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    model = vit.VisionTransformer(cfg).eval()
+    direction = torch.tensor([1.0, -1.0] * 16)  # zero mean: LayerNorm keeps its direction
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        for norm in (model.blocks[0].attention_norm, model.blocks[0].mlp_norm, model.final_norm):
+            norm.weight.fill_(1.0)
+        model.cls_token[0, 0] = direction
+        model.position_embedding[0, 1 + target] = direction
+        d = cfg.embed_dim
+        model.blocks[0].attention.qkv.weight[: 2 * d] = 8 * torch.eye(d).repeat(2, 1)  # q = k = 8 x
+    return model
+
+
+@pytest.mark.parametrize("target", [0, 5, 15])
+def test_rollout_peaks_where_the_cls_token_provably_looks(target):
+    model = one_patch_model(target)
+    images = torch.randn(2, 3, 64, 64)
+    maps = attention_maps(model, images)
+    cls_row = maps[0][:, :, 0]  # (B, H, T): the CLS token's attention
+    assert torch.allclose(cls_row[:, :, 1 + target], torch.full((2, 2), 0.5), atol=1e-4)  # itself and the target
+    rollout = attention_rollout(model, images)
+    assert rollout.shape == (2, 4, 4)
+    assert rollout.flatten(1).argmax(1).tolist() == [target, target] and rollout.amax() == 1
+    # The formula by hand for one block: A_hat = 0.5 A + 0.5 I, rows renormalised, CLS row over patches.
+    a_hat = 0.5 * maps[0].mean(1) + 0.5 * torch.eye(17)
+    a_hat = a_hat / a_hat.sum(-1, keepdim=True)
+    expected = a_hat[:, 0, 1:] / a_hat[:, 0, 1:].amax(-1, keepdim=True)
+    assert torch.allclose(rollout.flatten(1), expected, atol=1e-6)
+    per_head = cls_attention(model, images)
+    assert per_head.shape == (2, 2, 4, 4) and per_head.flatten(2).argmax(-1).eq(target).all()
+
+
+def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
+    """Real images through the CLI: one PNG each, repeated stems not overwritten."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    source = tiny_run["data"] / "test" / "cat" / "0000.jpg"
+    Image.open(source).resize((96, 96)).save(tmp_path / "a" / "cat.png")
+    Image.open(source).save(tmp_path / "b" / "cat.png")
+    checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
+    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"), str(tmp_path / "b"),
+                        "--explain", str(tmp_path / "explained"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "explained").iterdir())
+    assert written == ["cat-1.png", "cat.png"]
+    for name in written:
+        with Image.open(tmp_path / "explained" / name) as picture:
+            assert picture.format == "PNG" and picture.size[0] >= 600 and picture.size[1] >= 200
+    assert result.stdout.count("cat.png: ") == 2 and "explained" in result.stdout
+
+
+def test_paper_figures_follow_their_formulas():
+    from vit.figures import filter_components, mean_attention_distance, position_similarity
+
+    model = one_patch_model(target=5)
+    with torch.no_grad():
+        model.position_embedding.normal_()
+        model.position_embedding[0, 0] = 0
+        model.position_embedding[0, 1 + 5] = model.cls_token[0, 0]  # keep the construction above
+        model.patch_embedding.projection.weight.normal_()
+    similarity = position_similarity(model)
+    assert similarity.shape == (4, 4, 4, 4)
+    assert torch.allclose(similarity[2, 3, 2, 3], torch.tensor(1.0)) and similarity.abs().max() <= 1 + 1e-6
+    components = filter_components(model)
+    assert components.shape == (28, 3, 16, 16) and components.min() == 0 and components.max() == 1
+    # Queries other than the target patch have q = 0 -> uniform attention -> their mean distance
+    # is the mean distance to every patch; the target patch attends to itself alone -> 0.
+    with torch.no_grad():
+        model.position_embedding.zero_()
+        model.position_embedding[0, 1 + 5] = model.cls_token[0, 0]
+        model.patch_embedding.projection.weight.zero_()  # the image plays no part again
+    centres = torch.tensor([[r * 16.0, c * 16.0] for r in range(4) for c in range(4)])
+    distance = torch.cdist(centres, centres)
+    expected = (distance.mean(1).sum() - distance[5].mean()) / 16
+    got = mean_attention_distance(model, torch.randn(2, 3, 64, 64))
+    assert got.shape == (1, 2) and torch.allclose(got, expected.expand(1, 2), atol=1e-4)
+
+
+def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
+    make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
+    result = run_module("-m", "vit.figures", str(tmp_path / "figures"), "--model", "vit_tiny_patch16_224",
+                        "--pretrained", str(tmp_path / "model.safetensors"), "--images", str(cifar_dir / "test"),
+                        "--num-images", "6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = {"patch_embedding_filters.png": (700, 440), "position_similarity.png": (600, 600),
+                "attention_distance.png": (600, 440)}
+    for name, size in expected.items():
+        with Image.open(tmp_path / "figures" / name) as picture:
+            assert picture.format == "PNG" and picture.size == size, (name, picture.size)
+    missing = run_module("-m", "vit.figures", str(tmp_path / "f2"), "--model", "vit_tiny_patch16_224",
+                         "--pretrained", "none", "--images", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "no folder of images" in missing.stderr and "Traceback" not in missing.stderr

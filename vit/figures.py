@@ -1,0 +1,148 @@
+"""The ViT paper's Figure 7, for any model and weights, as three PNG files.
+
+    python -m vit.figures --model vit_base_patch16_224 --pretrained default OUT_DIR
+    python -m vit.figures --checkpoint runs/quick/vit_cifar10_finetuned.pth --images ../shared/data/cifar10-jpg/test OUT_DIR
+
+- patch_embedding_filters.png (Fig. 7 left): the first principal components of the patch
+  projection's filters (each row of the flattened D x (3 P P) weight is one filter), as RGB tiles;
+- position_similarity.png (Fig. 7 centre): for each patch position, the cosine similarity of its
+  position embedding with every other position's, drawn on the patch grid;
+- attention_distance.png (Fig. 7 right): for each block and head, the mean distance in pixels
+  between a patch and the patches it attends to (weighted by attention), over real images.
+"""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from vit.cli import ArgumentParser  # noqa: E402
+from vit.explain import attention_maps  # noqa: E402
+from vit.model import VisionTransformer  # noqa: E402
+
+
+def filter_components(model: VisionTransformer, count: int = 28) -> torch.Tensor:
+    """(count, 3, P, P): the top principal components of the patch-embedding filters, each
+    scaled to [0, 1] for display."""
+    weight = model.patch_embedding.projection.weight.detach().float()  # (D, 3, P, P)
+    flat = weight.flatten(1)  # (D, 3*P*P): one filter per row
+    _, _, components = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)  # rows: principal axes
+    components = components[:count].view(-1, *weight.shape[1:])
+    low = components.amin(dim=(1, 2, 3), keepdim=True)
+    high = components.amax(dim=(1, 2, 3), keepdim=True)
+    return (components - low) / (high - low).clamp_min(1e-12)
+
+
+def position_similarity(model: VisionTransformer) -> torch.Tensor:
+    """(grid, grid, grid, grid): [i, j] is the cosine similarity of position (i, j)'s embedding
+    with every position's, as a grid. The class token's entry is left out."""
+    grid = model.cfg.grid_size
+    patches = model.position_embedding.detach().float()[0, 1:]  # (N, D)
+    patches = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (patches @ patches.T).view(grid, grid, grid, grid)
+
+
+@torch.no_grad()
+def mean_attention_distance(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """(depth, heads): per block and head, the attention-weighted distance in pixels between a
+    patch (query) and the patches it attends to (keys), averaged over patches and images; the
+    class token is left out on both sides."""
+    grid, patch = model.cfg.grid_size, model.cfg.patch_size
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).float() * patch  # (N, 2) in pixels
+    distance = torch.cdist(centres, centres)  # (N, N)
+    result = []
+    for attention in attention_maps(model, images):  # (B, H, T, T)
+        patch_to_patch = attention[:, :, 1:, 1:]
+        weights = patch_to_patch / patch_to_patch.sum(-1, keepdim=True)  # renormalised without the CLS key
+        result.append((weights * distance).sum(-1).mean(dim=(0, 2)))  # (H,)
+    return torch.stack(result)
+
+
+def save_figures(model: VisionTransformer, images: torch.Tensor, out_dir: str | Path) -> list[Path]:
+    """Write the three PNGs into out_dir; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / name for name in ("patch_embedding_filters.png", "position_similarity.png",
+                                         "attention_distance.png")]
+
+    components = filter_components(model)
+    figure, axes = plt.subplots(4, 7, figsize=(7, 4.4))
+    for axis, component in zip(axes.flat, components):
+        axis.imshow(component.permute(1, 2, 0).numpy())
+    for axis in axes.flat:
+        axis.axis("off")
+    figure.suptitle("RGB embedding filters (first 28 principal components)", fontsize=10)
+    figure.savefig(paths[0], dpi=100)
+    plt.close(figure)
+
+    similarity = position_similarity(model)
+    grid = similarity.shape[0]
+    figure, axes = plt.subplots(grid, grid, figsize=(6, 6), squeeze=False)
+    for i in range(grid):
+        for j in range(grid):
+            axes[i][j].imshow(similarity[i, j].numpy(), vmin=-1, vmax=1, cmap="viridis")
+            axes[i][j].axis("off")
+    figure.suptitle("Position embedding similarity (cosine), per patch position", fontsize=10)
+    figure.savefig(paths[1], dpi=100)
+    plt.close(figure)
+
+    distances = mean_attention_distance(model, images)
+    figure, axis = plt.subplots(figsize=(6, 4.4))
+    for head in range(distances.shape[1]):
+        axis.scatter(torch.arange(1, len(distances) + 1), distances[:, head], s=12, label=f"head {head + 1}")
+    axis.set(xlabel="network depth (block)", ylabel="mean attention distance (pixels)",
+             ylim=(0, model.cfg.img_size), title=f"Mean attention distance over {len(images)} images")
+    if distances.shape[1] <= 16:
+        axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(paths[2], dpi=100)
+    plt.close(figure)
+    return paths
+
+
+def main(argv=None) -> int:
+    from vit.checkpoint import CheckpointError, load_model
+    from vit.factory import create_model
+    from vit.images import ImageError, expand_paths, load_image
+    from vit.preprocess import to_model_input
+    from weights.load import WeightsError
+
+    parser = ArgumentParser(prog="python -m vit.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", help="folder for the three PNG files")
+    parser.add_argument("--model", default="vit_base_patch16_224", help="a model name (default: vit_base_patch16_224)")
+    parser.add_argument("--pretrained", default="default",
+                        help="'default' (timm's weights for --model), a hub id, a local file, or 'none' (default: default)")
+    parser.add_argument("--checkpoint", help="a vit_<name>_finetuned.pth instead of --model/--pretrained (default: none)")
+    parser.add_argument("--images", help="folder of real images for the attention distances "
+                                         "(default: ../shared/data/cifar10-jpg/test beside the checkout)")
+    parser.add_argument("--num-images", type=int, default=32, help="images for the attention distances (default: 32)")
+    args = parser.parse_args(argv)
+    images_dir = Path(args.images or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg" / "test")
+    try:
+        if args.checkpoint:
+            model, card = load_model(args.checkpoint)
+            mean, std, size, source_size = card.mean, card.std, card.img_size, card.source_size
+        else:
+            model = create_model(args.model, pretrained=args.pretrained).eval()
+            mean, std, size, source_size = model.pretrained_cfg["mean"], model.pretrained_cfg["std"], model.cfg.img_size, None
+        found = expand_paths([images_dir])
+        if not images_dir.is_dir() or found == [images_dir]:
+            raise ImageError(f"--images {images_dir}: no folder of images")
+        chosen = found[:: max(1, len(found) // args.num_images)][: args.num_images]
+        batch = torch.cat([to_model_input(load_image(p, source_size or size)[None], size, mean, std, source_size)
+                           for p in chosen])  # exactly as training evaluated
+    except (CheckpointError, WeightsError, ImageError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in save_figures(model, batch, args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
