@@ -67,10 +67,9 @@ class ModelCard:
         missing = [k for k in ("state_dict", *required) if k not in checkpoint]
         if missing:
             raise CheckpointError(f"{path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
-        known = {f.name for f in fields(cls)}
-        card = cls(**{k: v for k, v in checkpoint.items() if k in known})
-        card = cls(**{**asdict(card), "class_names": tuple(card.class_names), "mean": tuple(card.mean),
-                      "std": tuple(card.std)})
+        entries = {f.name: checkpoint[f.name] for f in fields(cls) if f.name in checkpoint}
+        card = cls(**{**entries, "class_names": tuple(entries["class_names"]), "mean": tuple(entries["mean"]),
+                      "std": tuple(entries["std"])})  # stored as lists, kept as tuples (frozen, hashable)
         if checkpoint.get("num_classes", card.num_classes) != card.num_classes:
             raise CheckpointError(f"{path}: weights do not fit the card (num_classes {checkpoint['num_classes']}, "
                                   f"but {card.num_classes} class names)")
