@@ -29,7 +29,7 @@ from benchmarks.train import DEFAULT_DATA
 from infer import Classifier
 from vit.checkpoint import ModelCard, save_model
 from vit.device import cpu_kind
-from vit.images import expand_paths
+from vit.images import evenly_spaced, expand_paths
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -86,8 +86,7 @@ def main(argv=None) -> None:
     if args.sweep:
         return sweep(args)
 
-    found = expand_paths([args.images])
-    paths = found[:: max(1, len(found) // args.num_images)][: args.num_images]
+    paths = evenly_spaced(expand_paths([args.images]), args.num_images)
     sides = {"ours (default)": ("auto", "auto"), "ours fp32": ("none", "none"), "ours int8": ("auto", "int8")}
     if args.with_bf16:
         sides["ours bf16"] = ("bf16", "none")
@@ -111,8 +110,7 @@ def main(argv=None) -> None:
 
 def sweep(args) -> None:
     """Batch size x decoding threads, for the default precision: which pair is fastest here."""
-    found = expand_paths([args.images])
-    paths = found[:: max(1, len(found) // args.num_images)][: args.num_images]
+    paths = evenly_spaced(expand_paths([args.images]), args.num_images)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "model.pth"
         make_checkpoint(args.model, args.img_size, checkpoint)

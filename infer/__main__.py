@@ -14,7 +14,7 @@ import sys
 from vit.images import ImageError, expand_paths
 from infer.predict import Classifier, OptionError
 from vit.checkpoint import CheckpointError
-from vit.cli import ArgumentParser, is_out_of_memory
+from vit.cli import ArgumentParser, is_out_of_memory, positive_int
 
 
 def build_parser() -> ArgumentParser:
@@ -27,11 +27,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--explain", metavar="OUT_DIR",
                         help="also write OUT_DIR/<image>.png: the input, its attention rollout, and the last "
                              "block's CLS attention per head (default: off)")
-    parser.add_argument("--topk", type=int, default=1, help="show the K most likely classes (default: 1)")
+    parser.add_argument("--topk", type=positive_int, default=1, help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per forward pass (default: 64 on a GPU, 8 on CPU)")
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: 2)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="image-decoding threads (default: 2)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto, a GPU if there is one, else the CPU)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
                         help="autocast precision (default auto: the one training evaluated in, where the "
@@ -45,9 +45,6 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value in (("--batch-size", args.batch_size), ("--workers", args.workers), ("--topk", args.topk)):
-        if value is not None and value < 1:
-            parser.error(f"argument {flag}: {value} is not a positive number")
 
     try:
         quantize = "none" if args.explain and args.quantize == "auto" else args.quantize  # exact maps: fp32

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
+from infer.pictures import free_path, save_explanation
 from vit.checkpoint import CheckpointError, ModelCard, load_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
-from vit.images import ImageError, expand_paths, list_class_folders, load_image
-from infer.pictures import free_path, save_explanation
-from vit.explain import attention_rollout, cls_attention
+from vit.explain import attention_maps, last_cls_attention, rollout
 from vit.export import ONNX_CARD_KEY
+from vit.images import ImageError, expand_paths, list_class_folders, load_image
 from vit.preprocess import to_model_input
 from vit.quantize import QuantizationUnavailable, quantize_int8
 
@@ -89,7 +89,7 @@ class OnnxModel:
             card = json.loads(self.session.get_modelmeta().custom_metadata_map[ONNX_CARD_KEY])
         except Exception as error:  # onnxruntime raises its own exception types for broken files
             raise CheckpointError(f"{path}: not an ONNX model exported by this project ({first_line(error)[:160]})") from None
-        self.card = ModelCard.from_dict({"state_dict": None, **card}, path)
+        self.card = ModelCard.from_dict(card, path)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(["logits"], {"images": images.cpu().float().numpy()})[0])
@@ -122,11 +122,11 @@ class Classifier:
         self.workers = workers
 
     def _load_pytorch(self, checkpoint_path, device: str, amp: str, quantize: str) -> None:
-        self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         try:
             self.device = pick_device(device)
         except ValueError as error:
             raise OptionError(str(error)) from None
+        self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         self.precision = choose_precision(self.device, self.card.eval_amp, amp, quantize)
         self.model.to(self.device)
         if self.precision.name == "int8":
@@ -208,10 +208,9 @@ class Classifier:
             probs = self.probabilities(item)[0]
             confidence, index = probs.max(0)
             prediction = Prediction(str(path), top=[(self.class_names[index], confidence.item())])
-            with torch.inference_mode():
-                rollout, heads = attention_rollout(self.model, item)[0], cls_attention(self.model, item)[0]
+            maps = attention_maps(self.model, item)  # one pass serves the rollout and the per-head views
             picture = free_path(out_dir, Path(path).stem)
-            save_explanation(picture, item[0], self.card.mean, self.card.std, rollout, heads,
+            save_explanation(picture, item[0], self.card.mean, self.card.std, rollout(maps)[0], last_cls_attention(maps)[0],
                              f"{Path(path).name}: {prediction.top[0][0]} ({confidence.item():.1%})")
             yield prediction, picture
 

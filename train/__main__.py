@@ -16,7 +16,7 @@ from train.loop import Interrupted, TrainingError, train
 from train.timing import process_start
 from weights.load import WeightsError
 from vit.checkpoint import CheckpointError
-from vit.cli import ArgumentParser, is_out_of_memory
+from vit.cli import ArgumentParser, is_out_of_memory, positive_int
 from vit.device import AMP_DTYPES
 from vit.model import MODEL_CONFIGS
 
@@ -49,7 +49,7 @@ HELP = {  # every flag's help: what it means, and what its default does
     "cache_dir": "where decoded small images are cached (default: ~/.cache/vit-from-scratch)",
     "log_every": "steps between progress-bar updates; each one waits for the GPU (default: 25)",
 }
-POSITIVE = ("img_size", "epochs", "batch_size", "eval_batch_size", "max_train_samples", "max_eval_samples", "log_every")
+POSITIVE = ("img_size", "epochs", "batch_size", "eval_batch_size", "max_train_samples", "max_eval_samples", "log_every")  # >= 1
 
 
 def build_parser() -> ArgumentParser:
@@ -70,8 +70,8 @@ def build_parser() -> ArgumentParser:
             parser.add_argument(flag, choices=list(AMP_DTYPES), default=None, help=HELP[field.name])
         else:
             kind = {int: int, float: float}.get(type(default), str)
-            if field.name in ("max_train_samples", "max_eval_samples", "eval_batch_size"):
-                kind = int
+            if field.name in POSITIVE:
+                kind = positive_int
             parser.add_argument(flag, type=kind, default=default, help=HELP[field.name])
     return parser
 
@@ -80,10 +80,6 @@ def parse_args(argv=None) -> TrainConfig:
     """Flags -> TrainConfig; a bad flag is one line on stderr and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in POSITIVE:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"argument --{name.replace('_', '-')}: {value} is not a positive number")
     if args.model not in MODEL_CONFIGS:
         parser.error(f"argument --model: unknown model '{args.model}'; known models: {', '.join(MODEL_CONFIGS)}")
     patch = MODEL_CONFIGS[args.model]["patch_size"]

@@ -63,8 +63,8 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, checkpoint: dict, path) -> "ModelCard":
-        required = ("model_name", "img_size", "class_names", "mean", "std")
-        missing = [k for k in ("state_dict", *required) if k not in checkpoint]
+        """The card held by a checkpoint's entries (or by an exported model's metadata)."""
+        missing = [k for k in ("model_name", "img_size", "class_names", "mean", "std") if k not in checkpoint]
         if missing:
             raise CheckpointError(f"{path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
         entries = {f.name: checkpoint[f.name] for f in fields(cls) if f.name in checkpoint}
@@ -140,22 +140,15 @@ def save_model(path: str | os.PathLike, model: VisionTransformer, card: ModelCar
     atomic_save({"state_dict": model.state_dict(), **card.to_dict(), **extra}, path)
 
 
-def read_model(path: str | os.PathLike) -> tuple[ModelCard, dict[str, torch.Tensor], dict]:
-    """(card, state dict, the other entries) of a fine-tuned checkpoint; CheckpointError if it
-    is not one."""
+def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
+    """A fine-tuned checkpoint turned back into its model (eval mode) and card; CheckpointError
+    (one line) if it is not one."""
     checkpoint = safe_load(path)
     card = ModelCard.from_dict(checkpoint, path)
-    known = {"state_dict", "num_classes", *(f.name for f in fields(ModelCard))}
-    return card, checkpoint["state_dict"], {k: v for k, v in checkpoint.items() if k not in known}
-
-
-def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
-    """A fine-tuned checkpoint turned back into its model (eval mode) and card."""
-    card, state_dict, _ = read_model(path)
     try:
         model = VisionTransformer(model_config(card.model_name, num_classes=card.num_classes,
                                                img_size=card.img_size, layer_norm_eps=card.layer_norm_eps))
-        model.load_state_dict(state_dict)
+        model.load_state_dict(checkpoint["state_dict"])
     except (ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit {card.model_name} ({first_line(error)[:200]})") from None
     model.pretrained_cfg.update(source=str(path), mean=card.mean, std=card.std)

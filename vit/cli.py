@@ -10,6 +10,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1. argparse turns the error into
+    "argument --epochs: 0 is not a positive number" and exit status 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def first_line(error: BaseException) -> str:
     """An exception as one short line for an error message: its first line, or its type's name
     when it has no message."""

@@ -16,6 +16,8 @@ how much each input patch can reach the CLS token through the stack, residual pa
     rollout = R[CLS, patches] reshaped to the patch grid, divided by its maximum
 """
 
+import math
+
 import torch
 from einops import rearrange
 
@@ -47,25 +49,36 @@ def attention_maps(model: VisionTransformer, images: torch.Tensor) -> list[torch
     return maps
 
 
-def attention_rollout(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """(B, grid, grid): how much each patch flows into the CLS token through all the blocks,
-    Abnar & Zuidema's rollout (see the module's docstring), scaled so that its maximum is 1."""
-    maps = attention_maps(model, images)
+def rollout(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(B, grid, grid) from the blocks' attention maps: how much each patch flows into the CLS
+    token through the whole stack, Abnar & Zuidema's rollout (see the module's docstring),
+    scaled so that its maximum is 1."""
     tokens = maps[0].shape[-1]
     identity = torch.eye(tokens, device=maps[0].device)
-    rollout = identity.expand_as(maps[0][:, 0]).clone()  # (B, T, T)
+    flow = identity.expand_as(maps[0][:, 0]).clone()  # (B, T, T)
     for attention in maps:  # block 1 first: R = A_hat_L @ ... @ A_hat_1
         a_hat = 0.5 * attention.mean(dim=1) + 0.5 * identity  # the residual stream carries half
         a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
-        rollout = a_hat @ rollout
-    grid = model.cfg.grid_size
-    cls_row = rollout[:, 0, 1:]  # the CLS token's row, over the patch tokens (CLS itself dropped)
+        flow = a_hat @ flow
+    grid = math.isqrt(tokens - 1)  # the CLS token, then a square grid of patches
+    cls_row = flow[:, 0, 1:]  # the CLS token's row, over the patch tokens (CLS itself dropped)
     heatmap = rearrange(cls_row, "b (gh gw) -> b gh gw", gh=grid, gw=grid)
     return heatmap / heatmap.amax(dim=(1, 2), keepdim=True)
 
 
-def cls_attention(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """(B, heads, grid, grid): where the CLS token looks in the last block, head by head."""
-    last = attention_maps(model, images)[-1]  # (B, H, T, T)
-    grid = model.cfg.grid_size
+def last_cls_attention(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(B, heads, grid, grid) from the blocks' attention maps: where the CLS token looks in the
+    last block, head by head."""
+    last = maps[-1]  # (B, H, T, T)
+    grid = math.isqrt(last.shape[-1] - 1)
     return rearrange(last[:, :, 0, 1:], "b h (gh gw) -> b h gh gw", gh=grid, gw=grid)
+
+
+def attention_rollout(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """(B, grid, grid): the rollout of `model` on `images`."""
+    return rollout(attention_maps(model, images))
+
+
+def cls_attention(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """(B, heads, grid, grid): the last block's CLS attention of `model` on `images`, per head."""
+    return last_cls_attention(attention_maps(model, images))

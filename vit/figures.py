@@ -108,7 +108,7 @@ def save_figures(model: VisionTransformer, images: torch.Tensor, out_dir: str | 
 def main(argv=None) -> int:
     from vit.checkpoint import CheckpointError, load_model
     from vit.factory import create_model
-    from vit.images import ImageError, expand_paths, load_image
+    from vit.images import ImageError, evenly_spaced, expand_paths, load_image
     from vit.preprocess import to_model_input
     from weights.load import WeightsError
 
@@ -133,9 +133,8 @@ def main(argv=None) -> int:
         found = expand_paths([images_dir])
         if not images_dir.is_dir() or found == [images_dir]:
             raise ImageError(f"--images {images_dir}: no folder of images")
-        chosen = found[:: max(1, len(found) // args.num_images)][: args.num_images]
         batch = torch.cat([to_model_input(load_image(p, source_size or size)[None], size, mean, std, source_size)
-                           for p in chosen])  # exactly as training evaluated
+                           for p in evenly_spaced(found, args.num_images)])  # exactly as training evaluated
     except (CheckpointError, WeightsError, ImageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

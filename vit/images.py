@@ -128,3 +128,9 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
         else:
             found.append(path)  # a missing path is reported when it is read
     return found
+
+
+def evenly_spaced(paths: list[Path], count: int) -> list[Path]:
+    """At most `count` of `paths`, spread evenly over the list: over a sorted ImageFolder tree,
+    every class gets its share."""
+    return paths[:: max(1, len(paths) // count)][:count]
