@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     except (CheckpointError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # --explain's folder cannot be created or written
+        print(f"error: cannot write {error.filename} ({error.strerror})", file=sys.stderr)
+        return 1
     except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
             raise

@@ -87,6 +87,11 @@ def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
         with Image.open(tmp_path / "explained" / name) as picture:
             assert picture.format == "PNG" and picture.size[0] >= 600 and picture.size[1] >= 200
     assert result.stdout.count("cat.png: ") == 2 and "explained" in result.stdout
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"),
+                         "--explain", str(tmp_path / "a-file" / "out"))
+    assert blocked.returncode == 1 and "Traceback" not in blocked.stderr
+    assert blocked.stderr.strip().splitlines() == [f"error: cannot write {tmp_path / 'a-file' / 'out'} (Not a directory)"]
 
 
 def test_paper_figures_follow_their_formulas():
@@ -130,3 +135,8 @@ def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
     missing = run_module("-m", "vit.figures", str(tmp_path / "f2"), "--model", "vit_tiny_patch16_224",
                          "--pretrained", "none", "--images", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no folder of images" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked = run_module("-m", "vit.figures", str(tmp_path / "a-file" / "out"), "--model", "vit_tiny_patch16_224",
+                         "--pretrained", "none", "--images", str(cifar_dir / "test"), "--num-images", "2")
+    assert blocked.returncode == 1 and blocked.stderr.strip().splitlines() == [
+        f"error: cannot write {tmp_path / 'a-file' / 'out'} (Not a directory)"]

@@ -138,7 +138,12 @@ def main(argv=None) -> int:
     except (CheckpointError, WeightsError, ImageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for path in save_figures(model, batch, args.out_dir):
+    try:
+        paths = save_figures(model, batch, args.out_dir)
+    except OSError as error:
+        print(f"error: cannot write {error.filename or args.out_dir} ({error.strerror})", file=sys.stderr)
+        return 1
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
