@@ -91,3 +91,17 @@ def test_out_of_memory_is_one_line_with_a_hint(monkeypatch, capsys):
     assert cli.main(["--batch-size", "512"]) == 1
     assert capsys.readouterr().err.strip() == ("error: out of memory at --batch-size 512; lower --batch-size "
                                                "(or --eval-batch-size)")
+
+
+def test_folder_listing_finds_images_in_path_order_and_skips_hidden_ones(tmp_path):
+    from vit.images import expand_paths
+
+    for name in ("b.jpg", "a.PNG", "notes.txt", ".hidden.jpg", "a/z.jpg", "a-b/y.jpeg", ".cache/x.jpg",
+                 "a/.ipynb_checkpoints/w.jpg", "a/deeper/v.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in expand_paths([tmp_path])]
+    # Sorted as Paths sort (by their parts): "a/..." before "a-b/...", though "-" < "/" as characters.
+    assert found == ["a/deeper/v.webp", "a/z.jpg", "a-b/y.jpeg", "a.PNG", "b.jpg"]
+    (tmp_path / "empty").mkdir()
+    assert expand_paths([tmp_path / "empty", tmp_path / "missing.jpg"]) == [tmp_path / "empty", tmp_path / "missing.jpg"]

@@ -115,6 +115,22 @@ def test_sigkill_during_saving_never_leaves_a_broken_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_background_save_writes_the_state_of_the_moment_and_reports_its_errors(tmp_path):
+    from vit.checkpoint import BackgroundSaver, CheckpointError
+
+    saver, path = BackgroundSaver(), tmp_path / "last.pt"
+    weights = torch.zeros(2_000_000)
+    saver.save({"state_dict": {"w": weights}, "history": [{"epoch": 1}]}, path)
+    weights += 1  # the next optimiser step, while the file is being written
+    saver.wait()
+    assert torch.equal(safe_load(path)["state_dict"]["w"], torch.zeros(2_000_000))
+    saver.save({"state_dict": {"w": weights}}, tmp_path / "missing" / "last.pt")  # a folder that is not there
+    with pytest.raises(CheckpointError, match="cannot write"):
+        saver.wait()
+    saver.wait()  # the error is raised once
+    assert torch.equal(safe_load(path)["state_dict"]["w"], torch.zeros(2_000_000))
+
+
 def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
     process = start_training(long_run_args(data, tmp_path), until="epoch 3/400:")

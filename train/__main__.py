@@ -39,7 +39,7 @@ HELP = {  # every flag's help: what it means, and what its default does
     "device": "auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N (default: auto)",
     "amp": "autocast precision: bf16, fp16 or none (default: bf16 on a GPU, none (fp32) on CPU)",
     "eval_batch_size": "images per evaluation batch (default: twice --batch-size)",
-    "num_workers": "processes decoding images (and DataLoader workers for large images) (default: 4)",
+    "num_workers": "processes decoding images (and DataLoader workers for large images) (default: one per CPU core, at most 16)",
     "output_dir": "where the model, last.pt, metrics.jsonl and plots go (default: runs/cifar10)",
     "name": "data set name in vit_<name>_finetuned.pth (default: from --data, 'cifar10' for any CIFAR-10 copy)",
     "seed": "seed for initialisation, data order and augmentation (default: 0)",

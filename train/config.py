@@ -1,5 +1,6 @@
 """Every setting of a fine-tuning run, in one visible place."""
 
+import os
 from dataclasses import dataclass
 
 
@@ -25,7 +26,7 @@ class TrainConfig:
     amp: str | None = None  # bf16, fp16, none; None: bf16 on a GPU, none on CPU
     compile: bool | None = None  # torch.compile; None: on for a GPU
     eval_batch_size: int | None = None  # None: 2 x batch_size
-    num_workers: int = 4  # decoding processes (and DataLoader workers for large images)
+    num_workers: int = min(16, os.cpu_count() or 1)  # decoding processes (and DataLoader workers): one per core
     # Bookkeeping
     output_dir: str = "runs/cifar10"
     name: str | None = None  # data set name in vit_<name>_finetuned.pth; None: from --data

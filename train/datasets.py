@@ -149,6 +149,7 @@ def subset(files: list, labels: list, limit: int | None, seed: int) -> tuple[lis
 
 
 def load_image_folder(root: Path, cfg) -> Dataset:
+    root = root.resolve()  # absolute file paths, as the cache key needs, without resolving each file
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise DataError(f"{root}: expected train/ and test/ (or val/) folders in ImageFolder layout")
@@ -175,7 +176,7 @@ def load_image_folder(root: Path, cfg) -> Dataset:
     cache_dir = Path(cfg.cache_dir or Path.home() / ".cache" / "vit-from-scratch")
     splits = []
     for files, labels in ((train_files, train_labels), (test_files, test_labels)):
-        key = {"files": [str(f.resolve()) for f in files], "labels": labels, "size": width,
+        key = {"files": [str(f) for f in files], "labels": labels, "size": width,
                "stamp": [os.stat(f).st_mtime_ns for f in files[:: max(1, len(files) // 100)]],
                "skip_bad": cfg.skip_bad_images}
         splits.append(cached(key, cache_dir, lambda f=files, l=labels: decode_to_tensor(

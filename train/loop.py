@@ -30,7 +30,7 @@ from train.config import TrainConfig
 from train.datasets import Dataset, data_folder, load_dataset
 from train.stop import StopRequest
 from train.timing import PhaseTimer, timing_line
-from vit.checkpoint import CheckpointError, ModelCard, atomic_save, safe_load, save_model
+from vit.checkpoint import BackgroundSaver, CheckpointError, ModelCard, atomic_save, safe_load, save_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
 
@@ -97,6 +97,7 @@ class Run:
     history: list[dict] = field(default_factory=list)  # metrics.jsonl's records so far
     steps_done: int = 0  # in this process
     first_step_seconds: float | None = None  # this process's first step, compilation included
+    saver: BackgroundSaver = field(default_factory=BackgroundSaver)  # writes the epochs' last.pt while training goes on
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -347,15 +348,16 @@ def compile_seconds(first_step: float, epoch_seconds: float, steps: int) -> floa
 # ---------------------------------------------------------------- last.pt: the resumable state
 
 
-def save_last(run: Run, epoch: int, step: int, progress: EpochProgress) -> Path:
+def save_last(run: Run, epoch: int, step: int, progress: EpochProgress, background: bool = False) -> Path:
     """Everything needed to continue exactly where we are, after `step` steps of `epoch`: the
     fine-tuned checkpoint's fields (vit/checkpoint.py) plus optimiser, schedule, scaler, RNG,
-    the epoch's running sums, the history and the settings."""
+    the epoch's running sums, the history and the settings. background: return once the state
+    is copied to the CPU and write it while training goes on (`run.saver.wait()` finishes it)."""
     path = Path(run.cfg.output_dir) / "last.pt"
     if not run.is_main:
         return path
     sums = progress.to("cpu")
-    atomic_save({
+    state = {
         "state_dict": run.model.state_dict(), **run.card().to_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -366,7 +368,12 @@ def save_last(run: Run, epoch: int, step: int, progress: EpochProgress) -> Path:
         "history": run.history,
         "rng": torch.get_rng_state(),
         "config": asdict(run.cfg),
-    }, path)
+    }
+    if background:
+        run.saver.save(state, path)
+    else:
+        run.saver.wait()  # never two writers of one file
+        atomic_save(state, path)
     return path
 
 
@@ -441,11 +448,13 @@ def train(cfg: TrainConfig, started: float | None = None) -> dict:
                 f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | "
                 f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
             start_step, progress = 0, EpochProgress.zeros(run.device)
-            with timer.phase("save"):
-                save_last(run, epoch + 1, 0, progress)
+            with timer.phase("save"):  # the copy to the CPU; the disk write overlaps the next epoch
+                save_last(run, epoch + 1, 0, progress, background=True)
             if stop.signum is not None:
                 raise Interrupted(stop.signum, output_dir / "last.pt")
     finally:
+        with timer.phase("save"):  # the last last.pt reaches the disk (also when stopping)
+            run.saver.wait()
         stop.restore()
 
     final = {k: record.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")}

@@ -22,6 +22,7 @@ of killed writers are swept by the next save.
 """
 
 import os
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -102,6 +103,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
     atomic_write(path, lambda file: torch.save(obj, file))
+
+
+class BackgroundSaver:
+    """atomic_save on a thread, so that training goes on while ~1 GB of weights and optimiser
+    state reach the disk. `save` first copies every tensor to the CPU (a snapshot the next
+    optimiser step cannot change), then writes while the caller returns. One write at a time:
+    a new save, and `wait`, first finish the one in flight and raise its error. A kill during
+    a write leaves the previous file, exactly as atomic_save does."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, obj, path: str | os.PathLike) -> None:
+        self.wait()
+        snapshot = _to_cpu(obj)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, path), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, obj, path) -> None:
+        try:
+            atomic_save(obj, path)
+        except BaseException as error:  # handed to the training thread by wait()
+            self._error = error
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def _to_cpu(obj):
+    """A copy of `obj` whose tensors are new CPU tensors (clones, also of tensors already there)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(value) for value in obj)
+    return obj
 
 
 def _remove_orphans(path: Path) -> None:

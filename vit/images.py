@@ -9,6 +9,7 @@ very large images (decoded at reduced scale where the format allows it) and 1 x 
 Refuses decompression bombs, truncated or corrupt files, empty files and non-images.
 """
 
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,9 +123,13 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            found += images or [path]
+            images = []  # (parts below `path`) tuples: sorted as Paths sort, without a Path per file yet
+            for folder, subfolders, files in os.walk(path):  # scandir: no stat() per file
+                subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+                below = Path(folder).relative_to(path).parts
+                images += [(*below, f) for f in files
+                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+            found += [path.joinpath(*parts) for parts in sorted(images)] or [path]
         else:
             found.append(path)  # a missing path is reported when it is read
     return found
