@@ -3,6 +3,7 @@
     python -m benchmarks.model                                   # CPU, fp32, ViT-B/16 at 224
     python -m benchmarks.model --device cuda --dtype bf16 --batch-size 256
     python -m benchmarks.model --device cuda --dtype bf16 --batch-size 256 --compile
+    python -m benchmarks.model --model vit_small_patch14_dinov2     # any family's name (python -m vit)
 
 Runs alternate (ours, timm, ours, timm, ...) and the median images/s of each is reported,
 with ours / timm as the ratio.
@@ -57,8 +58,9 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     models = {
-        "ours": vit.create_model(args.model, img_size=args.img_size).to(device),
-        "timm": timm.create_model(args.model, img_size=args.img_size, pretrained=False).to(device),
+        # 1000 classes on both sides: backbones (DINOv2, SigLIP) have none by default
+        "ours": vit.create_model(args.model, num_classes=1000, img_size=args.img_size).to(device),
+        "timm": timm.create_model(args.model, num_classes=1000, img_size=args.img_size, pretrained=False).to(device),
     }
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}

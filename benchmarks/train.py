@@ -22,7 +22,7 @@ from train.config import TrainConfig
 from train.loop import EpochProgress, prepare, train_one_epoch
 from train.stop import StopRequest
 from vit.device import pick_device
-from vit.model import model_config
+from vit.families import model_config
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg"
 

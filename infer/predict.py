@@ -210,7 +210,9 @@ class Classifier:
             prediction = Prediction(str(path), top=[(self.class_names[index], confidence.item())])
             maps = attention_maps(self.model, item)  # one pass serves the rollout and the per-head views
             picture = free_path(out_dir, Path(path).stem)
-            save_explanation(picture, item[0], self.card.mean, self.card.std, rollout(maps)[0], last_cls_attention(maps)[0],
+            cfg = self.model.cfg  # where the prefix tokens (CLS, ...) are
+            save_explanation(picture, item[0], self.card.mean, self.card.std, rollout(maps, cfg)[0],
+                             last_cls_attention(maps, cfg)[0],
                              f"{Path(path).name}: {prediction.top[0][0]} ({confidence.item():.1%})")
             yield prediction, picture
 

@@ -35,6 +35,11 @@ def real_images(cifar_dir: Path, count: int, size: int, split: str = "test") -> 
     return (batch - 0.5) / 0.5
 
 
+# The original ViT's names (the other families' are tested in test_families.py)
+PLAIN_VITS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch32_224",
+              "vit_large_patch16_224"]
+
+
 def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Make every tensor matter: timm's init leaves biases at 0 and LayerNorms at (1, 0), which
     would hide a swapped bias or a dropped LayerNorm weight. Add noise to every parameter."""
@@ -45,14 +50,15 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0):
+def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0, **kwargs):
     """A timm model with non-trivial random weights, saved as timm's hub `model.safetensors` is:
-    its `state_dict()`, same keys and shapes. Returns the model (in eval mode)."""
+    its `state_dict()`, same keys and shapes. Returns the model (in eval mode). kwargs go to
+    timm.create_model (e.g. depth=2: a lighter model of the same kind)."""
     import timm
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model = perturb_(timm.create_model(name, pretrained=False, img_size=img_size), seed).eval()
+    model = perturb_(timm.create_model(name, pretrained=False, img_size=img_size, **kwargs), seed).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
 

@@ -140,3 +140,25 @@ def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
                          "--pretrained", "none", "--images", str(cifar_dir / "test"), "--num-images", "2")
     assert blocked.returncode == 1 and blocked.stderr.strip().splitlines() == [
         f"error: cannot write {tmp_path / 'a-file' / 'out'} (Not a directory)"]
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_base_patch16_siglip_224"])
+def test_rollout_reads_the_right_row_and_columns_with_prefix_tokens(name):
+    """With registers the patch columns start after 5 prefix tokens; without a CLS token the row
+    read is the mean of the patch rows. Checked against the formula written out by hand."""
+    from vit.explain import last_cls_attention, rollout
+    from vit.families import model_config
+
+    cfg = model_config(name, img_size=4 * model_config(name).patch_size)  # a 4 x 4 grid
+    prefix, tokens = cfg.num_prefix_tokens, cfg.num_prefix_tokens + 16
+    generator = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, 3, tokens, tokens, generator=generator).softmax(-1) for _ in range(3)]
+    flow = torch.eye(tokens).expand(2, tokens, tokens)
+    for attention in maps:
+        a_hat = 0.5 * attention.mean(1) + 0.5 * torch.eye(tokens)
+        flow = (a_hat / a_hat.sum(-1, keepdim=True)) @ flow
+    row = flow[:, 0] if cfg.class_token else flow[:, prefix:].mean(1)  # (2, T)
+    expected = row[:, prefix:].reshape(2, 4, 4)
+    assert torch.allclose(rollout(maps, cfg), expected / expected.amax(dim=(1, 2), keepdim=True), atol=1e-6)
+    last = maps[-1][:, :, 0] if cfg.class_token else maps[-1][:, :, prefix:].mean(2)
+    assert torch.equal(last_cls_attention(maps, cfg), last[:, :, prefix:].reshape(2, 3, 4, 4))

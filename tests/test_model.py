@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import vit
+from tests.conftest import PLAIN_VITS
 from vit.model import MultiHeadSelfAttention, PatchEmbedding, ViTConfig
 
 
@@ -41,14 +42,26 @@ def test_shapes_at_any_size_divisible_by_the_patch():
 def test_configurations_have_timms_sizes():
     import timm
 
-    for name in vit.MODEL_CONFIGS:
+    for name in PLAIN_VITS:  # every family's name: tests/test_families.py
         ours = sum(p.numel() for p in vit.create_model(name).parameters())
         reference = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
         assert ours == reference, name
 
 
 def test_bad_names_and_sizes_are_refused():
-    with pytest.raises(ValueError, match="unknown model 'vit_huge'.*vit_base_patch16_224"):
+    with pytest.raises(ValueError, match="unknown model 'vit_huge'; similar: vit_huge_patch14_clip_224"):
         vit.create_model("vit_huge")
+    with pytest.raises(ValueError, match="unknown model 'resnet50'; python -m vit lists them"):
+        vit.create_model("resnet50.a1_in1k")
     with pytest.raises(ValueError, match="not divisible"):
         vit.create_model("vit_base_patch16_224", img_size=100)
+
+
+def test_family_fields_are_checked():
+    with pytest.raises(ValueError, match="class_token must be True"):
+        vit.ViTConfig(class_token=False)  # the CLS pooling needs the CLS token
+    with pytest.raises(ValueError, match="activation must be one of"):
+        vit.ViTConfig(activation="relu")
+    model = vit.VisionTransformer(vit.ViTConfig(class_token=False, pool="avg", num_classes=0, depth=1,
+                                                embed_dim=64, num_heads=2, register_tokens=2))
+    assert model(torch.randn(3, 3, 224, 224)).shape == (3, 64)  # no classifier: the pooled features

@@ -63,7 +63,7 @@ def test_a_slow_configuration_is_announced_with_an_estimate():
     """The forecast is measured on this machine: ViT-B/16 at 224 px on 50k images on a CPU
     takes hours per epoch; the quick start's tiny model at 64 px on 5k images does not."""
     from train.loop import epoch_warning, forecast_seconds_per_image
-    from vit.model import model_config
+    from vit.families import model_config
 
     cpu = torch.device("cpu")
     slow = epoch_warning(forecast_seconds_per_image(model_config("vit_base_patch16_224"), cpu, None), 50_000)

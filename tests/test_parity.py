@@ -47,9 +47,11 @@ def stages(timm_model, ours):
     pairs = [
         ("patch_embedding", timm_model.patch_embed, ours.patch_embedding),
         ("cls_and_position", lambda x: timm_model._pos_embed(timm_model.patch_embed(x)), ours.embed),
+        ("norm_before_blocks", timm_model.norm_pre, ours.norm_before_blocks),
     ]
     pairs += [(f"block_{i}", t, o) for i, (t, o) in enumerate(zip(timm_model.blocks, ours.blocks))]
-    pairs += [("final_norm", timm_model.norm, ours.final_norm),
+    # With norm_after_pool the final norm belongs to the head (timm: fc_norm; its `norm` is Identity).
+    pairs += [("final_norm", timm_model.norm, (lambda x: x) if ours.cfg.norm_after_pool else ours.final_norm),
               ("head", timm_model.forward_head, ours.forward_head)]
     return pairs
 
@@ -69,7 +71,7 @@ def test_every_stage_matches_timm(base_pair):
         if max_diff(mine, reference) > TOLERANCE:
             mismatches[name] = max_diff(mine, reference)
         x = reference
-    assert len(stages(timm_model, ours)) == 2 + 12 + 2
+    assert len(stages(timm_model, ours)) == 3 + 12 + 2
     assert not mismatches, f"stages that differ from timm: {mismatches}"
 
 

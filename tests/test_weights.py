@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import vit
-from tests.conftest import REPO, make_timm_file, perturb_, real_images
+from tests.conftest import PLAIN_VITS, REPO, make_timm_file, perturb_, real_images
 from weights import TIMM_TO_OURS, WeightsError, convert_timm, load_pretrained
 
 
@@ -25,7 +25,7 @@ def tiny_file(tmp_path_factory):
     return make_timm_file("vit_tiny_patch16_224", path), path
 
 
-@pytest.mark.parametrize("name", list(vit.MODEL_CONFIGS))
+@pytest.mark.parametrize("name", PLAIN_VITS)  # the other families: test_families.py
 def test_key_map_covers_every_timm_tensor(name):
     import timm
 

@@ -18,20 +18,21 @@ from weights.load import WeightsError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, is_out_of_memory, positive_int
 from vit.device import AMP_DTYPES
-from vit.model import MODEL_CONFIGS
+from vit.families import model_config, model_spec
 
 HELP = {  # every flag's help: what it means, and what its default does
     "data": "'cifar10' (downloaded into --data-root), an ImageFolder root with train/ and test/ (or val/), "
             "or an extracted cifar-10-batches-py folder (default: cifar10)",
     "data_root": "where --data cifar10 is downloaded to (default: data)",
-    "model": "a model name (default: vit_base_patch16_224); one of: " + ", ".join(MODEL_CONFIGS),
+    "model": "a timm model name, optionally with a weights tag (name.tag): a ViT, DeiT, DeiT-III, DINOv2, CLIP, "
+             "SigLIP or GAP ViT; python -m vit lists them (default: vit_base_patch16_224)",
     "pretrained": "'default' (timm's ImageNet weights for --model, from the Hugging Face hub or its cache), "
                   "a hub id, a local .safetensors/.pth file, or 'none' for random weights (default: default)",
     "img_size": "side of the model's input in pixels, a multiple of the patch size (default: 224)",
     "epochs": "passes over the training set (default: 3)",
     "batch_size": "images per step (default: 128)",
     "lr": "peak learning rate of AdamW (default: 1e-4)",
-    "weight_decay": "AdamW weight decay, not applied to norms, biases, CLS token and positions (default: 0.05)",
+    "weight_decay": "AdamW weight decay, not applied to norms, biases, layer scales, learned tokens and positions (default: 0.05)",
     "warmup_fraction": "fraction of all steps spent warming the learning rate up from 0 (default: 0.05)",
     "label_smoothing": "cross-entropy label smoothing (default: 0.1)",
     "grad_clip": "clip the gradients' global norm to this (default: 1.0)",
@@ -80,9 +81,11 @@ def parse_args(argv=None) -> TrainConfig:
     """Flags -> TrainConfig; a bad flag is one line on stderr and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model not in MODEL_CONFIGS:
-        parser.error(f"argument --model: unknown model '{args.model}'; known models: {', '.join(MODEL_CONFIGS)}")
-    patch = MODEL_CONFIGS[args.model]["patch_size"]
+    try:
+        model_spec(args.model)
+    except ValueError as error:
+        parser.error(f"argument --model: {error}")
+    patch = model_config(args.model).patch_size
     if args.img_size % patch:
         parser.error(f"argument --img-size: {args.img_size} is not a multiple of {args.model}'s patch size {patch} "
                      f"(e.g. {max(patch, round(args.img_size / patch) * patch)})")

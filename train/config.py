@@ -16,7 +16,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-4
-    weight_decay: float = 0.05  # not applied to norms, biases, CLS token and position embedding
+    weight_decay: float = 0.05  # not on norms, biases, layer scales, learned tokens (CLS, ...), positions
     warmup_fraction: float = 0.05  # of all steps
     label_smoothing: float = 0.1
     grad_clip: float = 1.0

@@ -170,10 +170,11 @@ def epoch_warning(seconds_per_image: float, images: int) -> str | None:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on the matrices only: not on norms, biases, CLS token, positions."""
+    """AdamW; weight decay on the matrices only: not on norms, biases, layer scales, the learned
+    tokens (CLS, distillation, registers) or positions."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        no_wd = param.ndim <= 1 or name in ("cls_token", "position_embedding")
+        no_wd = param.ndim <= 1 or name in ("cls_token", "distillation_token", "register_tokens", "position_embedding")
         (no_decay if no_wd else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")

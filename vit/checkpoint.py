@@ -30,7 +30,8 @@ from typing import BinaryIO, Callable
 import torch
 
 from vit.cli import first_line
-from vit.model import ViTConfig, VisionTransformer, model_config
+from vit.families import model_config
+from vit.model import ViTConfig, VisionTransformer
 from weights.load import WeightsError, load_weights_only
 
 

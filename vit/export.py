@@ -19,9 +19,11 @@ import torch
 from safetensors.torch import save_file
 
 from vit.checkpoint import ModelCard, load_model
-from weights.convert import HF_TO_OURS, TIMM_TO_OURS, from_ours
+from vit.families import model_spec
+from weights.convert import HF_TO_OURS, TIMM_FC_NORM, TIMM_TO_OURS, from_ours
 
 FORMATS = ("timm", "hf", "onnx")
+HF_FAMILIES = ("vit", "deit")  # architectures that transformers' ViT layout can hold (vit/families.py)
 ONNX_CARD_KEY = "vit_card"  # the ONNX metadata entry holding the ModelCard as JSON
 
 
@@ -50,6 +52,9 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> s
 def export_timm(model, card: ModelCard, out: Path) -> None:
     """A .safetensors file with timm's keys: what timm's hub `model.safetensors` holds."""
     tensors = {k: v.contiguous() for k, v in from_ours(model.state_dict(), TIMM_TO_OURS).items()}
+    if model.cfg.norm_after_pool:  # timm calls a final norm that follows the pooling fc_norm
+        after_pool = {theirs: fc_norm for fc_norm, theirs in TIMM_FC_NORM.items()}
+        tensors = {after_pool.get(k, k): v for k, v in tensors.items()}
     save_file(tensors, str(out), metadata={"model_name": card.model_name, "img_size": str(card.img_size),
                                            "class_names": json.dumps(list(card.class_names)),
                                            "mean": json.dumps(list(card.mean)), "std": json.dumps(list(card.std))})
@@ -58,6 +63,10 @@ def export_timm(model, card: ModelCard, out: Path) -> None:
 def export_hf(model, card: ModelCard, out: Path) -> None:
     """A transformers ViTForImageClassification folder: config.json, model.safetensors and
     preprocessor_config.json (ViTImageProcessor with the model's size and normalisation)."""
+    family = model_spec(card.model_name).family
+    if family not in HF_FAMILIES:
+        raise ExportError(f"{card.model_name} is a {family} model; transformers' ViTForImageClassification holds "
+                          f"only the original ViT's architecture ({', '.join(HF_FAMILIES)}): export as timm or onnx")
     cfg = model.cfg
     out.mkdir(parents=True, exist_ok=True)
     labels = list(card.class_names)

@@ -2,45 +2,65 @@
 
 import os
 
-from vit.model import DEFAULT_PRETRAINED, VisionTransformer, model_config
+from vit.families import default_weights, model_config, model_spec, split_name
+from vit.model import VisionTransformer
 from weights.load import fit_to_model, is_none, load_pretrained, resolve
 
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
-    img_size: int = 224,
+    num_classes: int | None = None,
+    img_size: int | None = None,
     pretrained: str | os.PathLike | None = None,
+    **overrides,
 ) -> VisionTransformer:
-    """Build the ViT called `name` (a timm name, e.g. "vit_base_patch16_224").
+    """Build the ViT called `name`: a timm name (vit/families.py lists them), e.g.
+    "vit_base_patch16_224", "deit3_small_patch16_224", "vit_small_patch14_dinov2", optionally
+    with timm's tag of the weights meant: "vit_base_patch16_clip_224.openai".
 
-    pretrained: None or "none" (random init); "default" (timm's ImageNet weights for `name`
-        from the Hugging Face hub); a hub id; or a path to a `.safetensors` file in timm's,
+    num_classes: None keeps the weights' classifier (0 = none: a backbone such as DINOv2 returns
+        its pooled features), or the name's default without weights; another count gives a
+        fresh, zeroed head.
+    img_size: None is the name's native size (518 for DINOv2); another size resamples the
+        position embeddings as timm does.
+    pretrained: None or "none" (random init); "default" (timm's weights for `name`, or for its
+        tag, from the Hugging Face hub); a hub id; or a path to a `.safetensors` file in timm's,
         Hugging Face's or our layout, a folder with `model.safetensors`, or a `.pth` from `train`.
-    A num_classes other than the file's gives a fresh, zeroed head; an img_size other than the
-    file's resamples the position embeddings as timm does. `model.pretrained_cfg` records the
-    source and the input normalisation (mean, std) the weights expect.
+    overrides: other ViTConfig fields (e.g. depth=2 for a quick test), as timm.create_model takes.
+    `model.pretrained_cfg` records the source and the input normalisation (mean, std).
     """
-    cfg = model_config(name, num_classes=num_classes, img_size=img_size)  # validates name/size early
+    architecture, _ = split_name(name)
+    spec = model_spec(architecture)  # an unknown name fails here
+    fields = dict(overrides, **({"img_size": img_size} if img_size else {}))
+    model_config(architecture, **fields)  # a bad size fails before any download
     if is_none(pretrained):
-        return VisionTransformer(cfg)
+        model = VisionTransformer(model_config(architecture, **fields, **_classes(num_classes)))
+        model.pretrained_cfg.update(mean=spec.mean, std=spec.std)
+        return model
     weights = load_pretrained(locate_pretrained(name, pretrained))
+    if num_classes is None and "head.weight" in weights.state_dict:
+        num_classes = weights.state_dict["head.weight"].shape[0]  # the weights' own classifier
+    if num_classes is None:
+        num_classes = 0 if weights.layout == "timm" else model_config(architecture).num_classes
     if weights.layer_norm_eps is not None:
-        cfg = model_config(name, num_classes=num_classes, img_size=img_size, layer_norm_eps=weights.layer_norm_eps)
-    model = VisionTransformer(cfg)
+        fields["layer_norm_eps"] = weights.layer_norm_eps
+    model = VisionTransformer(model_config(architecture, **fields, num_classes=num_classes))
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg["source"] = weights.source
-    if weights.mean is not None:  # else the model's default, timm's (0.5, 0.5, 0.5)
-        model.pretrained_cfg.update(mean=weights.mean, std=weights.std)
+    model.pretrained_cfg.update(mean=weights.mean or spec.mean, std=weights.std or spec.std)
     return model
+
+
+def _classes(num_classes: int | None) -> dict:
+    return {} if num_classes is None else {"num_classes": num_classes}
 
 
 def locate_pretrained(name: str, pretrained: str | os.PathLike | None) -> str:
     """'none', or the local weights file that `pretrained` means for model `name`: "default" is
-    timm's hub id for the name, and a hub id is downloaded (or found in the Hugging Face cache)
-    now. `train` calls this before decoding any data, so missing weights fail in seconds."""
+    timm's hub id for the name (or its tag), and a hub id is downloaded (or found in the Hugging
+    Face cache) now. `train` calls this before decoding any data, so missing weights fail in seconds."""
     if is_none(pretrained):
         return "none"
     if str(pretrained) == "default":
-        pretrained = DEFAULT_PRETRAINED[name]
+        pretrained = default_weights(name)
     return str(resolve(pretrained))

@@ -39,9 +39,9 @@ def filter_components(model: VisionTransformer, count: int = 28) -> torch.Tensor
 
 def position_similarity(model: VisionTransformer) -> torch.Tensor:
     """(grid, grid, grid, grid): [i, j] is the cosine similarity of position (i, j)'s embedding
-    with every position's, as a grid. The class token's entry is left out."""
-    grid = model.cfg.grid_size
-    patches = model.position_embedding.detach().float()[0, 1:]  # (N, D)
+    with every position's, as a grid. The prefix tokens' entries (CLS, ...) are left out."""
+    grid, cfg = model.cfg.grid_size, model.cfg
+    patches = model.position_embedding.detach().float()[0, cfg.num_positions - cfg.num_patches:]  # (N, D)
     patches = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (patches @ patches.T).view(grid, grid, grid, grid)
 
@@ -50,15 +50,15 @@ def position_similarity(model: VisionTransformer) -> torch.Tensor:
 def mean_attention_distance(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
     """(depth, heads): per block and head, the attention-weighted distance in pixels between a
     patch (query) and the patches it attends to (keys), averaged over patches and images; the
-    class token is left out on both sides."""
-    grid, patch = model.cfg.grid_size, model.cfg.patch_size
+    prefix tokens (CLS, ...) are left out on both sides."""
+    grid, patch, prefix = model.cfg.grid_size, model.cfg.patch_size, model.cfg.num_prefix_tokens
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).float() * patch  # (N, 2) in pixels
     distance = torch.cdist(centres, centres)  # (N, N)
     result = []
     for attention in attention_maps(model, images):  # (B, H, T, T)
-        patch_to_patch = attention[:, :, 1:, 1:]
-        weights = patch_to_patch / patch_to_patch.sum(-1, keepdim=True)  # renormalised without the CLS key
+        patch_to_patch = attention[:, :, prefix:, prefix:]
+        weights = patch_to_patch / patch_to_patch.sum(-1, keepdim=True)  # renormalised without the prefix keys
         result.append((weights * distance).sum(-1).mean(dim=(0, 2)))  # (H,)
     return torch.stack(result)
 

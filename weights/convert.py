@@ -27,11 +27,36 @@ TIMM_TO_OURS: dict[str, str] = {
     "blocks.{i}.mlp.fc1.bias": "blocks.{i}.mlp.fc1.bias",
     "blocks.{i}.mlp.fc2.weight": "blocks.{i}.mlp.fc2.weight",  # (D, 4D)
     "blocks.{i}.mlp.fc2.bias": "blocks.{i}.mlp.fc2.bias",
-    "norm.weight": "final_norm.weight",
+    "norm.weight": "final_norm.weight",  # timm calls it fc_norm when it follows the pooling (see below)
     "norm.bias": "final_norm.bias",
     "head.weight": "head.weight",  # (num_classes, D)
     "head.bias": "head.bias",
+    # The family's extra tensors (vit/families.py), present only in the models that use them.
+    "dist_token": "distillation_token",  # (1, 1, D)          DeiT distilled
+    "head_dist.weight": "head_distillation.weight",  # its classifier
+    "head_dist.bias": "head_distillation.bias",
+    "reg_token": "register_tokens",  # (1, R, D)              DINOv2 reg4, *_reg*_gap
+    "blocks.{i}.ls1.gamma": "blocks.{i}.attention_scale.gamma",  # (D,)   DeiT-III, DINOv2
+    "blocks.{i}.ls2.gamma": "blocks.{i}.mlp_scale.gamma",
+    "norm_pre.weight": "norm_before_blocks.weight",  # CLIP
+    "norm_pre.bias": "norm_before_blocks.bias",
+    "attn_pool.latent": "attention_pool.query",  # (1, 1, D)    SigLIP's attention-pooling head
+    "attn_pool.q.weight": "attention_pool.q.weight",
+    "attn_pool.q.bias": "attention_pool.q.bias",
+    "attn_pool.kv.weight": "attention_pool.kv.weight",  # (2D, D): keys and values stacked
+    "attn_pool.kv.bias": "attention_pool.kv.bias",
+    "attn_pool.proj.weight": "attention_pool.out_proj.weight",
+    "attn_pool.proj.bias": "attention_pool.out_proj.bias",
+    "attn_pool.norm.weight": "attention_pool.mlp_norm.weight",
+    "attn_pool.norm.bias": "attention_pool.mlp_norm.bias",
+    "attn_pool.mlp.fc1.weight": "attention_pool.mlp.fc1.weight",
+    "attn_pool.mlp.fc1.bias": "attention_pool.mlp.fc1.bias",
+    "attn_pool.mlp.fc2.weight": "attention_pool.mlp.fc2.weight",
+    "attn_pool.mlp.fc2.bias": "attention_pool.mlp.fc2.bias",
 }
+# Where the final LayerNorm follows the pooling (timm's fc_norm: GAP ViTs with registers), timm
+# stores it as fc_norm.* and leaves norm.* out; ours is final_norm either way (vit/model.py).
+TIMM_FC_NORM = {"fc_norm.weight": "norm.weight", "fc_norm.bias": "norm.bias"}
 
 # Hugging Face transformers' ViTForImageClassification (google/vit-base-patch16-224) -> ours.
 # Its attention keeps q, k and v as three Linear layers; ours has one fused qkv Linear, so
@@ -101,7 +126,7 @@ def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict
 
 def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm `VisionTransformer` state dict -> ours (a pure renaming)."""
-    return _convert(state_dict, TIMM_TO_OURS)
+    return _convert({TIMM_FC_NORM.get(k, k): v for k, v in state_dict.items()}, TIMM_TO_OURS)
 
 
 def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -201,32 +201,40 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     return result
 
 
-def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int) -> torch.Tensor:
-    """(1, 1+G*G, D) -> (1, 1+new_grid**2, D), as timm does it: the CLS entry is kept, the patch
+def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int, num_prefix: int = 1) -> torch.Tensor:
+    """(1, prefix+G*G, D) -> (1, prefix+new_grid**2, D), as timm does it: the entries of the
+    prefix tokens (CLS, ...; none where positions cover only the patches) are kept, the patch
     entries are viewed as a G x G image with D channels and resized bicubically (antialiased)."""
-    cls_entry, patch_entries = pos_embed[:, :1], pos_embed[:, 1:]
+    prefix_entries, patch_entries = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     old_grid = math.isqrt(patch_entries.shape[1])
     if old_grid == new_grid:
         return pos_embed
     grid = patch_entries.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, D, G, G)
     grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True)
     patch_entries = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos_embed.dtype)
-    return torch.cat([cls_entry, patch_entries], dim=1)
+    return torch.cat([prefix_entries, patch_entries], dim=1)
+
+
+HEADS = ("head.weight", "head.bias", "head_distillation.weight", "head_distillation.bias")
 
 
 def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Adapt weights to `model`: resample the position embedding to its grid, drop a head of the
-    wrong class count (the model keeps its fresh head); raise WeightsError on anything else."""
+    """Adapt weights to `model`: resample the position embedding to its grid; where the classes
+    differ (1000 ImageNet classes -> 10, or a backbone file without a classifier), the model keeps
+    its fresh, zeroed head; raise WeightsError on anything else."""
     expected = model.state_dict()
     state_dict = dict(state_dict)
     pos, model_pos = state_dict.get("position_embedding"), expected["position_embedding"]
+    num_prefix = model.cfg.num_prefix_tokens if model.cfg.positions_cover_prefix else 0
     if pos is not None and pos.ndim == 3 and pos.shape != model_pos.shape and pos.shape[2] == model_pos.shape[2]:
-        if math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1:  # CLS + a square patch grid
-            state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size)
-    head, model_head = state_dict.get("head.weight"), expected["head.weight"]
-    if head is not None and head.shape[0] != model_head.shape[0] and head.shape[1:] == model_head.shape[1:]:
-        # Another class count (1000 ImageNet classes -> 10): keep the model's fresh, zeroed head.
-        state_dict["head.weight"], state_dict["head.bias"] = model_head, expected["head.bias"]
+        if math.isqrt(pos.shape[1] - num_prefix) ** 2 == pos.shape[1] - num_prefix:  # prefix + a square grid
+            state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size, num_prefix)
+    if any(k in state_dict and (k not in expected or state_dict[k].shape != expected[k].shape)
+           or k in expected and k not in state_dict for k in HEADS):
+        for key in HEADS:  # the head as a whole: the file's, or the model's fresh one
+            state_dict.pop(key, None)
+            if key in expected:
+                state_dict[key] = expected[key]
 
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
