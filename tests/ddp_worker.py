@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (gloo, CPU): one real epoch of the training loop
 on each rank, then report which samples each rank saw and a checksum of its weights."""
 
+import gc
 import json
 import sys
 
@@ -28,5 +29,7 @@ gathered = [None] * dist.get_world_size()
 dist.all_gather_object(gathered, report)
 if dist.get_rank() == 0:
     print(json.dumps(gathered), flush=True)
+del run, batches
+gc.collect()  # free the DDP wrapper (reference cycles) before gloo's threads are torn down, as train's CLI does
 dist.barrier()  # leave together: a rank tearing gloo down while the other still talks can abort
 dist.destroy_process_group()

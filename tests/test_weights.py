@@ -50,6 +50,8 @@ def test_keymap_command_prints_the_table():
     assert result.returncode == 0
     assert "blocks.{i}.attn.proj.weight" in result.stdout and "attention.out_proj.weight" in result.stdout
     assert len(result.stdout.splitlines()) == len(TIMM_TO_OURS)
+    result = run("-m", "weights", "keymap", "--layout", "hf_siglip")
+    assert result.returncode == 0 and "head.attention.in_proj_weight[kv]" in result.stdout
 
 
 def test_wrong_architecture_lists_what_does_not_fit(tiny_file):

@@ -4,6 +4,7 @@ Every flag maps to a field of train.config.TrainConfig. Expected failures (bad d
 downloads, bad checkpoints, out of memory) end with one line on stderr and a non-zero exit.
 """
 
+import gc
 import re
 import sys
 from dataclasses import fields
@@ -103,6 +104,7 @@ def main(argv=None) -> int:
     try:
         train(cfg, started=process_start())
         if distributed:
+            gc.collect()  # free the DDP wrapper (reference cycles) before gloo's threads are torn down
             torch.distributed.barrier()  # all ranks finish before any tears the process group down
         return 0
     except Interrupted as stop:

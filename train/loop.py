@@ -112,7 +112,7 @@ class Run:
         return ModelCard(model_name=self.cfg.model, img_size=self.cfg.img_size, class_names=tuple(self.data.class_names),
                          mean=tuple(self.model.pretrained_cfg["mean"]), std=tuple(self.model.pretrained_cfg["std"]),
                          source_size=self.data.source_size, layer_norm_eps=self.model.cfg.layer_norm_eps,
-                         eval_amp=self.amp)
+                         activation=self.model.cfg.activation, eval_amp=self.amp)
 
 
 def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:

@@ -11,7 +11,8 @@ A checkpoint is a plain dict, saved with torch.save and read with `weights_only=
     class_names     the classes, in label order        |  weights that using the model needs
     mean, std       the input normalisation            |
     source_size     side of the small images trained on (32 for CIFAR-10), None for large ones
-    layer_norm_eps  1e-6 (timm) or 1e-12 (transformers)|
+    layer_norm_eps  1e-6 (timm), 1e-5 (CLIP), 1e-12 (HF) |
+    activation      the MLP's: gelu, gelu_tanh, quick_gelu|
     eval_amp        the precision training evaluated in: "bf16", "fp16" or "none"  /
     metrics, confusion, config   what training measured, and its settings (optional)
 
@@ -50,6 +51,7 @@ class ModelCard:
     std: tuple[float, float, float]
     source_size: int | None = None  # side of the small images trained on (32 for CIFAR-10)
     layer_norm_eps: float = ViTConfig.layer_norm_eps
+    activation: str = ViTConfig.activation  # the MLP's (a transformers SigLIP file brings gelu_tanh)
     eval_amp: str = "none"  # the precision training evaluated in: "bf16", "fp16" or "none"
 
     @property
@@ -191,8 +193,8 @@ def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
     checkpoint = safe_load(path)
     card = ModelCard.from_dict(checkpoint, path)
     try:
-        model = VisionTransformer(model_config(card.model_name, num_classes=card.num_classes,
-                                               img_size=card.img_size, layer_norm_eps=card.layer_norm_eps))
+        model = VisionTransformer(model_config(card.model_name, num_classes=card.num_classes, img_size=card.img_size,
+                                               layer_norm_eps=card.layer_norm_eps, activation=card.activation))
         model.load_state_dict(checkpoint["state_dict"])
     except (ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit {card.model_name} ({first_line(error)[:200]})") from None

@@ -38,12 +38,13 @@ def create_model(
         model.pretrained_cfg.update(mean=spec.mean, std=spec.std)
         return model
     weights = load_pretrained(locate_pretrained(name, pretrained))
-    if num_classes is None and "head.weight" in weights.state_dict:
-        num_classes = weights.state_dict["head.weight"].shape[0]  # the weights' own classifier
-    if num_classes is None:
-        num_classes = 0 if weights.layout == "timm" else model_config(architecture).num_classes
+    if num_classes is None:  # the weights' own classifier, or none (a backbone's file)
+        head = weights.state_dict.get("head.weight")
+        num_classes = 0 if head is None else head.shape[0]
     if weights.layer_norm_eps is not None:
         fields["layer_norm_eps"] = weights.layer_norm_eps
+    if weights.activation is not None:  # a transformers config.json names it (SigLIP's: gelu_tanh)
+        fields["activation"] = weights.activation
     model = VisionTransformer(model_config(architecture, **fields, num_classes=num_classes))
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg["source"] = weights.source

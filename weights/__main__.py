@@ -4,7 +4,7 @@
     python -m weights export vit_cifar10_finetuned.pth --format timm model.safetensors
     python -m weights export vit_cifar10_finetuned.pth --format hf hf_folder/
     python -m weights export vit_cifar10_finetuned.pth --format onnx model.onnx
-    python -m weights keymap
+    python -m weights keymap [--layout timm|hf|hf_dinov2|hf_siglip]
 """
 
 import json
@@ -16,7 +16,7 @@ from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, first_line
 from vit.export import FORMATS, ExportError
 from vit.export import export as export_model
-from weights.convert import TIMM_TO_OURS
+from weights.convert import KEY_MAPS
 from weights.load import WeightsError, load_pretrained
 
 
@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--format", required=True, choices=FORMATS,
                         help="timm: a .safetensors file; hf: a transformers folder; onnx: a .onnx file")
     export.add_argument("out", help="the file (timm, onnx) or folder (hf) to write")
-    commands.add_parser("keymap", help="print the timm -> ours key map")
+    keymap = commands.add_parser("keymap", help="print a key map: another layout's names -> ours")
+    keymap.add_argument("--layout", choices=list(KEY_MAPS), default="timm",
+                        help="whose names: timm's, or transformers' ViT, Dinov2 or SigLIP (default: timm)")
     args = parser.parse_args(argv)
 
     if args.command == "export":
@@ -47,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "keymap":
-        width = max(map(len, TIMM_TO_OURS))
-        for timm_key, our_key in TIMM_TO_OURS.items():
-            print(f"{timm_key:<{width}}  ->  {our_key}")
+        table = KEY_MAPS[args.layout]
+        width = max(map(len, table))
+        for their_key, our_key in table.items():
+            print(f"{their_key:<{width}}  ->  {our_key}")
         return 0
     try:
         weights = load_pretrained(args.src)
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata.update(mean=json.dumps(list(weights.mean)), std=json.dumps(list(weights.std)))
     if weights.layer_norm_eps is not None:
         metadata["layer_norm_eps"] = str(weights.layer_norm_eps)
+    if weights.activation is not None:
+        metadata["activation"] = json.dumps(weights.activation)
     tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
     try:
         save_file(tensors, args.out, metadata=metadata)

@@ -88,15 +88,91 @@ HF_TO_OURS: dict[str, str] = {
     "classifier.bias": "head.bias",
 }
 
+# transformers' Dinov2Model (facebook/dinov2-*), as its files hold it -> ours. Its mask_token
+# (for masked-image training) has no place in a classifier and is left out.
+HF_DINOV2_TO_OURS: dict[str, str] = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "position_embedding",
+    "embeddings.patch_embeddings.projection.weight": "patch_embedding.projection.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embedding.projection.bias",
+    "encoder.layer.{i}.norm1.weight": "blocks.{i}.attention_norm.weight",
+    "encoder.layer.{i}.norm1.bias": "blocks.{i}.attention_norm.bias",
+    "encoder.layer.{i}.attention.attention.query.weight": "blocks.{i}.attention.qkv.weight[q]",
+    "encoder.layer.{i}.attention.attention.query.bias": "blocks.{i}.attention.qkv.bias[q]",
+    "encoder.layer.{i}.attention.attention.key.weight": "blocks.{i}.attention.qkv.weight[k]",
+    "encoder.layer.{i}.attention.attention.key.bias": "blocks.{i}.attention.qkv.bias[k]",
+    "encoder.layer.{i}.attention.attention.value.weight": "blocks.{i}.attention.qkv.weight[v]",
+    "encoder.layer.{i}.attention.attention.value.bias": "blocks.{i}.attention.qkv.bias[v]",
+    "encoder.layer.{i}.attention.output.dense.weight": "blocks.{i}.attention.out_proj.weight",
+    "encoder.layer.{i}.attention.output.dense.bias": "blocks.{i}.attention.out_proj.bias",
+    "encoder.layer.{i}.layer_scale1.lambda1": "blocks.{i}.attention_scale.gamma",
+    "encoder.layer.{i}.norm2.weight": "blocks.{i}.mlp_norm.weight",
+    "encoder.layer.{i}.norm2.bias": "blocks.{i}.mlp_norm.bias",
+    "encoder.layer.{i}.mlp.fc1.weight": "blocks.{i}.mlp.fc1.weight",
+    "encoder.layer.{i}.mlp.fc1.bias": "blocks.{i}.mlp.fc1.bias",
+    "encoder.layer.{i}.mlp.fc2.weight": "blocks.{i}.mlp.fc2.weight",
+    "encoder.layer.{i}.mlp.fc2.bias": "blocks.{i}.mlp.fc2.bias",
+    "encoder.layer.{i}.layer_scale2.lambda1": "blocks.{i}.mlp_scale.gamma",
+    "layernorm.weight": "final_norm.weight",
+    "layernorm.bias": "final_norm.bias",
+}
+
+# transformers' SiglipVisionModel (the image tower of google/siglip-*) -> ours. Its positions are
+# an nn.Embedding (N, D), ours a (1, N, D) tensor; its pooling head's nn.MultiheadAttention keeps
+# q, k, v in one in_proj (3D, D), split by `convert_hf_siglip` into q (D rows) and kv (2D rows).
+HF_SIGLIP_TO_OURS: dict[str, str] = {
+    "embeddings.patch_embedding.weight": "patch_embedding.projection.weight",
+    "embeddings.patch_embedding.bias": "patch_embedding.projection.bias",
+    "embeddings.position_embedding.weight": "position_embedding",
+    "encoder.layers.{i}.layer_norm1.weight": "blocks.{i}.attention_norm.weight",
+    "encoder.layers.{i}.layer_norm1.bias": "blocks.{i}.attention_norm.bias",
+    "encoder.layers.{i}.self_attn.q_proj.weight": "blocks.{i}.attention.qkv.weight[q]",
+    "encoder.layers.{i}.self_attn.q_proj.bias": "blocks.{i}.attention.qkv.bias[q]",
+    "encoder.layers.{i}.self_attn.k_proj.weight": "blocks.{i}.attention.qkv.weight[k]",
+    "encoder.layers.{i}.self_attn.k_proj.bias": "blocks.{i}.attention.qkv.bias[k]",
+    "encoder.layers.{i}.self_attn.v_proj.weight": "blocks.{i}.attention.qkv.weight[v]",
+    "encoder.layers.{i}.self_attn.v_proj.bias": "blocks.{i}.attention.qkv.bias[v]",
+    "encoder.layers.{i}.self_attn.out_proj.weight": "blocks.{i}.attention.out_proj.weight",
+    "encoder.layers.{i}.self_attn.out_proj.bias": "blocks.{i}.attention.out_proj.bias",
+    "encoder.layers.{i}.layer_norm2.weight": "blocks.{i}.mlp_norm.weight",
+    "encoder.layers.{i}.layer_norm2.bias": "blocks.{i}.mlp_norm.bias",
+    "encoder.layers.{i}.mlp.fc1.weight": "blocks.{i}.mlp.fc1.weight",
+    "encoder.layers.{i}.mlp.fc1.bias": "blocks.{i}.mlp.fc1.bias",
+    "encoder.layers.{i}.mlp.fc2.weight": "blocks.{i}.mlp.fc2.weight",
+    "encoder.layers.{i}.mlp.fc2.bias": "blocks.{i}.mlp.fc2.bias",
+    "post_layernorm.weight": "final_norm.weight",
+    "post_layernorm.bias": "final_norm.bias",
+    "head.probe": "attention_pool.query",
+    "head.attention.in_proj_weight[q]": "attention_pool.q.weight",
+    "head.attention.in_proj_bias[q]": "attention_pool.q.bias",
+    "head.attention.in_proj_weight[kv]": "attention_pool.kv.weight",
+    "head.attention.in_proj_bias[kv]": "attention_pool.kv.bias",
+    "head.attention.out_proj.weight": "attention_pool.out_proj.weight",
+    "head.attention.out_proj.bias": "attention_pool.out_proj.bias",
+    "head.layernorm.weight": "attention_pool.mlp_norm.weight",
+    "head.layernorm.bias": "attention_pool.mlp_norm.bias",
+    "head.mlp.fc1.weight": "attention_pool.mlp.fc1.weight",
+    "head.mlp.fc1.bias": "attention_pool.mlp.fc1.bias",
+    "head.mlp.fc2.weight": "attention_pool.mlp.fc2.weight",
+    "head.mlp.fc2.bias": "attention_pool.mlp.fc2.bias",
+}
+
+
+KEY_MAPS = {"timm": TIMM_TO_OURS, "hf": HF_TO_OURS, "hf_dinov2": HF_DINOV2_TO_OURS, "hf_siglip": HF_SIGLIP_TO_OURS}
 
 def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
-    """'ours', 'timm' or 'hf', from the name of the patch embedding weight."""
+    """'ours', 'timm', 'hf' (transformers' ViT), 'hf_dinov2' or 'hf_siglip', from the names of
+    the patch embedding and the layer scale."""
     if "patch_embedding.projection.weight" in state_dict:
         return "ours"
     if "patch_embed.proj.weight" in state_dict:
         return "timm"
+    if any(k.endswith("layer_scale1.lambda1") for k in state_dict):
+        return "hf_dinov2"
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state_dict):
         return "hf"
+    if any(k.endswith("embeddings.patch_embedding.weight") for k in state_dict):
+        return "hf_siglip"
     shown = ", ".join(list(state_dict)[:5]) or "no tensors at all"
     raise ValueError(f"not a ViT checkpoint of a known layout (first keys: {shown})")
 
@@ -135,9 +211,33 @@ def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state_dict = {f"vit.{k}": v for k, v in state_dict.items()}
     # A ViTModel may carry a pooler that ViTForImageClassification never uses.
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("vit.pooler.")}
-    renamed = _convert(state_dict, HF_TO_OURS)
+    return _fuse_qkv(_convert(state_dict, HF_TO_OURS))
+
+
+def convert_hf_dinov2(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `Dinov2Model` (or the `dinov2.` part of a classifier) -> ours."""
+    state_dict = {k.removeprefix("dinov2."): v for k, v in state_dict.items() if not k.endswith("mask_token")}
+    return _fuse_qkv(_convert(state_dict, HF_DINOV2_TO_OURS))
+
+
+def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `SiglipVisionModel`, or the image tower (`vision_model.`) of a whole
+    `SiglipModel`, whose text tower and logit scale/bias are left out -> ours."""
+    tensors = {k.removeprefix("vision_model."): v for k, v in state_dict.items()
+               if not k.startswith("text_model.") and k not in ("logit_scale", "logit_bias")}
+    for name in ("in_proj_weight", "in_proj_bias"):  # rows [q; k; v] -> q, and k and v together
+        fused = tensors.pop(f"head.attention.{name}", None)
+        if fused is not None:
+            q_rows = fused.shape[0] // 3
+            tensors[f"head.attention.{name}[q]"], tensors[f"head.attention.{name}[kv]"] = fused[:q_rows], fused[q_rows:]
+    converted = _fuse_qkv(_convert(tensors, HF_SIGLIP_TO_OURS))
+    converted["position_embedding"] = converted["position_embedding"][None]  # (N, D) -> (1, N, D)
+    return converted
+
+
+def _fuse_qkv(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack separate q, k, v projections ("...qkv.weight[q]" etc.) into the fused one: rows [q; k; v]."""
     converted = {k: v for k, v in renamed.items() if not k.endswith("]")}
-    # Stack the separate q, k, v projections into the fused one: rows [q; k; v].
     for key in [k for k in renamed if k.endswith("[q]")]:
         base = key[: -len("[q]")]
         converted[base] = torch.cat([renamed[f"{base}[{part}]"] for part in "qkv"], dim=0)
@@ -174,4 +274,8 @@ def to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return convert_timm(state_dict)
     if layout == "hf":
         return convert_hf(state_dict)
+    if layout == "hf_dinov2":
+        return convert_hf_dinov2(state_dict)
+    if layout == "hf_siglip":
+        return convert_hf_siglip(state_dict)
     return dict(state_dict)

@@ -35,8 +35,9 @@ class Pretrained:
 
     state_dict: dict[str, torch.Tensor]
     source: str
-    layout: str  # the layout the file was in: "timm", "hf" or "ours"
+    layout: str  # the layout the file was in: "timm", "hf", "hf_dinov2", "hf_siglip" or "ours"
     layer_norm_eps: float | None = None  # None: the model's default
+    activation: str | None = None  # the MLP's, where a transformers config.json names it; None: the model's
     mean: tuple[float, float, float] | None = None  # None: the file does not say (the model's default)
     std: tuple[float, float, float] | None = None
     extra: dict = field(default_factory=dict)
@@ -160,7 +161,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a readable .safetensors file ({error})") from None
     # Files written by `python -m weights convert` carry what the original's config said.
-    extra = {k: json.loads(metadata[k]) for k in ("mean", "std", "layer_norm_eps") if k in metadata}
+    extra = {k: json.loads(metadata[k]) for k in ("mean", "std", "layer_norm_eps", "activation") if k in metadata}
     return tensors, extra
 
 
@@ -175,6 +176,10 @@ def _read_config(weights_file: Path) -> dict:
         return {}
 
 
+# transformers' activation names -> ours (vit/model.py's ACTIVATIONS)
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu"}
+
+
 def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     """Read pretrained weights from a path or hub id and convert them to our layout."""
     path = resolve(pretrained)
@@ -187,10 +192,16 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     result = Pretrained(state_dict=state_dict, source=str(path), layout=layout, extra=extra)
 
     config = _read_config(path)
-    if "layer_norm_eps" in extra:  # our own .pth checkpoints record it
+    if "layer_norm_eps" in extra:  # our own .pth checkpoints record it (and converted files, activation too)
         result.layer_norm_eps = float(extra["layer_norm_eps"])
-    elif layout == "hf":  # transformers' ViTConfig default is 1e-12, unless config.json says otherwise
-        result.layer_norm_eps = float(config.get("layer_norm_eps", 1e-12))
+        result.activation = extra.get("activation")
+    elif layout.startswith("hf"):  # transformers' defaults: ViT 1e-12, Dinov2 and SigLIP 1e-6
+        config = config.get("vision_config", config)  # a whole SiglipModel's: its image tower's part
+        result.layer_norm_eps = float(config.get("layer_norm_eps", 1e-12 if layout == "hf" else 1e-6))
+        act = config.get("hidden_act", {"hf_siglip": "gelu_pytorch_tanh"}.get(layout, "gelu"))
+        result.activation = HF_ACTIVATIONS.get(act)
+        if result.activation is None:
+            raise WeightsError(f"{path}: activation {act!r} in config.json is not one of {sorted(HF_ACTIVATIONS)}")
     stats = config.get("pretrained_cfg", {})  # timm's config.json
     if "image_mean" in config:  # transformers' preprocessor convention, if present
         stats = {"mean": config["image_mean"], "std": config["image_std"]}
