@@ -233,3 +233,14 @@ def test_transformers_dinov2_and_siglip_files_load_with_their_outputs(name, layo
                                                            activation=whole.cfg.activation))
         loaded, card = load_model(tmp_path / "ours.pth")
         assert card.activation == loaded.cfg.activation == "gelu_tanh"
+
+
+def test_python_m_vit_lists_every_name_with_its_family_size_and_weights():
+    from tests.conftest import run_module
+
+    result = run_module("-m", "vit")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(MODELS)
+    assert lines[list(MODELS).index("vit_small_patch14_reg4_dinov2")].split() == [
+        "vit_small_patch14_reg4_dinov2", "dinov2_reg", "518", "px", "timm/vit_small_patch14_reg4_dinov2.lvd142m"]
