@@ -23,8 +23,9 @@ def free_path(folder: Path, stem: str) -> Path:
 
 
 def save_explanation(path: Path, model_input: torch.Tensor, mean, std, rollout: torch.Tensor,
-                     heads: torch.Tensor, title: str) -> None:
-    """model_input (3, S, S) normalised; rollout (grid, grid); heads (H, grid, grid)."""
+                     heads: torch.Tensor, title: str, reader: str = "CLS") -> None:
+    """model_input (3, S, S) normalised; rollout (grid, grid); heads (H, grid, grid); reader: whose
+    attention the heads show ("CLS", or "mean patch-token" for models without a CLS token)."""
     mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     seen = (model_input.cpu().float() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
     size = model_input.shape[-1]
@@ -48,7 +49,7 @@ def save_explanation(path: Path, model_input: torch.Tensor, mean, std, rollout: 
     for axis in figure.axes:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"{title}    (right: last block, CLS attention per head)", fontsize=10)
+    figure.suptitle(f"{title}    (right: last block, {reader} attention per head)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
