@@ -19,21 +19,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, synchronize
+from benchmarks.common import machine, timed
 from benchmarks.train import DEFAULT_DATA
 from train.config import TrainConfig
 from train.datasets import load_dataset
 from train.loop import EpochProgress, eager, evaluate, prepare, save_last, train_one_epoch
 from train.stop import StopRequest
 from vit.device import pick_device
-
-
-def seconds(fn, device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
@@ -56,7 +48,7 @@ def main(argv=None) -> None:
                           log_every=10**9)
         for workers in sorted({4, cfg.num_workers}):
             folder = f"{tmp}/decoded-{workers}"  # empty: a cold decode
-            took = seconds(lambda: load_dataset(TrainConfig(**{**vars(cfg), "num_workers": workers,
+            took = timed(lambda: load_dataset(TrainConfig(**{**vars(cfg), "num_workers": workers,
                                                                 "cache_dir": folder})), device)
             print(f"decode, {workers:2d} processes ({os.cpu_count()} cores): {took:6.2f} s")
 
@@ -77,14 +69,14 @@ def main(argv=None) -> None:
 
         with eager():
             evaluation()  # warm-up
-            eager_s = seconds(evaluation, device)
-        compiled_first = seconds(evaluation, device) if run.use_compile else float("nan")
-        compiled_s = seconds(evaluation, device) if run.use_compile else float("nan")
+            eager_s = timed(evaluation, device)
+        compiled_first = timed(evaluation, device) if run.use_compile else float("nan")
+        compiled_s = timed(evaluation, device) if run.use_compile else float("nan")
         print(f"eval, {count} images: eager {eager_s:.2f} s ({count / eager_s:.0f} img/s) | compiled: first call "
               f"{compiled_first:.2f} s (compiling), then {compiled_s:.2f} s ({count / compiled_s:.0f} img/s)")
 
         progress = EpochProgress.zeros(run.device)
-        inline = seconds(lambda: save_last(run, 1, 0, progress), device)
+        inline = timed(lambda: save_last(run, 1, 0, progress), device)
         start = time.perf_counter()
         save_last(run, 1, 0, progress, background=True)
         waited = time.perf_counter() - start

@@ -6,7 +6,7 @@ import torch
 
 import vit
 from tests.conftest import make_timm_file, real_images
-from tests.test_parity import TOLERANCE, max_diff, stages
+from tests.test_parity import TOLERANCE, max_diff, stage_diffs
 from vit.families import MODELS, model_config
 from weights.convert import convert_timm
 
@@ -73,13 +73,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     assert max_diff(ours(images), expected) <= TOLERANCE
 
     # Stage by stage, from timm's inputs: prefix tokens and positions, each block, the pooling head.
-    x, mismatches = images, {}
-    for stage, timm_stage, our_stage in stages(reference, ours):
-        mine, theirs = (our_stage(images), timm_stage(images)) if stage == "cls_and_position" else (
-            our_stage(x), timm_stage(x))
-        if max_diff(mine, theirs) > TOLERANCE:
-            mismatches[stage] = max_diff(mine, theirs)
-        x = theirs
+    mismatches = {stage: diff for stage, diff in stage_diffs(reference, ours, images).items() if diff > TOLERANCE}
     assert not mismatches, f"stages that differ from timm: {mismatches}"
 
     # Another size: timm resamples the positions as it loads the file; so must we.

@@ -57,21 +57,26 @@ def stages(timm_model, ours):
 
 
 @torch.no_grad()
-def test_every_stage_matches_timm(base_pair):
-    """Feed each stage pair the same (timm's) input, so a failure names the first stage that
-    differs instead of a diff that has grown through the rest of the network."""
-    timm_model, ours, images, _ = base_pair
-    x = images
-    mismatches = {}
+def stage_diffs(timm_model, ours, images: torch.Tensor) -> dict[str, float]:
+    """Every stage's max |diff|, in order, each stage pair fed the same (timm's) input, so a
+    failure names the first stage that differs instead of a diff that has grown through the rest
+    of the network. The embedding stages take the images."""
+    x, diffs = images, {}
     for name, timm_stage, our_stage in stages(timm_model, ours):
-        if name == "cls_and_position":
+        if name in ("patch_embedding", "cls_and_position"):
             reference, mine = timm_stage(images), our_stage(images)
         else:
             reference, mine = timm_stage(x), our_stage(x)
-        if max_diff(mine, reference) > TOLERANCE:
-            mismatches[name] = max_diff(mine, reference)
+        diffs[name] = max_diff(mine, reference)
         x = reference
-    assert len(stages(timm_model, ours)) == 3 + 12 + 2
+    return diffs
+
+
+def test_every_stage_matches_timm(base_pair):
+    timm_model, ours, images, _ = base_pair
+    diffs = stage_diffs(timm_model, ours, images)
+    assert len(diffs) == 3 + 12 + 2
+    mismatches = {name: diff for name, diff in diffs.items() if diff > TOLERANCE}
     assert not mismatches, f"stages that differ from timm: {mismatches}"
 
 
@@ -82,15 +87,7 @@ def test_stage_check_localises_a_broken_stage(base_pair):
     timm_model, ours, images, path = base_pair
     broken = vit.create_model("vit_base_patch16_224", pretrained=path).eval()
     broken.blocks[5].mlp_norm.eps = 1e-1
-    x, first_bad = images, None
-    for name, timm_stage, our_stage in stages(timm_model, broken):
-        if name in ("patch_embedding", "cls_and_position"):
-            mine, reference = our_stage(images), timm_stage(images)
-        else:
-            mine, reference = our_stage(x), timm_stage(x)
-        if first_bad is None and max_diff(mine, reference) > TOLERANCE:
-            first_bad = name
-        x = reference
+    first_bad = next(name for name, diff in stage_diffs(timm_model, broken, images).items() if diff > TOLERANCE)
     assert first_bad == "block_5"
 
 

@@ -240,8 +240,9 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) ->
     if pos is not None and pos.ndim == 3 and pos.shape != model_pos.shape and pos.shape[2] == model_pos.shape[2]:
         if math.isqrt(pos.shape[1] - num_prefix) ** 2 == pos.shape[1] - num_prefix:  # prefix + a square grid
             state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size, num_prefix)
-    if any(k in state_dict and (k not in expected or state_dict[k].shape != expected[k].shape)
-           or k in expected and k not in state_dict for k in HEADS):
+    theirs = {k: state_dict[k].shape for k in HEADS if k in state_dict}
+    ours = {k: expected[k].shape for k in HEADS if k in expected}
+    if theirs != ours:
         for key in HEADS:  # the head as a whole: the file's, or the model's fresh one
             state_dict.pop(key, None)
             if key in expected:
