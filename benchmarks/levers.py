@@ -8,7 +8,8 @@
 2. evaluation eager (what train does, under torch.compiler.set_stance("force_eager")) vs through
    the compiled blocks (a second, inference-only graph each: its compile time, then its speed);
 3. last.pt written in the training thread (atomic_save) vs in the background (BackgroundSaver:
-   the time training waits is the copy to the CPU).
+   the time training waits is the copy to the CPU, into pinned memory from a GPU), and the file
+   read back: it must hold the model's weights exactly.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from train.config import TrainConfig
 from train.datasets import load_dataset
 from train.loop import EpochProgress, eager, evaluate, prepare, save_last, train_one_epoch
 from train.stop import StopRequest
+from vit.checkpoint import safe_load
 from vit.device import pick_device
 
 
@@ -82,9 +84,14 @@ def main(argv=None) -> None:
         waited = time.perf_counter() - start
         run.saver.wait()
         written = time.perf_counter() - start
-        size = (Path(cfg.output_dir) / "last.pt").stat().st_size / 2**20
-        print(f"last.pt ({size:.0f} MiB): in the training thread {inline:.2f} s | in the background: training "
-              f"waits {waited:.2f} s, the file is on disk after {written:.2f} s")
+        path = Path(cfg.output_dir) / "last.pt"
+        saved = safe_load(path)["state_dict"]  # the snapshot (pinned memory on a GPU) is what was trained
+        same = all(torch.equal(saved[k], v.cpu()) for k, v in run.model.state_dict().items())
+        print(f"last.pt ({path.stat().st_size / 2**20:.0f} MiB): in the training thread {inline:.2f} s | in the "
+              f"background: training waits {waited:.2f} s, the file is on disk after {written:.2f} s, "
+              f"{'holds the model exactly' if same else 'DIFFERS FROM THE MODEL'}")
+        if not same:
+            raise SystemExit("the background save wrote other weights than the model's")
 
 
 def _first(epoch, steps: int):

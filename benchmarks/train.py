@@ -8,9 +8,15 @@ autocast, torch.compile, fused AdamW, no host sync per step); "synthetic" is the
 fixed pre-made batch (the ceiling the input pipeline should reach: target >= 95%); "seed" is a
 DataLoader with torchvision Resize/ToTensor/Normalize, fp32, Adam (target: ours >= 3x).
 MFU counts 3 x forward MACs x 2 FLOP per image against --peak-tflops.
+
+Levers of the steady rate, one setting per process (compiled graphs keep what they were traced with):
+    python -m benchmarks.train --compare --attention cudnn          # flash, cudnn, efficient or math attention
+    python -m benchmarks.train --compare --inductor triton.cudagraphs=True    # CUDA graphs (reduce-overhead)
 """
 
 import argparse
+import ast
+import contextlib
 import time
 from pathlib import Path
 
@@ -73,6 +79,32 @@ def seed(args) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
+ATTENTION = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def attention_kernel(name: str):
+    """A context in which scaled_dot_product_attention uses only kernel `name` ("auto": PyTorch's choice)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, ATTENTION[name])])
+
+
+def set_inductor(setting: str) -> None:
+    """"triton.cudagraphs=True" -> torch._inductor.config.triton.cudagraphs = True."""
+    import torch._inductor.config
+
+    key, _, value = setting.partition("=")
+    *parents, last = key.split(".")
+    target = torch._inductor.config
+    for part in parents:
+        target = getattr(target, part, None)
+    if target is None or not hasattr(target, last) or not value:
+        raise ValueError(f"--inductor {setting}: not KEY=VALUE with KEY a torch._inductor.config setting")
+    setattr(target, last, ast.literal_eval(value))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="ImageFolder root with train/ and test/")
@@ -87,13 +119,25 @@ def main(argv=None) -> None:
     parser.add_argument("--compare", nargs="*", default=["seed", "synthetic"], choices=["seed", "synthetic"])
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 dense peak (H100 measured: ~790)")
     parser.add_argument("--output-dir", default="runs/benchmark")
+    parser.add_argument("--attention", choices=["auto", *ATTENTION], default="auto",
+                        help="scaled_dot_product_attention's kernel (default: auto, PyTorch's choice)")
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="torch._inductor.config settings, e.g. triton.cudagraphs=True or max_autotune=True")
     args = parser.parse_args(argv)
+    for setting in args.inductor:
+        try:
+            set_inductor(setting)
+        except (ValueError, SyntaxError) as error:
+            parser.error(str(error))
 
     flops_per_image = 3 * model_config(args.model, img_size=args.img_size).forward_macs * 2
-    print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.steps} steps, on {machine(torch.device(args.device))}")
-    rates = {"ours": ours(args, synthetic=False)}
-    if "synthetic" in args.compare:
-        rates["synthetic"] = ours(args, synthetic=True)
+    settings = "".join(f", {s}" for s in [f"attention {args.attention}"] * (args.attention != "auto") + args.inductor)
+    print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.steps} steps{settings}, "
+          f"on {machine(torch.device(args.device))}")
+    with attention_kernel(args.attention):
+        rates = {"ours": ours(args, synthetic=False)}
+        if "synthetic" in args.compare:
+            rates["synthetic"] = ours(args, synthetic=True)
     if "seed" in args.compare:
         rates["seed"] = seed(args)
     for name, rate in rates.items():

@@ -23,4 +23,25 @@ def test_levers_benchmark_measures_each_lever_beside_its_alternative():
     assert re.search(r"^eval, 128 images: eager \d+\.\d+ s", result.stdout, re.M)
     waited, written = map(float, re.search(r"training waits (\d+\.\d+) s, the file is on disk after (\d+\.\d+) s",
                                            result.stdout).groups())
-    assert waited <= written
+    assert waited <= written and "holds the model exactly" in result.stdout
+
+
+def test_train_benchmark_sets_the_attention_kernel_and_inductor_settings_it_names():
+    import pytest
+    import torch
+    import torch._inductor.config as inductor
+
+    from benchmarks.train import attention_kernel, set_inductor
+
+    with attention_kernel("math"):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()
+    before = inductor.triton.cudagraphs
+    try:
+        set_inductor("triton.cudagraphs=True")
+        assert inductor.triton.cudagraphs is True
+    finally:
+        inductor.triton.cudagraphs = before
+    for bad in ("triton.nope=1", "max_autotune", "nope.x=1"):
+        with pytest.raises(ValueError, match="not KEY=VALUE"):
+            set_inductor(bad)

@@ -142,6 +142,8 @@ def test_compiled_training_matches_eager(cifar_dir, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert (", compiled" in result.stdout) == (mode == "--compile")
         runs[mode] = torch.load(out / "vit_cifar10_finetuned.pth", weights_only=True)
+        timing = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert (timing["compile"] > 0) == (mode == "--compile"), timing  # compile_ahead, beside the decoding
     compiled, eager = runs["--compile"], runs["--no-compile"]
     assert compiled["metrics"]["test_loss"] == pytest.approx(eager["metrics"]["test_loss"], abs=1e-3)
     for key, value in eager["state_dict"].items():
@@ -193,3 +195,29 @@ def test_regional_compilation_gives_eager_outputs_and_evaluation_stays_eager(cif
     with torch.no_grad(), eager():
         assert (compiled(images) - model(images)).abs().max() <= 1e-5
     assert counters["stats"]["unique_graphs"] == graphs  # no inference graph was compiled
+
+
+def test_blocks_compiled_ahead_need_no_compilation_and_leave_the_random_state():
+    """compile_ahead (a throwaway block, while the images decode) compiles the graphs that the
+    model's blocks then use: a training step of the model compiles nothing more. It draws
+    nothing from the random generators, so a run's initial weights do not depend on it."""
+    from torch._dynamo.utils import counters
+
+    import vit
+    from train.loop import compile_ahead, compile_blocks
+
+    cfg = vit.model_config("deit_tiny_distilled_patch16_224", img_size=48, depth=2)  # a shape no other test compiles
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    graphs = counters["stats"]["unique_graphs"]
+    compile_ahead(cfg, torch.device("cpu"), None, batch_size=3)
+    assert counters["stats"]["unique_graphs"] > graphs  # it compiled
+    assert torch.equal(torch.get_rng_state(), state)
+
+    model = vit.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=48, depth=2)
+    compile_blocks(model)
+    graphs = counters["stats"]["unique_graphs"]
+    loss = model(torch.randn(3, 3, 48, 48)).logsumexp(1).mean()
+    loss.backward()
+    assert counters["stats"]["unique_graphs"] == graphs  # the blocks found compile_ahead's graphs
+    assert all(p.grad is not None for p in model.parameters())

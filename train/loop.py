@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from train.timing import PhaseTimer, timing_line
 from vit.checkpoint import BackgroundSaver, CheckpointError, ModelCard, atomic_save, safe_load, save_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
+from vit.model import EncoderBlock, ViTConfig
 
 # Fields that must not change between a run and its resumption.
 RESUME_MUST_MATCH = ("data", "model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_fraction",
@@ -199,6 +201,24 @@ def compile_blocks(model: vit.VisionTransformer) -> None:
         block.compile()
 
 
+def compile_ahead(model_cfg: ViTConfig, device: torch.device, amp_dtype, batch_size: int) -> None:
+    """Compile the encoder block's training graphs (forward and backward) before the model and
+    the data exist, so that compilation overlaps decoding the images (`prepare`). It runs one
+    step of a throwaway block on tokens of the training batch's shape: Dynamo caches the graphs
+    by the block's code and guards on what they depend on (shapes, dtypes, device, autocast,
+    training mode), not on which block, so the model's blocks, compiled in place later by
+    `compile_blocks`, find them ready and compile nothing (tested). Leaves the random state as
+    it was, so a run's initial weights and data order do not depend on it."""
+    with torch.random.fork_rng(devices=[]):  # the block's initialisation draws from the CPU generator
+        block = EncoderBlock(model_cfg).to(device)
+    block.compile()
+    tokens = torch.zeros(batch_size, model_cfg.num_patches + model_cfg.num_prefix_tokens, model_cfg.embed_dim,
+                         device=device, requires_grad=True)  # (B, T, D), float32 as the model's embeddings
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = block(tokens)
+    out.sum().backward()  # outside autocast, as the loop's backward
+
+
 @contextmanager
 def eager():
     """Run compiled modules eagerly inside: evaluation under no_grad would otherwise compile a
@@ -227,8 +247,15 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     seconds_per_image = forecast_seconds_per_image(model_cfg, device, AMP_DTYPES[amp])
     torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
 
-    with timer.phase("data"):
-        data = load_dataset(cfg)
+    with ThreadPoolExecutor(1, thread_name_prefix="data") as background:  # decoding runs in worker processes
+        loading = background.submit(load_dataset, cfg)
+        if use_compile:  # meanwhile, compile here
+            if rank == 0:
+                tqdm.write("compiling the encoder block (torch.compile) while the images decode")
+            with timer.phase("compile"):
+                compile_ahead(model_cfg, device, AMP_DTYPES[amp], cfg.batch_size)
+        with timer.phase("data"):  # what the data took beyond that
+            data = loading.result()
     with timer.phase("weights"):
         model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size,
                                  pretrained=pretrained)
@@ -250,9 +277,8 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    if use_compile:
-        with timer.phase("compile"):
-            compile_blocks(model)
+    if use_compile:  # the graphs compile_ahead made serve every block
+        compile_blocks(model)
     forward = model
     if world_size > 1:  # gradients are averaged across ranks during backward
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -272,8 +298,8 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
     bar = tqdm(total=len(batches) * cfg.batch_size, initial=start_step * cfg.batch_size, unit="img",
                desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.is_main, dynamic_ncols=True, leave=False)
     first_of_run = run.steps_done == 0
-    if first_of_run:  # on a CPU, or while compiling, a first step can take minutes: show that it runs
-        bar.set_postfix_str("first step" + (", compiling" if run.use_compile else ""), refresh=True)
+    if first_of_run:  # on a CPU a first step can take minutes: show that it runs
+        bar.set_postfix_str("first step", refresh=True)
     started = time.perf_counter()
     for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
         stop.step_started()
@@ -339,7 +365,9 @@ def evaluate(model, batches, num_classes: int, amp_dtype, is_main: bool = True, 
 
 
 def compile_seconds(first_step: float, epoch_seconds: float, steps: int) -> float:
-    """What the first step took beyond an ordinary step of the same epoch: compilation."""
+    """What the first step took beyond an ordinary step of the same epoch: its first-call costs,
+    and a compilation if compile_ahead's graphs did not fit the model (weights whose file names
+    another LayerNorm epsilon or activation than the model's name, as transformers' SigLIP)."""
     if steps < 2:
         return 0.0
     ordinary = (epoch_seconds - first_step) / (steps - 1)

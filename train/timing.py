@@ -3,9 +3,11 @@
     time: startup 6.7 s, weights 0.9 s, data 8.4 s, compile 7.2 s, train 44.0 s, eval 3.1 s, save 2.0 s, other 1.1 s, total 73.4 s
 
 The phases add up to the total, which counts from the process's start (imports included) when
-the run comes from `python -m train`, and from the call of `train()` otherwise. `compile` is
-what the first step took beyond an ordinary step of the same run (torch.compile at work), taken
-out of `train`; `other` is everything no phase claims (the speed forecast, metrics, logging).
+the run comes from `python -m train`, and from the call of `train()` otherwise. `compile` is the
+compilation of the blocks' training graphs, done while the images decode (`data` is then what
+decoding took beyond it), plus anything the first step took beyond an ordinary step of the same
+run (a recompilation), taken out of `train`; `other` is everything no phase claims (the speed
+forecast, metrics, logging).
 """
 
 import os

@@ -122,6 +122,8 @@ class BackgroundSaver:
     def save(self, obj, path: str | os.PathLike) -> None:
         self.wait()
         snapshot = _to_cpu(obj)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the copies from the GPU were asynchronous: now they are done
         self._thread = threading.Thread(target=self._write, args=(snapshot, path), name="checkpoint-writer")
         self._thread.start()
 
@@ -141,9 +143,12 @@ class BackgroundSaver:
 
 
 def _to_cpu(obj):
-    """A copy of `obj` whose tensors are new CPU tensors (clones, also of tensors already there)."""
+    """A copy of `obj` whose tensors are new CPU tensors (clones, also of tensors already there).
+    From a GPU the copies go to page-locked memory (reused from save to save by PyTorch's pinned
+    memory cache) without waiting for each other: several times faster than one by one into
+    ordinary memory; the caller synchronises once."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to("cpu", copy=True, non_blocking=obj.is_cuda)
     if isinstance(obj, dict):
         return {key: _to_cpu(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
