@@ -185,6 +185,21 @@ def read_stderr_until(process, fragment: str, timeout: float) -> tuple[str, floa
     return data.decode(errors="replace"), time.perf_counter() - started
 
 
+def test_sigint_before_training_is_one_line(cifar_dir, tmp_path):
+    """Ctrl-C while the blocks compile and the images decode (before any step): exit 130 with
+    one line, no traceback, no output folder."""
+    from tests.conftest import start_training
+
+    data = make_subset(cifar_dir, tmp_path / "cifar10", 3, 2)
+    process = start_training(["--data", str(data), "--output-dir", str(tmp_path / "out"), "--cache-dir",
+                              str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--compile"], until="compiling the encoder block")
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "stopped by SIGINT outside the training steps; every file written so far is complete"
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
+
+
 def test_sigint_mid_step_is_answered_at_once_then_stops_after_the_step(cifar_dir, tmp_path):
     process = slow_step_run(cifar_dir, tmp_path)
     process.send_signal(signal.SIGINT)

@@ -6,6 +6,7 @@ downloads, bad checkpoints, out of memory) end with one line on stderr and a non
 
 import gc
 import re
+import signal
 import sys
 from dataclasses import fields
 
@@ -110,6 +111,9 @@ def main(argv=None) -> int:
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         return 128 + stop.signum
+    except KeyboardInterrupt:  # Ctrl-C before the first step (decoding, compiling) or after the last
+        print("stopped by SIGINT outside the training steps; every file written so far is complete", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
             raise

@@ -79,8 +79,11 @@ def decode_small(path: Path) -> tuple[bytes, tuple[int, int]] | str:
 def decode_files(files: list[Path], num_workers: int) -> list:
     if num_workers <= 1 or len(files) < 1000:
         return [decode_small(f) for f in files]
-    with ProcessPoolExecutor(num_workers) as pool:
+    pool = ProcessPoolExecutor(num_workers)
+    try:
         return list(pool.map(decode_small, files, chunksize=256))
+    finally:  # after Ctrl-C (the workers get it too), drop the chunks not started rather than decode them
+        pool.shutdown(cancel_futures=True)
 
 
 def report_unreadable(bad: list[tuple[Path, str]], skip_bad: bool, total: int | None = None) -> None:
