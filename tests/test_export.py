@@ -90,3 +90,30 @@ def test_bad_exports_are_one_line(tmp_path, finetuned):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     result = run_module("-m", "infer", "--checkpoint", str(tmp_path / "junk.onnx"), "--image", str(finetuned[0]))
     assert result.returncode == 1 and "not an ONNX model exported by this project" in result.stderr
+
+
+@torch.no_grad()
+def test_exports_name_an_activation_other_than_the_names_own(tmp_path, cifar_dir):
+    """A ViT fine-tuned from a transformers file that names gelu_tanh: the timm call names it
+    (act_layer), the transformers config too (hidden_act), and both compute our logits."""
+    import timm  # noqa: F401  (the printed call is evaluated below)
+    from transformers import AutoModelForImageClassification
+
+    import vit
+    from tests.conftest import perturb_
+    from vit.checkpoint import ModelCard, save_model
+
+    model = perturb_(vit.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, activation="gelu_tanh"))
+    card = ModelCard("vit_tiny_patch16_224", 32, ("a", "b", "c"), mean=(0.5,) * 3, std=(0.5,) * 3,
+                     activation="gelu_tanh")
+    save_model(tmp_path / "model.pth", model, card)
+    model.eval()
+    images = real_images(cifar_dir, 4, 32)
+    said = export(tmp_path / "model.pth", "timm", tmp_path / "model.safetensors")
+    call = re.search(r"load it with timm\.(create_model\(.*\))$", said.strip()).group(1)
+    assert "act_layer='gelu_tanh'" in call
+    assert (eval(f"timm.{call}").eval()(images) - model(images)).abs().max() <= 1e-5
+    export(tmp_path / "model.pth", "hf", tmp_path / "hf")
+    reference = AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert reference.config.hidden_act == "gelu_pytorch_tanh"
+    assert (reference(pixel_values=images).logits - model(images)).abs().max() <= 1e-5  # erf GELU: 1e-4 apart

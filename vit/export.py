@@ -19,16 +19,18 @@ import torch
 from safetensors.torch import save_file
 
 from vit.checkpoint import ModelCard, load_model
-from vit.families import model_spec
+from vit.families import model_config, model_spec
 from weights.convert import HF_TO_OURS, TIMM_FC_NORM, TIMM_TO_OURS, from_ours
 
 FORMATS = ("timm", "hf", "onnx")
 HF_FAMILIES = ("vit", "deit")  # architectures that transformers' ViT layout can hold (vit/families.py)
 ONNX_CARD_KEY = "vit_card"  # the ONNX metadata entry holding the ModelCard as JSON
+# Our activation names -> transformers' hidden_act (weights/load.py reads them the other way).
+HF_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 
 HOW_TO_LOAD = {  # one line each, printed after an export
-    "timm": "load it with timm.create_model('{name}', num_classes={n}, img_size={size}, pretrained=True, "
+    "timm": "load it with timm.create_model('{name}', num_classes={n}, img_size={size}{activation}, pretrained=True, "
             "pretrained_cfg_overlay=dict(file='{path}', num_classes={n}))",
     "hf": "load it with transformers.AutoModelForImageClassification.from_pretrained('{path}')",
     "onnx": "run it with onnxruntime, or: python -m infer --checkpoint {path} --image IMAGE_OR_FOLDER",
@@ -46,7 +48,11 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> s
         raise ExportError(f"format {fmt!r}: choose {', '.join(FORMATS)}")
     model, card = load_model(checkpoint)  # CheckpointError (one line) if it is not one
     {"timm": export_timm, "hf": export_hf, "onnx": export_onnx}[fmt](model, card, Path(out))
-    return HOW_TO_LOAD[fmt].format(name=card.model_name, n=card.num_classes, size=card.img_size, path=out)
+    # An activation other than the name's (weights from a transformers file that names its own)
+    # must be named to timm too, or timm builds the name's and computes something else.
+    own = model.cfg.activation != model_config(card.model_name).activation
+    return HOW_TO_LOAD[fmt].format(name=card.model_name, n=card.num_classes, size=card.img_size, path=out,
+                                   activation=f", act_layer='{model.cfg.activation}'" if own else "")
 
 
 def export_timm(model, card: ModelCard, out: Path) -> None:
@@ -73,7 +79,7 @@ def export_hf(model, card: ModelCard, out: Path) -> None:
     config = {
         "architectures": ["ViTForImageClassification"], "model_type": "vit",
         "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
-        "intermediate_size": int(cfg.mlp_ratio * cfg.embed_dim), "hidden_act": "gelu",  # exact (erf) GELU, as ours
+        "intermediate_size": int(cfg.mlp_ratio * cfg.embed_dim), "hidden_act": HF_ACTIVATION_NAMES[cfg.activation],
         "layer_norm_eps": cfg.layer_norm_eps, "image_size": cfg.img_size, "patch_size": cfg.patch_size,
         "num_channels": cfg.in_channels, "qkv_bias": True, "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "torch_dtype": "float32",
