@@ -188,10 +188,11 @@ def test_train_cli_checks_family_names_and_their_patch_sizes():
     assert "unknown model 'vit_small_patch14_dinov3'; similar: vit_small_patch14_dinov2" in result.stderr
 
 
-@pytest.mark.parametrize("name,layout", [("vit_small_patch14_dinov2", "hf_dinov2"), ("vit_base_patch16_siglip_224", "hf_siglip")])
+@pytest.mark.parametrize("name,layout", [("vit_small_patch14_dinov2", "hf_dinov2"), ("vit_small_patch14_reg4_dinov2", "hf_dinov2"),
+                                         ("vit_base_patch16_siglip_224", "hf_siglip")])
 @torch.no_grad()
 def test_transformers_dinov2_and_siglip_files_load_with_their_outputs(name, layout, tmp_path, cifar_dir):
-    """transformers' Dinov2Model / SiglipVisionModel (random init, every parameter perturbed,
+    """transformers' Dinov2Model, Dinov2WithRegistersModel, SiglipVisionModel (random init, every parameter perturbed,
     saved with save_pretrained as the hub holds them) load by name into ours: the final tokens and
     the pooled output agree to 1e-4 at the file's size (transformers computes attention its own way)."""
     import transformers
@@ -202,7 +203,10 @@ def test_transformers_dinov2_and_siglip_files_load_with_their_outputs(name, layo
     cfg = model_config(name, depth=2, img_size=224)
     common = dict(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
                   image_size=cfg.img_size, patch_size=cfg.patch_size)
-    if layout == "hf_dinov2":
+    if cfg.register_tokens:
+        reference = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
+            **common, layerscale_value=1e-5, num_register_tokens=cfg.register_tokens))
+    elif layout == "hf_dinov2":
         reference = transformers.Dinov2Model(transformers.Dinov2Config(**common, layerscale_value=1e-5))
     else:
         reference = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(

@@ -92,6 +92,7 @@ HF_TO_OURS: dict[str, str] = {
 # (for masked-image training) has no place in a classifier and is left out.
 HF_DINOV2_TO_OURS: dict[str, str] = {
     "embeddings.cls_token": "cls_token",
+    "embeddings.register_tokens": "register_tokens",  # Dinov2WithRegistersModel
     "embeddings.position_embeddings": "position_embedding",
     "embeddings.patch_embeddings.projection.weight": "patch_embedding.projection.weight",
     "embeddings.patch_embeddings.projection.bias": "patch_embedding.projection.bias",
@@ -215,9 +216,16 @@ def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def convert_hf_dinov2(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `Dinov2Model` (or the `dinov2.` part of a classifier) -> ours."""
+    """transformers `Dinov2Model` or `Dinov2WithRegistersModel` (or the `dinov2.` part of a
+    classifier) -> ours. With registers, transformers (as the original) adds the first position
+    to the CLS token, where timm's layout (and ours: positions for patches only) has it added
+    once and for all: the CLS token takes it over, as timm's converter does."""
     state_dict = {k.removeprefix("dinov2."): v for k, v in state_dict.items() if not k.endswith("mask_token")}
-    return _fuse_qkv(_convert(state_dict, HF_DINOV2_TO_OURS))
+    ours = _fuse_qkv(_convert(state_dict, HF_DINOV2_TO_OURS))
+    if "register_tokens" in ours:
+        ours["cls_token"] = ours["cls_token"] + ours["position_embedding"][:, :1]
+        ours["position_embedding"] = ours["position_embedding"][:, 1:]
+    return ours
 
 
 def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
