@@ -14,7 +14,8 @@ from weights.convert import convert_timm
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_name_has_timms_architecture_weights_and_normalisation(name):
     """Shapes of every tensor (timm's model built on the meta device, keys converted to ours),
-    and the default weights, native size, class count and mean/std of timm's pretrained_cfg."""
+    activation, pooling and LayerNorm epsilon, and the default weights, native size, class count
+    and mean/std of timm's pretrained_cfg."""
     import timm
 
     with torch.device("meta"):
@@ -22,6 +23,10 @@ def test_every_name_has_timms_architecture_weights_and_normalisation(name):
         ours = vit.VisionTransformer(model_config(name))
     theirs = {k: tuple(v.shape) for k, v in convert_timm(reference.state_dict()).items()}
     assert theirs == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    # What shapes cannot tell: the MLP's activation, the pooling, the LayerNorms' epsilon.
+    block, activations = reference.blocks[0], {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
+    assert activations[type(block.mlp.act).__name__] == ours.cfg.activation
+    assert reference.global_pool == ours.cfg.pool and block.norm1.eps == ours.cfg.layer_norm_eps
     cfg, spec = timm.models.get_pretrained_cfg(name), MODELS[name]
     assert spec.weights == cfg.hf_hub_id
     assert (spec.mean, spec.std) == (tuple(cfg.mean), tuple(cfg.std))
@@ -48,6 +53,8 @@ CASES = [
     ("vit_base_patch32_siglip_256", {"depth": 3}, 224),
     ("vit_base_patch16_siglip_gap_224", {"depth": 2}, 160),
     ("vit_so400m_patch14_siglip_gap_224", {"depth": 1}, 168),
+    ("vit_so400m_patch16_siglip_384", {"depth": 1}, 256),
+    ("vit_giant_patch14_clip_224", {"depth": 1}, 168),
     ("vit_medium_patch16_gap_256", {"depth": 4}, 224),
     ("vit_medium_patch16_gap_384", {"depth": 2}, 256),
     ("vit_wee_patch16_reg1_gap_256", {}, 224),

@@ -39,6 +39,10 @@ BETWIXT = dict(embed_dim=640, depth=12, num_heads=10)
 BASE = dict(embed_dim=768, depth=12, num_heads=12)
 LARGE = dict(embed_dim=1024, depth=24, num_heads=16)
 HUGE = dict(embed_dim=1280, depth=32, num_heads=16)
+GIANT = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=4.3637)  # MLP 6144 (timm: 48/11)
+GIGANTIC = dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.9231)  # MLP 8192 (timm: 64/13)
+GIANTOPT = dict(embed_dim=1536, depth=40, num_heads=16)
+PLUS = dict(embed_dim=896, depth=12, num_heads=14)
 SO150M = dict(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572)
 SO400M = dict(embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362)
 LITTLE = dict(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6)
@@ -117,6 +121,18 @@ TABLE: dict[str, tuple] = {
     "vit_xsmall_patch16_clip_224": ("clip", XSMALL, "tinyclip_yfcc15m", dict(num_classes=512)),
     "vit_base_patch16_clip_384": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(img_size=384)),
     "vit_large_patch14_clip_336": ("clip", LARGE, "laion2b_ft_in12k_in1k", dict(patch_size=14, img_size=336), HALF),
+    "vit_base_patch32_clip_256": ("clip", BASE, "datacompxl", dict(patch_size=32, img_size=256, num_classes=512)),
+    "vit_base_patch32_clip_384": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(patch_size=32, img_size=384)),
+    "vit_base_patch32_clip_448": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(patch_size=32, img_size=448)),
+    "vit_medium_patch32_clip_224": ("clip", MEDIUM, "tinyclip_laion400m", dict(patch_size=32, num_classes=512)),
+    "vit_betwixt_patch32_clip_224": ("clip", BETWIXT, "tinyclip_laion400m", dict(patch_size=32, num_classes=512)),
+    "vit_base_patch16_plus_clip_240": ("clip", PLUS, "laion400m_e32", dict(img_size=240, num_classes=640)),
+    "vit_huge_patch14_clip_336": ("clip", HUGE, "laion2b_ft_in12k_in1k", dict(patch_size=14, img_size=336)),
+    "vit_huge_patch14_clip_378": ("clip", HUGE, "dfn5b", dict(patch_size=14, img_size=378, num_classes=1024)),
+    "vit_giant_patch14_clip_224": ("clip", GIANT, "laion2b", dict(patch_size=14, num_classes=1024)),
+    "vit_gigantic_patch14_clip_224": ("clip", GIGANTIC, "laion2b", dict(patch_size=14, num_classes=1280)),
+    "vit_gigantic_patch14_clip_378": ("clip", GIGANTIC, "metaclip2_worldwide",
+                                      dict(patch_size=14, img_size=378, num_classes=1280)),
     # (QuickGELU names: timm keeps their weights under the plain CLIP name's hub repos)
     "vit_base_patch32_clip_quickgelu_224": ("clip_quick", BASE, "timm/vit_base_patch32_clip_224.laion400m_e32",
                                             dict(patch_size=32, num_classes=512)),
@@ -126,6 +142,12 @@ TABLE: dict[str, tuple] = {
                                              dict(patch_size=14, num_classes=768)),
     "vit_huge_patch14_clip_quickgelu_224": ("clip_quick", HUGE, "timm/vit_huge_patch14_clip_224.dfn5b",
                                             dict(patch_size=14, num_classes=1024)),
+    "vit_large_patch14_clip_quickgelu_336": ("clip_quick", LARGE, "timm/vit_large_patch14_clip_336.openai",
+                                             dict(patch_size=14, img_size=336, num_classes=768)),
+    "vit_huge_patch14_clip_quickgelu_378": ("clip_quick", HUGE, "timm/vit_huge_patch14_clip_378.dfn5b",
+                                            dict(patch_size=14, img_size=378, num_classes=1024)),
+    "vit_gigantic_patch14_clip_quickgelu_224": ("clip_quick", GIGANTIC, "timm/vit_gigantic_patch14_clip_224.metaclip_2pt5b",
+                                                dict(patch_size=14, num_classes=1280)),
     # SigLIP image towers (Zhai et al. 2023; SigLIP 2): attention-pooling head, or its GAP variant
     "vit_base_patch16_siglip_224": ("siglip", BASE, "v2_webli"),
     "vit_base_patch16_siglip_256": ("siglip", BASE, "v2_webli", dict(img_size=256)),
@@ -138,10 +160,26 @@ TABLE: dict[str, tuple] = {
     "vit_so400m_patch14_siglip_224": ("siglip", SO400M, "v2_webli", dict(patch_size=14)),
     "vit_so400m_patch14_siglip_378": ("siglip", SO400M, "v2_webli", dict(patch_size=14, img_size=378)),
     "vit_so400m_patch16_siglip_256": ("siglip", SO400M, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
+    "vit_large_patch16_siglip_512": ("siglip", LARGE, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
+    "vit_so400m_patch16_siglip_384": ("siglip", SO400M, "v2_webli", dict(img_size=384, activation="gelu_tanh")),
+    "vit_so400m_patch16_siglip_512": ("siglip", SO400M, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
+    "vit_giantopt_patch16_siglip_256": ("siglip", GIANTOPT, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
     "vit_base_patch16_siglip_gap_224": ("siglip_gap", BASE, "v2_webli"),
     "vit_base_patch16_siglip_gap_256": ("siglip_gap", BASE, "v2_webli", dict(img_size=256)),
+    "vit_base_patch16_siglip_gap_384": ("siglip_gap", BASE, "v2_webli", dict(img_size=384)),
+    "vit_base_patch16_siglip_gap_512": ("siglip_gap", BASE, "v2_webli", dict(img_size=512)),
+    "vit_base_patch32_siglip_gap_256": ("siglip_gap", BASE, "v2_webli", dict(patch_size=32, img_size=256,
+                                                                              activation="gelu_tanh")),
     "vit_large_patch16_siglip_gap_256": ("siglip_gap", LARGE, "v2_webli", dict(img_size=256)),
+    "vit_large_patch16_siglip_gap_384": ("siglip_gap", LARGE, "v2_webli", dict(img_size=384)),
+    "vit_large_patch16_siglip_gap_512": ("siglip_gap", LARGE, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
     "vit_so400m_patch14_siglip_gap_224": ("siglip_gap", SO400M, "v2_webli", dict(patch_size=14)),
+    "vit_so400m_patch14_siglip_gap_378": ("siglip_gap", SO400M, "v2_webli", dict(patch_size=14, img_size=378)),
+    "vit_so400m_patch14_siglip_gap_448": ("siglip_gap", SO400M, "pali_mix", dict(patch_size=14, img_size=448)),
+    "vit_so400m_patch14_siglip_gap_896": ("siglip_gap", SO400M, "pali_pt", dict(patch_size=14, img_size=896)),
+    "vit_so400m_patch16_siglip_gap_256": ("siglip_gap", SO400M, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
+    "vit_so400m_patch16_siglip_gap_384": ("siglip_gap", SO400M, "v2_webli", dict(img_size=384, activation="gelu_tanh")),
+    "vit_so400m_patch16_siglip_gap_512": ("siglip_gap", SO400M, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
     # Global-average-pool ViTs (timm's own training recipes)
     "vit_medium_patch16_gap_240": ("gap", MEDIUM, "sw_in12k", dict(img_size=240, num_classes=11821)),
     "vit_medium_patch16_gap_256": ("gap", MEDIUM, "sw_in12k_ft_in1k", dict(img_size=256)),
