@@ -102,7 +102,10 @@ def set_inductor(setting: str) -> None:
         target = getattr(target, part, None)
     if target is None or not hasattr(target, last) or not value:
         raise ValueError(f"--inductor {setting}: not KEY=VALUE with KEY a torch._inductor.config setting")
-    setattr(target, last, ast.literal_eval(value))
+    try:
+        setattr(target, last, ast.literal_eval(value))
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--inductor {setting}: {value} is not a Python literal (True, 3, 'name')") from None
 
 
 def main(argv=None) -> None:
@@ -127,13 +130,13 @@ def main(argv=None) -> None:
     for setting in args.inductor:
         try:
             set_inductor(setting)
-        except (ValueError, SyntaxError) as error:
+        except ValueError as error:
             parser.error(str(error))
 
     flops_per_image = 3 * model_config(args.model, img_size=args.img_size).forward_macs * 2
-    settings = "".join(f", {s}" for s in [f"attention {args.attention}"] * (args.attention != "auto") + args.inductor)
-    print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.steps} steps{settings}, "
-          f"on {machine(torch.device(args.device))}")
+    settings = ([f"attention {args.attention}"] if args.attention != "auto" else []) + args.inductor
+    print(f"{args.model} @ {args.img_size}px, batch {args.batch_size}, {args.steps} steps"
+          f"{''.join(', ' + s for s in settings)}, on {machine(torch.device(args.device))}")
     with attention_kernel(args.attention):
         rates = {"ours": ours(args, synthetic=False)}
         if "synthetic" in args.compare:

@@ -45,3 +45,5 @@ def test_train_benchmark_sets_the_attention_kernel_and_inductor_settings_it_name
     for bad in ("triton.nope=1", "max_autotune", "nope.x=1"):
         with pytest.raises(ValueError, match="not KEY=VALUE"):
             set_inductor(bad)
+    with pytest.raises(ValueError, match="true is not a Python literal"):
+        set_inductor("max_autotune=true")
