@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -22,14 +23,21 @@ def free_path(folder: Path, stem: str) -> Path:
     return path
 
 
+def heat_map(rollout: torch.Tensor, size: int, patch_size: int) -> np.ndarray:
+    """(grid, grid) -> (size, size): bilinear over the pixels the patches cover, 0 past the last
+    whole patch (pixels the model never read, as at 384 px with patches of 14)."""
+    covered = rollout.shape[-1] * patch_size
+    heat = F.interpolate(rollout[None, None].float().cpu(), size=(covered, covered), mode="bilinear")
+    return F.pad(heat, (0, size - covered, 0, size - covered))[0, 0].numpy()
+
+
 def save_explanation(path: Path, model_input: torch.Tensor, mean, std, rollout: torch.Tensor,
-                     heads: torch.Tensor, title: str, reader: str = "CLS") -> None:
+                     heads: torch.Tensor, title: str, patch_size: int, reader: str = "CLS") -> None:
     """model_input (3, S, S) normalised; rollout (grid, grid); heads (H, grid, grid); reader: whose
     attention the heads show ("CLS", or "mean patch-token" for models without a CLS token)."""
     mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     seen = (model_input.cpu().float() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
-    size = model_input.shape[-1]
-    heat = F.interpolate(rollout[None, None].float().cpu(), size=(size, size), mode="bilinear")[0, 0].numpy()
+    heat = heat_map(rollout, model_input.shape[-1], patch_size)
 
     columns = max(1, int(len(heads) ** 0.5 + 0.999))
     rows = -(-len(heads) // columns)

@@ -162,3 +162,13 @@ def test_rollout_reads_the_right_row_and_columns_with_prefix_tokens(name):
     assert torch.allclose(rollout(maps, cfg), expected / expected.amax(dim=(1, 2), keepdim=True), atol=1e-6)
     last = maps[-1][:, :, 0] if cfg.class_token else maps[-1][:, :, prefix:].mean(2)
     assert torch.equal(last_cls_attention(maps, cfg), last[:, :, prefix:].reshape(2, 3, 4, 4))
+
+
+def test_heat_map_covers_the_patches_and_leaves_unread_pixels_cold():
+    from infer.pictures import heat_map
+
+    heat = heat_map(torch.ones(2, 2), size=40, patch_size=16)  # 2 patches of 16 px + 8 px never read
+    assert heat.shape == (40, 40) and (heat[:32, :32] == 1).all()
+    assert (heat[32:] == 0).all() and (heat[:, 32:] == 0).all()
+    whole = heat_map(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), size=32, patch_size=16)
+    assert whole[:, 0].max() < 0.5 < whole[:, -1].min()  # left patch column cold, right one hot

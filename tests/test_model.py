@@ -39,6 +39,20 @@ def test_shapes_at_any_size_divisible_by_the_patch():
     assert model(images).shape == (3, 7)
 
 
+@torch.no_grad()
+def test_pixels_past_the_last_whole_patch_are_not_read():
+    """As timm's strided convolution (SigLIP so400m/14 at 384 px: 27 patches + 6 px): at 40 px a
+    /16 model sees a 2 x 2 grid, exactly what the same weights see of the image's top-left 32 px."""
+    model = vit.create_model("vit_tiny_patch16_224", num_classes=7, img_size=40).eval()
+    cropped = vit.create_model("vit_tiny_patch16_224", num_classes=7, img_size=32).eval()
+    cropped.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(model.head.weight)
+    cropped.head.weight.copy_(model.head.weight)
+    images = torch.randn(2, 3, 40, 40)
+    assert model.cfg.grid_size == 2 and model.forward_features(images).shape == (2, 1 + 4, 192)
+    torch.testing.assert_close(model(images), cropped(images[:, :, :32, :32]), atol=1e-6, rtol=1e-6)
+
+
 def test_configurations_have_timms_sizes():
     import timm
 
@@ -53,8 +67,8 @@ def test_bad_names_and_sizes_are_refused():
         vit.create_model("vit_huge")
     with pytest.raises(ValueError, match="unknown model 'resnet50'; python -m vit lists them"):
         vit.create_model("resnet50.a1_in1k")
-    with pytest.raises(ValueError, match="not divisible"):
-        vit.create_model("vit_base_patch16_224", img_size=100)
+    with pytest.raises(ValueError, match="img_size 8 is smaller than one patch"):
+        vit.create_model("vit_base_patch16_224", img_size=8)
 
 
 def test_family_fields_are_checked():

@@ -159,6 +159,7 @@ TABLE: dict[str, tuple] = {
     "vit_large_patch16_siglip_384": ("siglip", LARGE, "v2_webli", dict(img_size=384)),
     "vit_so400m_patch14_siglip_224": ("siglip", SO400M, "v2_webli", dict(patch_size=14)),
     "vit_so400m_patch14_siglip_378": ("siglip", SO400M, "v2_webli", dict(patch_size=14, img_size=378)),
+    "vit_so400m_patch14_siglip_384": ("siglip", SO400M, "webli", dict(patch_size=14, img_size=384)),  # 27 patches + 6 px
     "vit_so400m_patch16_siglip_256": ("siglip", SO400M, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
     "vit_large_patch16_siglip_512": ("siglip", LARGE, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
     "vit_so400m_patch16_siglip_384": ("siglip", SO400M, "v2_webli", dict(img_size=384, activation="gelu_tanh")),
@@ -175,6 +176,7 @@ TABLE: dict[str, tuple] = {
     "vit_large_patch16_siglip_gap_512": ("siglip_gap", LARGE, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
     "vit_so400m_patch14_siglip_gap_224": ("siglip_gap", SO400M, "v2_webli", dict(patch_size=14)),
     "vit_so400m_patch14_siglip_gap_378": ("siglip_gap", SO400M, "v2_webli", dict(patch_size=14, img_size=378)),
+    "vit_so400m_patch14_siglip_gap_384": ("siglip_gap", SO400M, "webli", dict(patch_size=14, img_size=384)),
     "vit_so400m_patch14_siglip_gap_448": ("siglip_gap", SO400M, "pali_mix", dict(patch_size=14, img_size=448)),
     "vit_so400m_patch14_siglip_gap_896": ("siglip_gap", SO400M, "pali_pt", dict(patch_size=14, img_size=896)),
     "vit_so400m_patch16_siglip_gap_256": ("siglip_gap", SO400M, "v2_webli", dict(img_size=256, activation="gelu_tanh")),

@@ -70,10 +70,8 @@ class ViTConfig:
     #                                vector instead of every token [fc_norm]
 
     def __post_init__(self):
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
-            )
+        if self.img_size < self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.activation not in ACTIVATIONS or self.pool not in POOLS:
@@ -83,7 +81,9 @@ class ViTConfig:
 
     @property
     def grid_size(self) -> int:
-        """Patches per side: 224 // 16 = 14."""
+        """Patches per side: 224 // 16 = 14. A remainder is never seen, as by timm's strided
+        convolution: SigLIP so400m/14 at 384 px has 27 x 14 = 378, its last 6 pixel rows and
+        columns unread."""
         return self.img_size // self.patch_size
 
     @property
