@@ -130,7 +130,7 @@ class PatchEmbedding(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = self.projection(images)  # (B, D, H/P, W/P): one D-vector per patch
+        patches = self.projection(images)  # (B, D, H//P, W//P): one D-vector per whole patch
         return rearrange(patches, "b d gh gw -> b (gh gw) d")  # (B, N, D), row-major patch order
 
 
