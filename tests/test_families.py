@@ -53,9 +53,7 @@ CASES = [
     ("vit_base_patch32_siglip_256", {"depth": 3}, 224),
     ("vit_base_patch16_siglip_gap_224", {"depth": 2}, 160),
     ("vit_so400m_patch14_siglip_gap_224", {"depth": 1}, 168),
-    ("vit_so400m_patch16_siglip_384", {"depth": 1}, 256),
     ("vit_so400m_patch14_siglip_384", {"depth": 1}, 224),  # 384 px: 27 patches of 14, 6 px unread
-    ("vit_giant_patch14_clip_224", {"depth": 1}, 168),
     ("vit_medium_patch16_gap_256", {"depth": 4}, 224),
     ("vit_medium_patch16_gap_384", {"depth": 2}, 256),
     ("vit_wee_patch16_reg1_gap_256", {}, 224),
