@@ -212,8 +212,8 @@ def compile_ahead(model_cfg: ViTConfig, device: torch.device, amp_dtype, batch_s
     with torch.random.fork_rng(devices=[]):  # the block's initialisation draws from the CPU generator
         block = EncoderBlock(model_cfg).to(device)
     block.compile()
-    tokens = torch.zeros(batch_size, model_cfg.num_patches + model_cfg.num_prefix_tokens, model_cfg.embed_dim,
-                         device=device, requires_grad=True)  # (B, T, D), float32 as the model's embeddings
+    tokens = torch.zeros(batch_size, model_cfg.num_tokens, model_cfg.embed_dim, device=device,
+                         requires_grad=True)  # (B, T, D), float32 as the model's embeddings
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = block(tokens)
     out.sum().backward()  # outside autocast, as the loop's backward

@@ -21,12 +21,11 @@ from safetensors.torch import save_file
 from vit.checkpoint import ModelCard, load_model
 from vit.families import model_config, model_spec
 from weights.convert import HF_TO_OURS, TIMM_FC_NORM, TIMM_TO_OURS, from_ours
+from weights.load import HF_ACTIVATION_NAMES
 
 FORMATS = ("timm", "hf", "onnx")
 HF_FAMILIES = ("vit", "deit")  # architectures that transformers' ViT layout can hold (vit/families.py)
 ONNX_CARD_KEY = "vit_card"  # the ONNX metadata entry holding the ModelCard as JSON
-# Our activation names -> transformers' hidden_act (weights/load.py reads them the other way).
-HF_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 
 HOW_TO_LOAD = {  # one line each, printed after an export

@@ -96,6 +96,11 @@ class ViTConfig:
         return int(self.class_token) + int(self.distillation_token) + self.register_tokens
 
     @property
+    def num_tokens(self) -> int:
+        """T in the shapes: the prefix tokens, then the patches (197 for ViT-B/16 at 224)."""
+        return self.num_prefix_tokens + self.num_patches
+
+    @property
     def num_positions(self) -> int:
         """Rows of the position embedding: every token (the original), or only the patches."""
         return self.num_patches + (self.num_prefix_tokens if self.positions_cover_prefix else 0)
@@ -105,7 +110,7 @@ class ViTConfig:
         """Multiply-accumulates of one image's forward pass (17.6 G for ViT-B/16 at 224): per
         block, qkv + output projection (4 D^2 per token), the MLP (2 r D^2 per token) and
         attention's q k^T and weights @ v (2 T^2 D), plus the patch projection (heads: < 2%)."""
-        d, t = self.embed_dim, self.num_patches + self.num_prefix_tokens
+        d, t = self.embed_dim, self.num_tokens
         per_block = 4 * d * d * t + 2 * self.mlp_ratio * d * d * t + 2 * t * t * d
         return self.depth * per_block + self.num_patches * d * self.in_channels * self.patch_size**2
 

@@ -176,8 +176,10 @@ def _read_config(weights_file: Path) -> dict:
         return {}
 
 
-# transformers' activation names -> ours (vit/model.py's ACTIVATIONS)
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu"}
+# Ours (vit/model.py's ACTIVATIONS) -> transformers' hidden_act, as an export writes it; reading,
+# transformers' older name for the tanh GELU is taken too.
+HF_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+HF_ACTIVATIONS = {**{theirs: ours for ours, theirs in HF_ACTIVATION_NAMES.items()}, "gelu_new": "gelu_tanh"}
 
 
 def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
