@@ -10,26 +10,35 @@ from tests.conftest import make_timm_file, real_images, run_module
 from vit.explain import attention_maps, attention_rollout, cls_attention
 
 
+@pytest.mark.parametrize("name,size,smaller", [
+    ("vit_tiny_patch16_224", 224, {}),  # learned absolute positions
+    ("vit_small_patch16_rope_mixed_224", 160, {"depth": 3}),  # rotary: q and k rotated (learned frequencies)
+    ("vit_small_patch16_dinov3", 128, {"depth": 3}),  # rotary with DINOv3's periods, 4 registers
+    ("beit_base_patch16_224", 128, {"depth": 2}),  # relative position bias added to the logits
+])
 @torch.no_grad()
-def test_attention_maps_equal_timms_attention_weights(tmp_path, cifar_dir):
-    """timm's non-fused attention path materialises softmax(q k^T * scale) before attn_drop:
-    catch it there and compare, block by block, on the same converted weights."""
-    timm_model = make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
-    ours = vit.create_model("vit_tiny_patch16_224", pretrained=tmp_path / "model.safetensors").eval()
-    images = real_images(cifar_dir, 2, 224)
+def test_attention_maps_equal_timms_attention_weights(name, size, smaller, tmp_path, cifar_dir):
+    """timm's non-fused attention path materialises softmax(q k^T * scale [+ bias]) (q and k
+    rotated first where there is RoPE) before attn_drop: catch it there and compare, block by
+    block, on the same converted weights. Ours comes from the model's one attention path."""
+    timm_model = make_timm_file(name, tmp_path / "model.safetensors", img_size=size, **smaller)
+    ours = vit.create_model(name, img_size=size, pretrained=tmp_path / "model.safetensors", **smaller).eval()
+    images = real_images(cifar_dir, 2, size)
     expected = []
     for block in timm_model.blocks:
         block.attn.fused_attn = False
         block.attn.attn_drop.register_forward_hook(lambda module, args, out: expected.append(out))
     reference_logits = timm_model(images)
     maps = attention_maps(ours, images)
-    assert len(maps) == len(expected) == 12
+    tokens, heads = ours.cfg.num_tokens, ours.cfg.num_heads
+    assert len(maps) == len(expected) == ours.cfg.depth
     for got, want in zip(maps, expected):
-        assert got.shape == (2, 3, 197, 197) and got.dtype == torch.float32
+        assert got.shape == (2, heads, tokens, tokens) and got.dtype == torch.float32
         assert (got - want).abs().max() <= 1e-5
-        assert torch.allclose(got.sum(-1), torch.ones(2, 3, 197))
-    # Observing the attention leaves the model's own (fused) output as it was.
+        assert torch.allclose(got.sum(-1), torch.ones(2, heads, tokens))
+    # Observing the attention leaves the model's own (fused) output as it was, and switches off again.
     assert (ours(images) - reference_logits).abs().max() <= 1e-5
+    assert all(not block.attention.keep_weights and block.attention.weights is None for block in ours.blocks)
 
 
 def one_patch_model(target: int) -> vit.VisionTransformer:

@@ -7,15 +7,56 @@ import torch
 import vit
 from tests.conftest import make_timm_file, real_images
 from tests.test_parity import TOLERANCE, max_diff, stage_diffs
-from vit.families import MODELS, model_config
+from vit.export import timm_state_dict
+from vit.families import LEFT_OUT, MODELS, model_config
 from weights.convert import convert_timm
+
+
+ROPES = {"RotaryEmbeddingCat": "axial", "RotaryEmbeddingDinoV3": "dinov3", "RotaryEmbeddingMixed": "mixed"}
+
+
+def what_shapes_cannot_tell(reference) -> dict:
+    """Read off a timm model (on the meta device) what its tensors' shapes do not show, in our
+    ViTConfig's terms: the MLP's activation and kind, the pooling, the norms, the position schemes."""
+    block = reference.blocks[0]
+    mlp, attn = block.mlp, block.attn
+    gated = hasattr(mlp, "fc1_g") or type(mlp).__name__ == "GluMlp"
+    activations = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
+    norm = block.norm1
+    seen = dict(
+        gated_mlp=gated, pool=reference.global_pool, layer_norm_eps=norm.eps,
+        norm="rmsnorm" if "Rms" in type(norm).__name__ else "layernorm",
+        norm_after_pool=not isinstance(getattr(reference, "fc_norm", None), (type(None), torch.nn.Identity)),
+        final_norm=not (isinstance(reference.norm, torch.nn.Identity)
+                        and isinstance(getattr(reference, "fc_norm", torch.nn.Identity()), torch.nn.Identity)),
+        post_norm=type(block).__name__ in ("ResPostBlock", "EvaBlockPostNorm"),
+    )
+    fused, q_proj = getattr(attn, "qkv", None), getattr(attn, "q_proj", None)
+    seen["qkv_bias"] = getattr(attn, "q_bias", None) is not None or (fused or q_proj).bias is not None
+    if seen["qkv_bias"]:  # k's bias: fused in qkv, or a k_proj bias (EVA-02 has none, nor has q_bias + v_bias)
+        seen["key_bias"] = getattr(attn, "q_bias", None) is None and (fused is not None or attn.k_proj.bias is not None)
+    if not gated:
+        seen["activation"] = activations[type(mlp.act).__name__]
+    rope = getattr(reference, "rope", None)
+    seen["rope"] = ROPES[type(rope).__name__] if rope is not None else None
+    if rope is not None:
+        seen["rope_temperature"] = float(rope.temperature)
+        seen["rope_xy"] = rope.grid_indexing == "xy"
+        if seen["rope"] != "mixed":
+            seen["rope_offset"] = float(rope.grid_offset)
+        if seen["rope"] == "axial":
+            ref = rope.ref_feat_shape
+            seen["rope_reference_grid"] = None if ref is None else ref[0]
+    if reference.global_pool == "map":  # timm's Eva lets its attention pool read the CLS token too
+        seen["pool_reads_prefix"] = getattr(reference, "pool_include_prefix", type(reference).__name__ == "Eva")
+    return seen
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_name_has_timms_architecture_weights_and_normalisation(name):
     """Shapes of every tensor (timm's model built on the meta device, keys converted to ours),
-    activation, pooling and LayerNorm epsilon, and the default weights, native size, class count
-    and mean/std of timm's pretrained_cfg."""
+    what shapes cannot tell (activation, pooling, norms, RoPE's kind and constants, ...), and the
+    default weights, native size, class count and mean/std of timm's pretrained_cfg."""
     import timm
 
     with torch.device("meta"):
@@ -23,14 +64,27 @@ def test_every_name_has_timms_architecture_weights_and_normalisation(name):
         ours = vit.VisionTransformer(model_config(name))
     theirs = {k: tuple(v.shape) for k, v in convert_timm(reference.state_dict()).items()}
     assert theirs == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    # What shapes cannot tell: the MLP's activation, the pooling, the LayerNorms' epsilon.
-    block, activations = reference.blocks[0], {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
-    assert activations[type(block.mlp.act).__name__] == ours.cfg.activation
-    assert reference.global_pool == ours.cfg.pool and block.norm1.eps == ours.cfg.layer_norm_eps
+    # ... and back: an export writes exactly timm's keys for the name
+    assert {k: tuple(v.shape) for k, v in timm_state_dict(ours, name).items()} == {
+        k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    seen = what_shapes_cannot_tell(reference)
+    assert seen == {field: getattr(ours.cfg, field) for field in seen}
     cfg, spec = timm.models.get_pretrained_cfg(name), MODELS[name]
     assert spec.weights == cfg.hf_hub_id
     assert (spec.mean, spec.std) == (tuple(cfg.mean), tuple(cfg.std))
     assert ours.cfg.img_size == cfg.input_size[-1] and ours.cfg.num_classes == cfg.num_classes
+
+
+def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
+    """timm's ViT modules against our table: 243 names (timm's test_vit* and the multiway BEiT-3
+    aside); the ones left out are exactly those vit/families.py's docstring names."""
+    import timm
+
+    names = {name for module in ("vision_transformer", "eva", "beit", "deit") for name in timm.list_models(module=module)
+             if not name.startswith(("test_vit", "beit3"))}
+    left_out = names - set(MODELS)
+    assert set(MODELS) <= names
+    assert left_out == set(LEFT_OUT), sorted(left_out ^ set(LEFT_OUT))
 
 
 # (name, what both sides shrink to keep CI quick, another image size): two names per family
@@ -59,7 +113,41 @@ CASES = [
     ("vit_wee_patch16_reg1_gap_256", {}, 224),
     ("vit_medium_patch16_reg4_gap_256", {"depth": 4}, 192),
     ("vit_so150m_patch16_reg4_gap_256", {"depth": 2}, 224),
+    ("vit_so150m_patch16_reg4_map_256", {"depth": 1}, 224),  # the attention pool skips the registers
+    ("vit_base_patch16_384", {"depth": 2}, 224),
+    ("flexivit_small", {"depth": 2}, 224),
+    ("vit_base_patch16_rpn_224", {"depth": 2}, 160),  # res-post-norm
+    ("vit_base_patch16_radio_v3", {"depth": 1}, 256),  # no final norm
+    ("vit_base_patch14_reg1_tipsv2", {"depth": 1}, 224),
+    ("vit_giant_patch14_dinov2", {"depth": 1}, 224),  # packed SwiGLU (timm's GluMlp)
+    ("eva_large_patch14_196", {"depth": 2}, 224),
+    ("eva_giant_patch14_224", {"depth": 1}, 168),  # q and v biases only
+    # The modern family: RoPE, relative position bias, SwiGLU, RMSNorm
+    ("beit_base_patch16_224", {"depth": 2}, 160),  # relative position tables resampled 14 -> 10
+    ("beitv2_base_patch16_224", {"depth": 1}, 256),
+    ("eva02_tiny_patch14_224", {"depth": 2}, 168),  # RoPE rescaled to the 16 x 16 reference grid
+    ("eva02_base_patch14_224", {"depth": 1}, 196),  # separate q/k/v, SwiGLU with its inner norm
+    ("eva02_base_patch16_clip_224", {"depth": 1}, 160),  # + attention's inner norm
+    ("vit_small_patch16_dinov3", {"depth": 2}, 224),
+    ("vit_small_plus_patch16_dinov3_qkvb", {"depth": 2}, 192),  # SwiGLU, q and v biases
+    ("vit_small_patch16_lingbot", {"depth": 1}, 256),
+    ("vit_small_patch16_rope_224", {"depth": 2}, 160),
+    ("vit_small_patch16_rope_ape_224", {"depth": 2}, 256),  # RoPE beside the position table
+    ("vit_small_patch16_rope_mixed_224", {"depth": 2}, 160),  # learned frequencies per block and head
+    ("vit_small_patch16_rope_mixed_ape_224", {"depth": 2}, 256),
+    ("vit_medium_patch16_rope_reg1_gap_256", {"depth": 2}, 224),
+    ("vit_betwixt_patch16_rope_reg4_gap_256", {"depth": 1}, 192),
+    ("vit_pe_core_tiny_patch16_384", {"depth": 2}, 224),  # RoPE from 1, x first; the pool reads the CLS token
+    ("vit_pe_core_small_patch16_384", {"depth": 1}, 256),
+    ("vit_pe_spatial_tiny_patch16_512", {"depth": 1}, 256),
+    ("vit_pe_spatial_small_patch16_512", {"depth": 1}, 384),
+    ("aimv2_large_patch14_224", {"depth": 1}, 168),  # RMSNorm, SwiGLU, no biases
+    ("aimv2_huge_patch14_224", {"depth": 1}, 196),
 ]
+
+
+def shape_of(tensor):
+    return None if tensor is None else tuple(tensor.shape)
 
 
 @pytest.mark.parametrize("name,smaller,other_size", CASES, ids=[case[0] for case in CASES])
@@ -87,7 +175,9 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     resized = timm.create_model(name, img_size=other_size, pretrained=True, pretrained_cfg_overlay=overlay,
                                 **smaller).eval()
     ours = vit.create_model(name, img_size=other_size, pretrained=path, **smaller).eval()
-    assert ours.position_embedding.shape == resized.pos_embed.shape
+    assert shape_of(ours.position_embedding) == shape_of(resized.pos_embed)  # None: positions enter in attention
+    if ours.cfg.relative_position_bias:  # BEiT: tables resampled for the new grid, as timm's
+        assert ours.blocks[0].attention.relative_bias.table.shape == resized.blocks[0].attn.relative_position_bias_table.shape
     images = real_images(cifar_dir, 2, other_size)
     assert max_diff(ours(images), resized(images)) <= TOLERANCE
 
@@ -111,6 +201,11 @@ RUNS = [  # (name, image size, also export to ONNX: a few seconds each, so for t
     ("vit_xsmall_patch16_clip_224", 32, False),
     ("vit_base_patch16_siglip_224", 32, False),
     ("vit_wee_patch16_reg1_gap_256", 32, True),
+    ("beit_base_patch16_224", 32, False),  # relative position bias (tables resampled 14 -> 2)
+    ("eva02_tiny_patch14_224", 28, True),  # RoPE, SwiGLU
+    ("vit_small_patch16_dinov3", 32, False),  # DINOv3's RoPE, registers
+    ("vit_small_patch16_rope_mixed_224", 32, False),  # learned RoPE frequencies
+    ("vit_pe_core_tiny_patch16_384", 32, False),  # RoPE beside the table, attention pool over CLS + patches
 ]
 
 

@@ -42,14 +42,39 @@ def test_forward_features_match_timm(base_pair):
     assert max_diff(ours.forward_features(images), timm_model.forward_features(images)) <= TOLERANCE
 
 
-def stages(timm_model, ours):
-    """(name, timm stage, our stage) pairs, in the order the data flows."""
+def timm_embedding(timm_model, images):
+    """timm's tokens after CLS/registers and positions, and its RoPE embedding (None without):
+    VisionTransformer's and Eva's `_pos_embed` (Eva's returns both), Beit's lines written out."""
+    patches = timm_model.patch_embed(images).flatten(1, -2)  # Eva's dynamic size gives (B, H, W, D)
+    if type(timm_model).__name__ == "Beit":
+        return torch.cat([timm_model.cls_token.expand(len(images), -1, -1), patches], dim=1), None
+    if type(timm_model).__name__ == "Eva":
+        return timm_model._pos_embed(timm_model.patch_embed(images))
+    return timm_model._pos_embed(patches), None
+
+
+def stages(timm_model, ours, images):
+    """(name, timm stage, our stage) pairs, in the order the data flows. Each block is given its
+    model's rotary embedding for `images` (timm's, ours), where the model has one."""
+    _, timm_rope = timm_embedding(timm_model, images)
+    angles = ours.rope.angles(ours.cfg.grid_size) if ours.rope is not None else None
+    mixed = ours.cfg.rope == "mixed"
+
+    def timm_block(i, block):
+        if timm_rope is None:
+            return block
+        return lambda x: block(x, rope=timm_rope[i] if mixed else timm_rope)
+
+    def our_block(i, block):
+        return lambda x: block(x, ours.rope, angles[i] if mixed else angles)
+
     pairs = [
-        ("patch_embedding", timm_model.patch_embed, ours.patch_embedding),
-        ("cls_and_position", lambda x: timm_model._pos_embed(timm_model.patch_embed(x)), ours.embed),
-        ("norm_before_blocks", timm_model.norm_pre, ours.norm_before_blocks),
+        ("patch_embedding", lambda x: timm_model.patch_embed(x).flatten(1, -2),
+         lambda x: ours.norm_after_patches(ours.patch_embedding(x))),  # AIMv2's norm is timm's patch_embed.norm
+        ("cls_and_position", lambda x: timm_embedding(timm_model, x)[0], ours.embed),
+        ("norm_before_blocks", getattr(timm_model, "norm_pre", torch.nn.Identity()), ours.norm_before_blocks),
     ]
-    pairs += [(f"block_{i}", t, o) for i, (t, o) in enumerate(zip(timm_model.blocks, ours.blocks))]
+    pairs += [(f"block_{i}", timm_block(i, t), our_block(i, o)) for i, (t, o) in enumerate(zip(timm_model.blocks, ours.blocks))]
     # With norm_after_pool the final norm belongs to the head (timm: fc_norm; its `norm` is Identity).
     pairs += [("final_norm", timm_model.norm, (lambda x: x) if ours.cfg.norm_after_pool else ours.final_norm),
               ("head", timm_model.forward_head, ours.forward_head)]
@@ -62,7 +87,7 @@ def stage_diffs(timm_model, ours, images: torch.Tensor) -> dict[str, float]:
     failure names the first stage that differs instead of a diff that has grown through the rest
     of the network. The embedding stages take the images."""
     x, diffs = images, {}
-    for name, timm_stage, our_stage in stages(timm_model, ours):
+    for name, timm_stage, our_stage in stages(timm_model, ours, images):
         if name in ("patch_embedding", "cls_and_position"):
             reference, mine = timm_stage(images), our_stage(images)
         else:

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 import vit
 from tests.conftest import PLAIN_VITS, REPO, make_timm_file, perturb_, real_images
-from weights import TIMM_TO_OURS, WeightsError, convert_timm, load_pretrained
+from weights import WeightsError
+from weights.convert import TIMM_READ_TABLE, convert_timm, load_pretrained
 
 
 def run(*args, env=None):
@@ -49,7 +50,7 @@ def test_keymap_command_prints_the_table():
     result = run("-m", "weights", "keymap")
     assert result.returncode == 0
     assert "blocks.{i}.attn.proj.weight" in result.stdout and "attention.out_proj.weight" in result.stdout
-    assert len(result.stdout.splitlines()) == len(TIMM_TO_OURS)
+    assert len(result.stdout.splitlines()) == len(TIMM_READ_TABLE)
     result = run("-m", "weights", "keymap", "--layout", "hf_siglip")
     assert result.returncode == 0 and "head.attention.in_proj_weight[kv]" in result.stdout
 

@@ -1,10 +1,11 @@
 """What the model looks at: its attention weights, attention rollout, and the CLS token's view.
 
 The model computes attention with one fused kernel (F.scaled_dot_product_attention), which never
-materialises the weights. Here they are computed again, written out, from the very inputs each
-block's attention receives (caught by a forward hook, so the model's own output is untouched):
+materialises the weights. Here each block's attention is asked to keep them (its `keep_weights`
+switch): the same forward pass, the same q, k and v, with RoPE and any relative bias applied, but
+the softmax written out, so the maps are exactly what the model attends with:
 
-    A = softmax(q k^T / sqrt(head_dim))        (B, heads, T, T), each row sums to 1
+    A = softmax(rope(q) rope(k)^T / sqrt(head_dim) + relative_bias)   (B, heads, T, T), rows sum to 1
 
 T counts every token: the CLS token first (then, in some families, a distillation token or
 registers: cfg.num_prefix_tokens in all), then the patches in row-major order.
@@ -31,26 +32,16 @@ from vit.model import ViTConfig, VisionTransformer
 @torch.no_grad()
 def attention_maps(model: VisionTransformer, images: torch.Tensor) -> list[torch.Tensor]:
     """One float32 tensor per encoder block, (B, heads, T, T): the post-softmax attention weights
-    softmax(q k^T / sqrt(head_dim)) that block applied to `images` (B, 3, S, S)."""
-    inputs = []  # the normed tokens each block's attention received, in block order
-
-    def keep_input(module, args):
-        inputs.append(args[0])
-
-    hooks = [block.attention.register_forward_pre_hook(keep_input) for block in model.blocks]
+    that block applied to `images` (B, 3, S, S), from the model's own attention (vit/model.py)."""
+    attentions = [block.attention for block in model.blocks]
+    for attention in attentions:
+        attention.keep_weights = True
     try:
         model(images)
+        return [attention.weights for attention in attentions]
     finally:
-        for hook in hooks:
-            hook.remove()
-    maps = []
-    for block, x in zip(model.blocks, inputs):
-        attention = block.attention
-        qkv = attention.qkv(x).float()  # (B, T, 3*D): the same projection the block made
-        q, k, _ = rearrange(qkv, "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=attention.num_heads)
-        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T): every query against every key
-        maps.append(scores.softmax(dim=-1))
-    return maps
+        for attention in attentions:
+            attention.keep_weights, attention.weights = False, None
 
 
 def rollout(maps: list[torch.Tensor], cfg: ViTConfig = ViTConfig()) -> torch.Tensor:

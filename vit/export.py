@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from vit.checkpoint import ModelCard, load_model
 from vit.families import model_config, model_spec
-from weights.convert import HF_TO_OURS, TIMM_FC_NORM, TIMM_TO_OURS, from_ours
+from weights.convert import HF_TO_OURS, TIMM_FC_NORM, from_ours, timm_table
 from weights.load import HF_ACTIVATION_NAMES
 
 FORMATS = ("timm", "hf", "onnx")
@@ -54,15 +54,21 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> s
                                    activation=f", act_layer='{model.cfg.activation}'" if own else "")
 
 
-def export_timm(model, card: ModelCard, out: Path) -> None:
-    """A .safetensors file with timm's keys: what timm's hub `model.safetensors` holds."""
-    tensors = {k: v.contiguous() for k, v in from_ours(model.state_dict(), TIMM_TO_OURS).items()}
+def timm_state_dict(model, name: str) -> dict[str, torch.Tensor]:
+    """The model's tensors under the keys of timm's `name` (what its hub `model.safetensors` holds)."""
+    tensors = {k: v.contiguous() for k, v in from_ours(model.state_dict(), timm_table(model_spec(name).timm_keys)).items()}
     if model.cfg.norm_after_pool:  # timm calls a final norm that follows the pooling fc_norm
         after_pool = {theirs: fc_norm for fc_norm, theirs in TIMM_FC_NORM.items()}
         tensors = {after_pool.get(k, k): v for k, v in tensors.items()}
-    save_file(tensors, str(out), metadata={"model_name": card.model_name, "img_size": str(card.img_size),
-                                           "class_names": json.dumps(list(card.class_names)),
-                                           "mean": json.dumps(list(card.mean)), "std": json.dumps(list(card.std))})
+    return tensors
+
+
+def export_timm(model, card: ModelCard, out: Path) -> None:
+    """A .safetensors file with timm's keys: what timm's hub `model.safetensors` holds."""
+    save_file(timm_state_dict(model, card.model_name), str(out),
+              metadata={"model_name": card.model_name, "img_size": str(card.img_size),
+                        "class_names": json.dumps(list(card.class_names)),
+                        "mean": json.dumps(list(card.mean)), "std": json.dumps(list(card.std))})
 
 
 def export_hf(model, card: ModelCard, out: Path) -> None:

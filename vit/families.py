@@ -2,25 +2,49 @@
 
 A family is a handful of `ViTConfig` fields (vit/model.py says what each one does):
 
-    family      differs from the original ViT by                                  mean/std
-    vit         -- (the original: CLS token, learned positions, exact GELU)        0.5
-    deit        -- (same architecture, trained on ImageNet-1k alone)               ImageNet
-    deit_dist   + a distillation token and its head, the two heads averaged       ImageNet
-    deit3       positions for patches only, layer scale 1e-6                       ImageNet
-    dinov2      patch 14, layer scale 1e-5, native 518 px, no classifier           ImageNet
-    dinov2_reg  + 4 register tokens, positions for patches only                    ImageNet
-    clip        LayerNorm before the blocks, no patch bias, LayerNorm eps 1e-5    OpenAI CLIP
-    clip_quick  + QuickGELU (OpenAI's and MetaCLIP's weights)                      OpenAI CLIP
-    siglip      no CLS token, attention-pooling head (MAP)                         0.5
-    siglip_gap  no CLS token, mean of the patch tokens                             0.5
-    gap         no CLS token, mean of the patch tokens (no qkv bias, layer scale)  0.5
-    reg_gap     + registers; the final LayerNorm on the pooled vector              0.5
+    family          differs from the original ViT by                                    mean/std
+    vit             -- (the original: CLS token, learned positions, exact GELU)          0.5
+    deit            -- (same architecture, trained on ImageNet-1k alone)                 ImageNet
+    deit_dist       + a distillation token and its head, the two heads averaged         ImageNet
+    deit3           positions for patches only, layer scale 1e-6                         ImageNet
+    flexivit        positions for patches only (resized bilinearly), native 240 px      0.5
+    dinov2          patch 14, layer scale 1e-5, native 518 px, no classifier             ImageNet
+    dinov2_reg      + 4 register tokens, positions for patches only                      ImageNet
+    clip            LayerNorm before the blocks, no patch bias, LayerNorm eps 1e-5      OpenAI CLIP
+    clip_quick      + QuickGELU (OpenAI's and MetaCLIP's weights)                        OpenAI CLIP
+    siglip          no CLS token, attention-pooling head (MAP)                           0.5
+    siglip_gap      no CLS token, mean of the patch tokens                               0.5
+    gap             no CLS token, mean of the patch tokens (no qkv bias, layer scale)    0.5
+    reg_gap         + registers; the final LayerNorm on the pooled vector                0.5
+    res_post_norm   no CLS token, mean pooling, each branch normed after it (x + norm(f(x)))   0.5
+    radio           NVIDIA RADIO: 7 or 9 registers, positions for patches only, no final norm,
+                    positions resized bilinearly                                         OpenAI CLIP
+    tips            Google TIPSv2: 1 register, layer scale 1.0, native 448 px           0 / 1
+    intern          InternViT-300M: layer scale 0.1, no final norm                       ImageNet
+    eva             EVA-01: mean pooling with the norm after it, q and v biases only    OpenAI CLIP
+    --- the modern family: rotary or relative positions, SwiGLU, RMSNorm
+    beit            no position table: a relative position bias per block; layer scale, mean pooling   0.5
+    eva02           2D RoPE (axial, rescaled to a 16 x 16 grid), SwiGLU (+ its inner norm), patch 14   OpenAI CLIP
+    eva02_clip      + a norm inside attention, CLS-token pooling                         OpenAI CLIP
+    dinov3          RoPE with DINOv3's periods (coordinates in [-1, 1]), 4 registers, no position table   ImageNet
+    lingbot         DINOv3's architecture, CLS-token pooling, native 512 px             ImageNet
+    rope_vit        RoPE-ViT: axial RoPE (x first, base 100) instead of the table, layer scale   ImageNet
+    rope_vit_mixed  RoPE-ViT: RoPE with learned frequencies per block and head          ImageNet
+    rope_gap        timm's RoPE + registers + mean pooling                               0.5
+    pe_core         Perception Encoder: axial RoPE beside the table, norm before the blocks, MAP head   0.5
+    pe_spatial      Perception Encoder's spatial / language towers: no final norm, mean of the patches   0.5
+    aimv2           AIMv2: RMSNorm (also after the patch embedding), SwiGLU, no biases, mean pooling   OpenAI CLIP
 
 The mean/std above are each name's default; a hub download reads the tag's own from its
 config.json (e.g. `vit_large_patch14_clip_224.openai` uses OpenAI's, its default tag 0.5).
+
+Not here (a different block, not a named difference of this one): timm's parallel blocks
+(`vit_*_18x2_224`, `*_xp_224`, `vit_pwee_*`), differential attention (`vit_dlittle_*`, `vit_dwee_*`,
+`vit_dpwee_*`), Sapiens2 (grouped-query attention, q/k norms; non-square native size), and
+BEiT-3 (a multiway transformer).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import get_close_matches
 
 from vit.model import DEFAULT_MEAN, DEFAULT_STD, ViTConfig
@@ -28,6 +52,7 @@ from vit.model import DEFAULT_MEAN, DEFAULT_STD, ViTConfig
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 HALF = (DEFAULT_MEAN, DEFAULT_STD)
+ZERO_ONE = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # pixels in [0, 1] as they are
 
 # Sizes: width, depth, heads (and the MLP's width where it is not 4x).
 TINY = dict(embed_dim=192, depth=12, num_heads=3)
@@ -39,34 +64,91 @@ BETWIXT = dict(embed_dim=640, depth=12, num_heads=10)
 BASE = dict(embed_dim=768, depth=12, num_heads=12)
 LARGE = dict(embed_dim=1024, depth=24, num_heads=16)
 HUGE = dict(embed_dim=1280, depth=32, num_heads=16)
-GIANT = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=4.3637)  # MLP 6144 (timm: 48/11)
-GIGANTIC = dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.9231)  # MLP 8192 (timm: 64/13)
+GIANT = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=4.363636363636363)  # MLP 6144 (timm: 48/11)
+GIANT2 = dict(embed_dim=1536, depth=40, num_heads=24)  # DINOv2's, RADIO's, TIPS' giant
+GIGANTIC = dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.923076923076923)  # MLP 8192 (timm: 64/13)
 GIANTOPT = dict(embed_dim=1536, depth=40, num_heads=16)
 PLUS = dict(embed_dim=896, depth=12, num_heads=14)
 SO150M = dict(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572)
+SO150M2 = dict(embed_dim=832, depth=21, num_heads=13, mlp_ratio=2.6153846153846154)
 SO400M = dict(embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362)
 LITTLE = dict(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6)
 WEE = dict(embed_dim=256, depth=14, num_heads=4, mlp_ratio=5.0)
 
-# Families: the ViTConfig fields that set each apart from the original, and its normalisation.
-FAMILIES: dict[str, tuple[dict, tuple]] = {
-    "vit": ({}, HALF),
-    "deit": ({}, IMAGENET),
-    "deit_dist": (dict(distillation_token=True), IMAGENET),
-    "deit3": (dict(positions_cover_prefix=False, layer_scale=1e-6), IMAGENET),
-    "dinov2": (dict(patch_size=14, img_size=518, layer_scale=1e-5, num_classes=0), IMAGENET),
-    "dinov2_reg": (dict(patch_size=14, img_size=518, layer_scale=1e-5, num_classes=0, register_tokens=4,
-                        positions_cover_prefix=False), IMAGENET),
-    "clip": (dict(norm_before_blocks=True, patch_bias=False, layer_norm_eps=1e-5), OPENAI_CLIP),
-    "clip_quick": (dict(norm_before_blocks=True, patch_bias=False, layer_norm_eps=1e-5, activation="quick_gelu"),
-                   OPENAI_CLIP),
-    "siglip": (dict(class_token=False, pool="map", num_classes=0), HALF),
-    "siglip_gap": (dict(class_token=False, pool="avg", num_classes=0), HALF),
-    "gap": (dict(class_token=False, pool="avg", qkv_bias=False, layer_scale=1e-6), HALF),
-    "reg_gap": (dict(class_token=False, pool="avg", register_tokens=4, positions_cover_prefix=False,
-                     layer_scale=1e-5, norm_after_pool=True), HALF),
+
+EVA_KEYS = ("gamma",)  # the families timm has in eva.py and beit.py: layer scale as gamma_1, gamma_2
+
+
+@dataclass(frozen=True)
+class Family:
+    """The ViTConfig fields that set a family apart from the original ViT, and its normalisation."""
+
+    fields: dict
+    mean_std: tuple = HALF
+    timm_keys: tuple[str, ...] = ()  # how its timm files spell some keys (ModelSpec's; a row adds its own)
+
+
+FAMILIES: dict[str, Family] = {
+    "vit": Family({}),
+    "deit": Family({}, IMAGENET),
+    "deit_dist": Family(dict(distillation_token=True), IMAGENET),
+    "deit3": Family(dict(positions_cover_prefix=False, layer_scale=1e-6), IMAGENET),
+    "flexivit": Family(dict(img_size=240, positions_cover_prefix=False, position_resize="bilinear")),
+    "dinov2": Family(dict(patch_size=14, img_size=518, layer_scale=1e-5, num_classes=0), IMAGENET),
+    "dinov2_reg": Family(dict(patch_size=14, img_size=518, layer_scale=1e-5, num_classes=0, register_tokens=4,
+                              positions_cover_prefix=False), IMAGENET),
+    "clip": Family(dict(norm_before_blocks=True, patch_bias=False, layer_norm_eps=1e-5), OPENAI_CLIP),
+    "clip_quick": Family(dict(norm_before_blocks=True, patch_bias=False, layer_norm_eps=1e-5, activation="quick_gelu"),
+                         OPENAI_CLIP),
+    "siglip": Family(dict(class_token=False, pool="map", num_classes=0)),
+    "siglip_gap": Family(dict(class_token=False, pool="avg", num_classes=0)),
+    "gap": Family(dict(class_token=False, pool="avg", qkv_bias=False, layer_scale=1e-6)),
+    "reg_gap": Family(dict(class_token=False, pool="avg", register_tokens=4, positions_cover_prefix=False,
+                           layer_scale=1e-5, norm_after_pool=True)),
+    "res_post_norm": Family(dict(class_token=False, pool="avg", qkv_bias=False, post_norm=True, norm_after_pool=True)),
+    "radio": Family(dict(register_tokens=7, positions_cover_prefix=False, final_norm=False, num_classes=0,
+                         img_size=512, position_resize="bilinear"), OPENAI_CLIP),
+    "tips": Family(dict(patch_size=14, img_size=448, register_tokens=1, positions_cover_prefix=False, layer_scale=1.0,
+                        num_classes=0), ZERO_ONE),
+    "intern": Family(dict(patch_size=14, img_size=448, layer_scale=0.1, final_norm=False, num_classes=0), IMAGENET),
+    "eva": Family(dict(patch_size=14, pool="avg", norm_after_pool=True, key_bias=False), OPENAI_CLIP, timm_keys=EVA_KEYS),
+    # --- The modern family: rotary or relative positions, SwiGLU, RMSNorm
+    "beit": Family(dict(absolute_positions=False, relative_position_bias=True, key_bias=False, layer_scale=1e-5,
+                        pool="avg", norm_after_pool=True), timm_keys=EVA_KEYS),
+    "eva02": Family(dict(patch_size=14, rope="axial", rope_reference_grid=16, key_bias=False, gated_mlp=True,
+                         mlp_ratio=2.6666666666666665, pool="avg", norm_after_pool=True, num_classes=0), OPENAI_CLIP, timm_keys=EVA_KEYS),
+    "eva02_clip": Family(dict(patch_size=14, rope="axial", rope_reference_grid=16, key_bias=False, gated_mlp=True,
+                              mlp_ratio=2.6666666666666665, mlp_inner_norm=True, attention_inner_norm=True), OPENAI_CLIP, timm_keys=EVA_KEYS),
+    "dinov3": Family(dict(rope="dinov3", rope_temperature=100.0, absolute_positions=False, register_tokens=4,
+                          layer_scale=1e-5, key_bias=False, qkv_bias=False, layer_norm_eps=1e-5, pool="avg",
+                          num_classes=0, img_size=256), IMAGENET, timm_keys=EVA_KEYS),
+    "lingbot": Family(dict(rope="dinov3", rope_temperature=100.0, absolute_positions=False, register_tokens=4,
+                           layer_scale=1e-5, key_bias=False, layer_norm_eps=1e-5, num_classes=0, img_size=512), IMAGENET, timm_keys=EVA_KEYS),
+    "rope_vit": Family(dict(rope="axial", rope_temperature=100.0, rope_xy=True, absolute_positions=False,
+                            layer_scale=1e-5), IMAGENET, timm_keys=EVA_KEYS),
+    "rope_vit_mixed": Family(dict(rope="mixed", rope_temperature=10.0, rope_xy=True, absolute_positions=False,
+                                  layer_scale=1e-5), IMAGENET, timm_keys=EVA_KEYS),
+    "rope_gap": Family(dict(img_size=256, rope="axial", rope_reference_grid=16, absolute_positions=False,
+                            class_token=False, register_tokens=1, key_bias=False, layer_scale=1e-5, pool="avg",
+                            norm_after_pool=True), timm_keys=EVA_KEYS),
+    "pe_core": Family(dict(rope="axial", rope_xy=True, rope_offset=1.0, norm_before_blocks=True, patch_bias=False,
+                           layer_norm_eps=1e-5, pool="map", pool_heads=8, pool_mlp_ratio=4.0, pool_reads_prefix=True), timm_keys=EVA_KEYS),
+    "pe_spatial": Family(dict(rope="axial", rope_xy=True, rope_offset=1.0, rope_reference_grid=32,
+                              norm_before_blocks=True, patch_bias=False, layer_norm_eps=1e-5, pool="avg",
+                              final_norm=False, num_classes=0), timm_keys=EVA_KEYS),
+    "aimv2": Family(dict(patch_size=14, class_token=False, pool="avg", qkv_bias=False, proj_bias=False, gated_mlp=True,
+                         norm="rmsnorm", layer_norm_eps=1e-5, norm_after_patches=True, num_classes=0), OPENAI_CLIP),
 }
 
+# timm's ViT names that are not here: other blocks, not named differences of this one (see the docstring).
+LEFT_OUT = (
+    "vit_small_patch16_18x2_224", "vit_base_patch16_18x2_224",  # two attentions and two MLPs side by side
+    "vit_base_patch16_xp_224", "vit_large_patch14_xp_224", "vit_huge_patch14_xp_224",  # parallel + q/k norms
+    "vit_pwee_patch16_reg1_gap_256",  # parallel scaling block
+    "vit_dlittle_patch16_reg1_gap_256", "vit_dwee_patch16_reg1_gap_256", "vit_dpwee_patch16_reg1_gap_256",  # differential
+    "vit_base_patch16_sapiens2", "vit_large_patch16_sapiens2", "vit_huge_patch16_sapiens2",  # grouped-query
+    "vit_giant_patch16_sapiens2", "vit_5b_patch16_sapiens2",  # attention, q/k norms, 1024 x 768 native
+)
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -74,142 +156,297 @@ class ModelSpec:
 
     family: str
     config: dict  # ViTConfig fields
-    weights: str  # timm's default hub id
+    weights: str | None  # timm's default hub id; None where timm publishes none for the name
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    timm_keys: tuple[str, ...] = ()  # how timm's file spells some keys (weights/convert.py's TIMM_SPELLINGS):
+    #                                  "gamma" (eva.py, beit.py), "qkv" (q_proj, k_proj, v_proj), "swiglu" (fc1_g, fc1_x)
 
 
-# name: (family, size, timm's default tag (or hub id)[, what else differs: patch size, native image size, ...][, mean/std])
-TABLE: dict[str, tuple] = {
-    # The original ViT, timm's AugReg weights (ImageNet-21k, then 1k)
-    "vit_tiny_patch16_224": ("vit", TINY, "augreg_in21k_ft_in1k"),
-    "vit_small_patch16_224": ("vit", SMALL, "augreg_in21k_ft_in1k"),
-    "vit_base_patch16_224": ("vit", BASE, "augreg2_in21k_ft_in1k"),
-    "vit_base_patch32_224": ("vit", BASE, "augreg_in21k_ft_in1k", dict(patch_size=32)),
-    "vit_large_patch16_224": ("vit", LARGE, "augreg_in21k_ft_in1k"),
+@dataclass(frozen=True)
+class Row:
+    """A table row: the name's family, its size, timm's default weights tag (or whole hub id, or
+    None: timm has none), and anything else that differs from its family."""
+
+    family: str
+    size: dict
+    tag: str | None
+    mean_std: tuple | None = None  # None: the family's
+    timm_keys: tuple[str, ...] = ()
+    fields: dict = field(default_factory=dict)  # other ViTConfig fields: patch size, native size, ...
+
+
+def row(family: str, size: dict, tag: str | None, mean_std: tuple | None = None, timm_keys: tuple = (),
+        **fields) -> Row:
+    return Row(family, size, tag, mean_std, timm_keys, fields)
+
+
+TABLE: dict[str, Row] = {
+    # The original ViT (timm's AugReg weights, the paper's originals, DINO)
+    "vit_base_patch8_224": row("vit", BASE, "augreg2_in21k_ft_in1k", patch_size=8),
+    "vit_base_patch16_224": row("vit", BASE, "augreg2_in21k_ft_in1k"),
+    "vit_base_patch16_224_miil": row("vit", BASE, "in21k", mean_std=ZERO_ONE, num_classes=11221, qkv_bias=False),
+    "vit_base_patch16_384": row("vit", BASE, "augreg_in21k_ft_in1k", img_size=384),
+    "vit_base_patch16_plus_240": row("vit", PLUS, None, img_size=240, layer_scale=1e-05),
+    "vit_base_patch32_224": row("vit", BASE, "augreg_in21k_ft_in1k", patch_size=32),
+    "vit_base_patch32_384": row("vit", BASE, "augreg_in21k_ft_in1k", img_size=384, patch_size=32),
+    "vit_base_patch32_plus_256": row("vit", PLUS, None, img_size=256, patch_size=32, layer_scale=1e-05),
+    "vit_giant_patch14_224": row("vit", GIANT, None, patch_size=14),
+    "vit_gigantic_patch14_224": row("vit", GIGANTIC, None, patch_size=14),
+    "vit_huge_patch14_224": row("vit", HUGE, "orig_in21k", patch_size=14, num_classes=0),
+    "vit_large_patch14_224": row("vit", LARGE, None, patch_size=14),
+    "vit_large_patch16_224": row("vit", LARGE, "augreg_in21k_ft_in1k"),
+    "vit_large_patch16_384": row("vit", LARGE, "augreg_in21k_ft_in1k", img_size=384),
+    "vit_large_patch32_224": row("vit", LARGE, "orig_in21k", patch_size=32, num_classes=0),
+    "vit_large_patch32_384": row("vit", LARGE, "orig_in21k_ft_in1k", img_size=384, patch_size=32),
+    "vit_small_patch8_224": row("vit", SMALL, "dino", mean_std=IMAGENET, patch_size=8, num_classes=0),
+    "vit_small_patch16_36x1_224": row("vit", dict(embed_dim=384, depth=36, num_heads=6, mlp_ratio=4.0), None, layer_scale=1e-05),
+    "vit_small_patch16_224": row("vit", SMALL, "augreg_in21k_ft_in1k"),
+    "vit_small_patch16_384": row("vit", SMALL, "augreg_in21k_ft_in1k", img_size=384),
+    "vit_small_patch32_224": row("vit", SMALL, "augreg_in21k_ft_in1k", patch_size=32),
+    "vit_small_patch32_384": row("vit", SMALL, "augreg_in21k_ft_in1k", img_size=384, patch_size=32),
+    "vit_tiny_patch16_224": row("vit", TINY, "augreg_in21k_ft_in1k"),
+    "vit_tiny_patch16_384": row("vit", TINY, "augreg_in21k_ft_in1k", img_size=384),
     # DeiT (Touvron et al. 2021): ImageNet-1k only; the distilled ones learn from a CNN teacher
-    "deit_tiny_patch16_224": ("deit", TINY, "fb_in1k"),
-    "deit_small_patch16_224": ("deit", SMALL, "fb_in1k"),
-    "deit_base_patch16_224": ("deit", BASE, "fb_in1k"),
-    "deit_base_patch16_384": ("deit", BASE, "fb_in1k", dict(img_size=384)),
-    "deit_tiny_distilled_patch16_224": ("deit_dist", TINY, "fb_in1k"),
-    "deit_small_distilled_patch16_224": ("deit_dist", SMALL, "fb_in1k"),
-    "deit_base_distilled_patch16_224": ("deit_dist", BASE, "fb_in1k"),
-    "deit_base_distilled_patch16_384": ("deit_dist", BASE, "fb_in1k", dict(img_size=384)),
+    "deit_base_patch16_224": row("deit", BASE, "fb_in1k"),
+    "deit_base_patch16_384": row("deit", BASE, "fb_in1k", img_size=384),
+    "deit_small_patch16_224": row("deit", SMALL, "fb_in1k"),
+    "deit_tiny_patch16_224": row("deit", TINY, "fb_in1k"),
+    "deit_base_distilled_patch16_224": row("deit_dist", BASE, "fb_in1k"),
+    "deit_base_distilled_patch16_384": row("deit_dist", BASE, "fb_in1k", img_size=384),
+    "deit_small_distilled_patch16_224": row("deit_dist", SMALL, "fb_in1k"),
+    "deit_tiny_distilled_patch16_224": row("deit_dist", TINY, "fb_in1k"),
     # DeiT-III (Touvron et al. 2022)
-    "deit3_small_patch16_224": ("deit3", SMALL, "fb_in1k"),
-    "deit3_medium_patch16_224": ("deit3", MEDIUM, "fb_in1k"),
-    "deit3_base_patch16_224": ("deit3", BASE, "fb_in1k"),
-    "deit3_large_patch16_224": ("deit3", LARGE, "fb_in1k"),
-    "deit3_huge_patch14_224": ("deit3", HUGE, "fb_in1k", dict(patch_size=14)),
-    "deit3_small_patch16_384": ("deit3", SMALL, "fb_in1k", dict(img_size=384)),
-    "deit3_base_patch16_384": ("deit3", BASE, "fb_in1k", dict(img_size=384)),
-    "deit3_large_patch16_384": ("deit3", LARGE, "fb_in1k", dict(img_size=384)),
-    # DINOv2 (Oquab et al. 2023), and with registers (Darcet et al. 2023): self-supervised backbones
-    "vit_small_patch14_dinov2": ("dinov2", SMALL, "lvd142m"),
-    "vit_base_patch14_dinov2": ("dinov2", BASE, "lvd142m"),
-    "vit_large_patch14_dinov2": ("dinov2", LARGE, "lvd142m"),
-    "vit_small_patch14_reg4_dinov2": ("dinov2_reg", SMALL, "lvd142m"),
-    "vit_base_patch14_reg4_dinov2": ("dinov2_reg", BASE, "lvd142m"),
-    "vit_large_patch14_reg4_dinov2": ("dinov2_reg", LARGE, "lvd142m"),
+    "deit3_base_patch16_224": row("deit3", BASE, "fb_in1k"),
+    "deit3_base_patch16_384": row("deit3", BASE, "fb_in1k", img_size=384),
+    "deit3_huge_patch14_224": row("deit3", HUGE, "fb_in1k", patch_size=14),
+    "deit3_large_patch16_224": row("deit3", LARGE, "fb_in1k"),
+    "deit3_large_patch16_384": row("deit3", LARGE, "fb_in1k", img_size=384),
+    "deit3_medium_patch16_224": row("deit3", MEDIUM, "fb_in1k"),
+    "deit3_small_patch16_224": row("deit3", SMALL, "fb_in1k"),
+    "deit3_small_patch16_384": row("deit3", SMALL, "fb_in1k", img_size=384),
+    # FlexiViT (Beyer et al. 2023)
+    "flexivit_base": row("flexivit", BASE, "1200ep_in1k"),
+    "flexivit_large": row("flexivit", LARGE, "1200ep_in1k"),
+    "flexivit_small": row("flexivit", SMALL, "1200ep_in1k"),
+    # EVA-01 (Fang et al. 2022)
+    "eva_large_patch14_196": row("eva", LARGE, "in22k_ft_in22k_in1k", img_size=196, key_bias=True),
+    "eva_large_patch14_336": row("eva", LARGE, "in22k_ft_in22k_in1k", img_size=336, key_bias=True),
+    "eva02_enormous_patch14_clip_224": row("eva", dict(embed_dim=1792, depth=64, num_heads=16, mlp_ratio=8.571428571428571), "laion2b", num_classes=1024, pool="token", norm_after_pool=False, post_norm=True),
+    "eva_giant_patch14_224": row("eva", GIANT, "clip_ft_in1k"),
+    "eva_giant_patch14_336": row("eva", GIANT, "clip_ft_in1k", img_size=336),
+    "eva_giant_patch14_560": row("eva", GIANT, "m30m_ft_in22k_in1k", mean_std=IMAGENET, img_size=560),
+    "eva_giant_patch14_clip_224": row("eva", GIANT, "laion400m", num_classes=1024, pool="token", norm_after_pool=False),
+    # DINOv2 (Oquab et al. 2023), and with registers (Darcet et al. 2023): self-supervised backbones; giant: SwiGLU
+    "vit_base_patch14_dinov2": row("dinov2", BASE, "lvd142m"),
+    "vit_giant_patch14_dinov2": row("dinov2", GIANT2, "lvd142m", mlp_ratio=2.66667, gated_mlp=True),
+    "vit_large_patch14_dinov2": row("dinov2", LARGE, "lvd142m"),
+    "vit_small_patch14_dinov2": row("dinov2", SMALL, "lvd142m"),
+    "vit_base_patch14_reg4_dinov2": row("dinov2_reg", BASE, "lvd142m"),
+    "vit_giant_patch14_reg4_dinov2": row("dinov2_reg", GIANT2, "lvd142m", mlp_ratio=2.66667, gated_mlp=True),
+    "vit_large_patch14_reg4_dinov2": row("dinov2_reg", LARGE, "lvd142m"),
+    "vit_small_patch14_reg4_dinov2": row("dinov2_reg", SMALL, "lvd142m"),
     # CLIP image towers (Radford et al. 2021; OpenCLIP, DFN, MetaCLIP weights)
-    "vit_base_patch32_clip_224": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(patch_size=32)),
-    "vit_base_patch16_clip_224": ("clip", BASE, "laion2b_ft_in12k_in1k"),
-    "vit_large_patch14_clip_224": ("clip", LARGE, "laion2b_ft_in12k_in1k", dict(patch_size=14), HALF),
-    "vit_huge_patch14_clip_224": ("clip", HUGE, "laion2b_ft_in12k_in1k", dict(patch_size=14)),
-    "vit_medium_patch16_clip_224": ("clip", MEDIUM, "tinyclip_yfcc15m", dict(num_classes=512)),
-    "vit_xsmall_patch16_clip_224": ("clip", XSMALL, "tinyclip_yfcc15m", dict(num_classes=512)),
-    "vit_base_patch16_clip_384": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(img_size=384)),
-    "vit_large_patch14_clip_336": ("clip", LARGE, "laion2b_ft_in12k_in1k", dict(patch_size=14, img_size=336), HALF),
-    "vit_base_patch32_clip_256": ("clip", BASE, "datacompxl", dict(patch_size=32, img_size=256, num_classes=512)),
-    "vit_base_patch32_clip_384": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(patch_size=32, img_size=384)),
-    "vit_base_patch32_clip_448": ("clip", BASE, "laion2b_ft_in12k_in1k", dict(patch_size=32, img_size=448)),
-    "vit_medium_patch32_clip_224": ("clip", MEDIUM, "tinyclip_laion400m", dict(patch_size=32, num_classes=512)),
-    "vit_betwixt_patch32_clip_224": ("clip", BETWIXT, "tinyclip_laion400m", dict(patch_size=32, num_classes=512)),
-    "vit_base_patch16_plus_clip_240": ("clip", PLUS, "laion400m_e32", dict(img_size=240, num_classes=640)),
-    "vit_huge_patch14_clip_336": ("clip", HUGE, "laion2b_ft_in12k_in1k", dict(patch_size=14, img_size=336)),
-    "vit_huge_patch14_clip_378": ("clip", HUGE, "dfn5b", dict(patch_size=14, img_size=378, num_classes=1024)),
-    "vit_giant_patch14_clip_224": ("clip", GIANT, "laion2b", dict(patch_size=14, num_classes=1024)),
-    "vit_gigantic_patch14_clip_224": ("clip", GIGANTIC, "laion2b", dict(patch_size=14, num_classes=1280)),
-    "vit_gigantic_patch14_clip_378": ("clip", GIGANTIC, "metaclip2_worldwide",
-                                      dict(patch_size=14, img_size=378, num_classes=1280)),
+    "vit_base_patch16_clip_224": row("clip", BASE, "laion2b_ft_in12k_in1k"),
+    "vit_base_patch16_clip_384": row("clip", BASE, "laion2b_ft_in12k_in1k", img_size=384),
+    "vit_base_patch16_plus_clip_240": row("clip", PLUS, "laion400m_e32", img_size=240, num_classes=640),
+    "vit_base_patch32_clip_224": row("clip", BASE, "laion2b_ft_in12k_in1k", patch_size=32),
+    "vit_base_patch32_clip_256": row("clip", BASE, "datacompxl", img_size=256, patch_size=32, num_classes=512),
+    "vit_base_patch32_clip_384": row("clip", BASE, "laion2b_ft_in12k_in1k", img_size=384, patch_size=32),
+    "vit_base_patch32_clip_448": row("clip", BASE, "laion2b_ft_in12k_in1k", img_size=448, patch_size=32),
+    "vit_betwixt_patch32_clip_224": row("clip", BETWIXT, "tinyclip_laion400m", patch_size=32, num_classes=512),
+    "vit_giant_patch14_clip_224": row("clip", GIANT, "laion2b", patch_size=14, num_classes=1024),
+    "vit_gigantic_patch14_clip_224": row("clip", GIGANTIC, "laion2b", patch_size=14, num_classes=1280),
+    "vit_gigantic_patch14_clip_378": row("clip", GIGANTIC, "metaclip2_worldwide", img_size=378, patch_size=14, num_classes=1280),
+    "vit_huge_patch14_clip_224": row("clip", HUGE, "laion2b_ft_in12k_in1k", patch_size=14),
+    "vit_huge_patch14_clip_336": row("clip", HUGE, "laion2b_ft_in12k_in1k", img_size=336, patch_size=14),
+    "vit_huge_patch14_clip_378": row("clip", HUGE, "dfn5b", img_size=378, patch_size=14, num_classes=1024),
+    "vit_large_patch14_clip_224": row("clip", LARGE, "laion2b_ft_in12k_in1k", mean_std=HALF, patch_size=14),
+    "vit_large_patch14_clip_336": row("clip", LARGE, "laion2b_ft_in12k_in1k", mean_std=HALF, img_size=336, patch_size=14),
+    "vit_medium_patch16_clip_224": row("clip", MEDIUM, "tinyclip_yfcc15m", num_classes=512),
+    "vit_medium_patch32_clip_224": row("clip", MEDIUM, "tinyclip_laion400m", patch_size=32, num_classes=512),
+    "vit_xsmall_patch16_clip_224": row("clip", XSMALL, "tinyclip_yfcc15m", num_classes=512),
     # (QuickGELU names: timm keeps their weights under the plain CLIP name's hub repos)
-    "vit_base_patch32_clip_quickgelu_224": ("clip_quick", BASE, "timm/vit_base_patch32_clip_224.laion400m_e32",
-                                            dict(patch_size=32, num_classes=512)),
-    "vit_base_patch16_clip_quickgelu_224": ("clip_quick", BASE, "timm/vit_base_patch16_clip_224.metaclip_2pt5b",
-                                            dict(num_classes=512)),
-    "vit_large_patch14_clip_quickgelu_224": ("clip_quick", LARGE, "timm/vit_large_patch14_clip_224.dfn2b",
-                                             dict(patch_size=14, num_classes=768)),
-    "vit_huge_patch14_clip_quickgelu_224": ("clip_quick", HUGE, "timm/vit_huge_patch14_clip_224.dfn5b",
-                                            dict(patch_size=14, num_classes=1024)),
-    "vit_large_patch14_clip_quickgelu_336": ("clip_quick", LARGE, "timm/vit_large_patch14_clip_336.openai",
-                                             dict(patch_size=14, img_size=336, num_classes=768)),
-    "vit_huge_patch14_clip_quickgelu_378": ("clip_quick", HUGE, "timm/vit_huge_patch14_clip_378.dfn5b",
-                                            dict(patch_size=14, img_size=378, num_classes=1024)),
-    "vit_gigantic_patch14_clip_quickgelu_224": ("clip_quick", GIGANTIC, "timm/vit_gigantic_patch14_clip_224.metaclip_2pt5b",
-                                                dict(patch_size=14, num_classes=1280)),
+    "vit_base_patch16_clip_quickgelu_224": row("clip_quick", BASE, "timm/vit_base_patch16_clip_224.metaclip_2pt5b", num_classes=512),
+    "vit_base_patch32_clip_quickgelu_224": row("clip_quick", BASE, "timm/vit_base_patch32_clip_224.laion400m_e32", patch_size=32, num_classes=512),
+    "vit_gigantic_patch14_clip_quickgelu_224": row("clip_quick", GIGANTIC, "timm/vit_gigantic_patch14_clip_224.metaclip_2pt5b", patch_size=14, num_classes=1280),
+    "vit_huge_patch14_clip_quickgelu_224": row("clip_quick", HUGE, "timm/vit_huge_patch14_clip_224.dfn5b", patch_size=14, num_classes=1024),
+    "vit_huge_patch14_clip_quickgelu_378": row("clip_quick", HUGE, "timm/vit_huge_patch14_clip_378.dfn5b", img_size=378, patch_size=14, num_classes=1024),
+    "vit_large_patch14_clip_quickgelu_224": row("clip_quick", LARGE, "timm/vit_large_patch14_clip_224.dfn2b", patch_size=14, num_classes=768),
+    "vit_large_patch14_clip_quickgelu_336": row("clip_quick", LARGE, "timm/vit_large_patch14_clip_336.openai", img_size=336, patch_size=14, num_classes=768),
     # SigLIP image towers (Zhai et al. 2023; SigLIP 2): attention-pooling head, or its GAP variant
-    "vit_base_patch16_siglip_224": ("siglip", BASE, "v2_webli"),
-    "vit_base_patch16_siglip_256": ("siglip", BASE, "v2_webli", dict(img_size=256)),
-    "vit_base_patch16_siglip_384": ("siglip", BASE, "v2_webli", dict(img_size=384)),
-    "vit_base_patch16_siglip_512": ("siglip", BASE, "v2_webli", dict(img_size=512)),
-    "vit_base_patch32_siglip_256": ("siglip", BASE, "v2_webli", dict(patch_size=32, img_size=256,
-                                                                      activation="gelu_tanh")),
-    "vit_large_patch16_siglip_256": ("siglip", LARGE, "v2_webli", dict(img_size=256)),
-    "vit_large_patch16_siglip_384": ("siglip", LARGE, "v2_webli", dict(img_size=384)),
-    "vit_so400m_patch14_siglip_224": ("siglip", SO400M, "v2_webli", dict(patch_size=14)),
-    "vit_so400m_patch14_siglip_378": ("siglip", SO400M, "v2_webli", dict(patch_size=14, img_size=378)),
-    "vit_so400m_patch14_siglip_384": ("siglip", SO400M, "webli", dict(patch_size=14, img_size=384)),  # 27 patches + 6 px
-    "vit_so400m_patch16_siglip_256": ("siglip", SO400M, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
-    "vit_large_patch16_siglip_512": ("siglip", LARGE, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
-    "vit_so400m_patch16_siglip_384": ("siglip", SO400M, "v2_webli", dict(img_size=384, activation="gelu_tanh")),
-    "vit_so400m_patch16_siglip_512": ("siglip", SO400M, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
-    "vit_giantopt_patch16_siglip_256": ("siglip", GIANTOPT, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
-    "vit_base_patch16_siglip_gap_224": ("siglip_gap", BASE, "v2_webli"),
-    "vit_base_patch16_siglip_gap_256": ("siglip_gap", BASE, "v2_webli", dict(img_size=256)),
-    "vit_base_patch16_siglip_gap_384": ("siglip_gap", BASE, "v2_webli", dict(img_size=384)),
-    "vit_base_patch16_siglip_gap_512": ("siglip_gap", BASE, "v2_webli", dict(img_size=512)),
-    "vit_base_patch32_siglip_gap_256": ("siglip_gap", BASE, "v2_webli", dict(patch_size=32, img_size=256,
-                                                                              activation="gelu_tanh")),
-    "vit_large_patch16_siglip_gap_256": ("siglip_gap", LARGE, "v2_webli", dict(img_size=256)),
-    "vit_large_patch16_siglip_gap_384": ("siglip_gap", LARGE, "v2_webli", dict(img_size=384)),
-    "vit_large_patch16_siglip_gap_512": ("siglip_gap", LARGE, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
-    "vit_so400m_patch14_siglip_gap_224": ("siglip_gap", SO400M, "v2_webli", dict(patch_size=14)),
-    "vit_so400m_patch14_siglip_gap_378": ("siglip_gap", SO400M, "v2_webli", dict(patch_size=14, img_size=378)),
-    "vit_so400m_patch14_siglip_gap_384": ("siglip_gap", SO400M, "webli", dict(patch_size=14, img_size=384)),
-    "vit_so400m_patch14_siglip_gap_448": ("siglip_gap", SO400M, "pali_mix", dict(patch_size=14, img_size=448)),
-    "vit_so400m_patch14_siglip_gap_896": ("siglip_gap", SO400M, "pali_pt", dict(patch_size=14, img_size=896)),
-    "vit_so400m_patch16_siglip_gap_256": ("siglip_gap", SO400M, "v2_webli", dict(img_size=256, activation="gelu_tanh")),
-    "vit_so400m_patch16_siglip_gap_384": ("siglip_gap", SO400M, "v2_webli", dict(img_size=384, activation="gelu_tanh")),
-    "vit_so400m_patch16_siglip_gap_512": ("siglip_gap", SO400M, "v2_webli", dict(img_size=512, activation="gelu_tanh")),
+    "vit_base_patch16_siglip_224": row("siglip", BASE, "v2_webli"),
+    "vit_base_patch16_siglip_256": row("siglip", BASE, "v2_webli", img_size=256),
+    "vit_base_patch16_siglip_384": row("siglip", BASE, "v2_webli", img_size=384),
+    "vit_base_patch16_siglip_512": row("siglip", BASE, "v2_webli", img_size=512),
+    "vit_base_patch32_siglip_256": row("siglip", BASE, "v2_webli", img_size=256, patch_size=32, activation="gelu_tanh"),
+    "vit_giantopt_patch16_siglip_256": row("siglip", GIANTOPT, "v2_webli", img_size=256, activation="gelu_tanh"),
+    "vit_giantopt_patch16_siglip_384": row("siglip", GIANTOPT, "v2_webli", img_size=384, activation="gelu_tanh"),
+    "vit_large_patch16_siglip_256": row("siglip", LARGE, "v2_webli", img_size=256),
+    "vit_large_patch16_siglip_384": row("siglip", LARGE, "v2_webli", img_size=384),
+    "vit_large_patch16_siglip_512": row("siglip", LARGE, "v2_webli", img_size=512, activation="gelu_tanh"),
+    "vit_so400m_patch14_siglip_224": row("siglip", SO400M, "v2_webli", patch_size=14),
+    "vit_so400m_patch14_siglip_378": row("siglip", SO400M, "v2_webli", img_size=378, patch_size=14),
+    "vit_so400m_patch14_siglip_384": row("siglip", SO400M, "webli", img_size=384, patch_size=14),
+    "vit_so400m_patch16_siglip_256": row("siglip", SO400M, "v2_webli", img_size=256, activation="gelu_tanh"),
+    "vit_so400m_patch16_siglip_384": row("siglip", SO400M, "v2_webli", img_size=384, activation="gelu_tanh"),
+    "vit_so400m_patch16_siglip_512": row("siglip", SO400M, "v2_webli", img_size=512, activation="gelu_tanh"),
+    "vit_base_patch16_siglip_gap_224": row("siglip_gap", BASE, "v2_webli"),
+    "vit_base_patch16_siglip_gap_256": row("siglip_gap", BASE, "v2_webli", img_size=256),
+    "vit_base_patch16_siglip_gap_384": row("siglip_gap", BASE, "v2_webli", img_size=384),
+    "vit_base_patch16_siglip_gap_512": row("siglip_gap", BASE, "v2_webli", img_size=512),
+    "vit_base_patch32_siglip_gap_256": row("siglip_gap", BASE, "v2_webli", img_size=256, patch_size=32, activation="gelu_tanh"),
+    "vit_giantopt_patch16_siglip_gap_256": row("siglip_gap", GIANTOPT, "v2_webli", img_size=256, activation="gelu_tanh"),
+    "vit_giantopt_patch16_siglip_gap_384": row("siglip_gap", GIANTOPT, "v2_webli", img_size=384, activation="gelu_tanh"),
+    "vit_large_patch16_siglip_gap_256": row("siglip_gap", LARGE, "v2_webli", img_size=256),
+    "vit_large_patch16_siglip_gap_384": row("siglip_gap", LARGE, "v2_webli", img_size=384),
+    "vit_large_patch16_siglip_gap_512": row("siglip_gap", LARGE, "v2_webli", img_size=512, activation="gelu_tanh"),
+    "vit_so400m_patch14_siglip_gap_224": row("siglip_gap", SO400M, "v2_webli", patch_size=14),
+    "vit_so400m_patch14_siglip_gap_378": row("siglip_gap", SO400M, "v2_webli", img_size=378, patch_size=14),
+    "vit_so400m_patch14_siglip_gap_384": row("siglip_gap", SO400M, "webli", img_size=384, patch_size=14),
+    "vit_so400m_patch14_siglip_gap_448": row("siglip_gap", SO400M, "pali_mix", img_size=448, patch_size=14),
+    "vit_so400m_patch14_siglip_gap_896": row("siglip_gap", SO400M, "pali_pt", img_size=896, patch_size=14),
+    "vit_so400m_patch16_siglip_gap_256": row("siglip_gap", SO400M, "v2_webli", img_size=256, activation="gelu_tanh"),
+    "vit_so400m_patch16_siglip_gap_384": row("siglip_gap", SO400M, "v2_webli", img_size=384, activation="gelu_tanh"),
+    "vit_so400m_patch16_siglip_gap_512": row("siglip_gap", SO400M, "v2_webli", img_size=512, activation="gelu_tanh"),
     # Global-average-pool ViTs (timm's own training recipes)
-    "vit_medium_patch16_gap_240": ("gap", MEDIUM, "sw_in12k", dict(img_size=240, num_classes=11821)),
-    "vit_medium_patch16_gap_256": ("gap", MEDIUM, "sw_in12k_ft_in1k", dict(img_size=256)),
-    "vit_medium_patch16_gap_384": ("gap", MEDIUM, "sw_in12k_ft_in1k", dict(img_size=384)),
-    "vit_medium_patch16_reg4_gap_256": ("reg_gap", MEDIUM, "sbb_in12k_ft_in1k", dict(img_size=256)),
-    "vit_mediumd_patch16_reg4_gap_256": ("reg_gap", MEDIUMD, "sbb2_e200_in12k_ft_in1k", dict(img_size=256)),
-    "vit_mediumd_patch16_reg4_gap_384": ("reg_gap", MEDIUMD, "sbb2_e200_in12k_ft_in1k", dict(img_size=384)),
-    "vit_betwixt_patch16_reg4_gap_256": ("reg_gap", BETWIXT, "sbb2_e200_in12k_ft_in1k", dict(img_size=256)),
-    "vit_betwixt_patch16_reg4_gap_384": ("reg_gap", BETWIXT, "sbb2_e200_in12k_ft_in1k", dict(img_size=384)),
-    "vit_little_patch16_reg4_gap_256": ("reg_gap", LITTLE, "sbb_in1k", dict(img_size=256)),
-    "vit_medium_patch16_reg1_gap_256": ("reg_gap", MEDIUM, "sbb_in1k", dict(img_size=256, register_tokens=1)),
-    "vit_betwixt_patch16_reg1_gap_256": ("reg_gap", BETWIXT, "sbb_in1k", dict(img_size=256, register_tokens=1)),
-    "vit_little_patch16_reg1_gap_256": ("reg_gap", LITTLE, "sbb_in12k_ft_in1k", dict(img_size=256, register_tokens=1)),
-    "vit_wee_patch16_reg1_gap_256": ("reg_gap", WEE, "sbb_in1k", dict(img_size=256, register_tokens=1)),
-    "vit_so150m_patch16_reg4_gap_256": ("reg_gap", SO150M, "sbb_e250_in12k_ft_in1k",
-                                        dict(img_size=256, positions_cover_prefix=True, layer_scale=None,
-                                             norm_after_pool=False)),
+    "vit_base_patch16_gap_224": row("gap", dict(embed_dim=768, depth=12, num_heads=16, mlp_ratio=4.0), None, layer_scale=None, qkv_bias=True),
+    "vit_betwixt_patch16_gap_256": row("gap", BETWIXT, None, img_size=256),
+    "vit_giant_patch16_gap_224": row("gap", GIANT, None, mean_std=IMAGENET, num_classes=0, layer_scale=None, qkv_bias=True),
+    "vit_huge_patch14_gap_224": row("gap", HUGE, None, mean_std=IMAGENET, patch_size=14, num_classes=0, layer_scale=None, qkv_bias=True),
+    "vit_huge_patch16_gap_448": row("gap", HUGE, None, mean_std=IMAGENET, img_size=448, num_classes=0, layer_scale=None, qkv_bias=True),
+    "vit_medium_patch16_gap_240": row("gap", MEDIUM, "sw_in12k", img_size=240, num_classes=11821),
+    "vit_medium_patch16_gap_256": row("gap", MEDIUM, "sw_in12k_ft_in1k", img_size=256),
+    "vit_medium_patch16_gap_384": row("gap", MEDIUM, "sw_in12k_ft_in1k", img_size=384),
+    "vit_base_patch16_reg4_gap_256": row("reg_gap", BASE, None, img_size=256, layer_scale=None),
+    "vit_betwixt_patch16_reg1_gap_256": row("reg_gap", BETWIXT, "sbb_in1k", img_size=256, register_tokens=1),
+    "vit_betwixt_patch16_reg4_gap_256": row("reg_gap", BETWIXT, "sbb2_e200_in12k_ft_in1k", img_size=256),
+    "vit_betwixt_patch16_reg4_gap_384": row("reg_gap", BETWIXT, "sbb2_e200_in12k_ft_in1k", img_size=384),
+    "vit_little_patch16_reg1_gap_256": row("reg_gap", LITTLE, "sbb_in12k_ft_in1k", img_size=256, register_tokens=1),
+    "vit_little_patch16_reg4_gap_256": row("reg_gap", LITTLE, "sbb_in1k", img_size=256),
+    "vit_medium_patch16_reg1_gap_256": row("reg_gap", MEDIUM, "sbb_in1k", img_size=256, register_tokens=1),
+    "vit_medium_patch16_reg4_gap_256": row("reg_gap", MEDIUM, "sbb_in12k_ft_in1k", img_size=256),
+    "vit_mediumd_patch16_reg4_gap_256": row("reg_gap", MEDIUMD, "sbb2_e200_in12k_ft_in1k", img_size=256),
+    "vit_mediumd_patch16_reg4_gap_384": row("reg_gap", MEDIUMD, "sbb2_e200_in12k_ft_in1k", img_size=384),
+    "vit_so150m2_patch16_reg1_gap_256": row("reg_gap", SO150M2, "sbb_e200_in12k_ft_in1k", img_size=256, register_tokens=1, positions_cover_prefix=True, qkv_bias=False),
+    "vit_so150m2_patch16_reg1_gap_384": row("reg_gap", SO150M2, "sbb_e200_in12k_ft_in1k", img_size=384, register_tokens=1, positions_cover_prefix=True, qkv_bias=False),
+    "vit_so150m2_patch16_reg1_gap_448": row("reg_gap", SO150M2, "sbb_e200_in12k_ft_in1k", img_size=448, register_tokens=1, positions_cover_prefix=True, qkv_bias=False),
+    "vit_so150m_patch16_reg4_gap_256": row("reg_gap", SO150M, "sbb_e250_in12k_ft_in1k", img_size=256, positions_cover_prefix=True, layer_scale=None, norm_after_pool=False),
+    "vit_so150m_patch16_reg4_gap_384": row("reg_gap", SO150M, "sbb_e250_in12k_ft_in1k", img_size=384, positions_cover_prefix=True, layer_scale=None, norm_after_pool=False),
+    "vit_so150m_patch16_reg4_map_256": row("reg_gap", SO150M, None, img_size=256, positions_cover_prefix=True, layer_scale=None, pool="map", norm_after_pool=False),
+    "vit_wee_patch16_reg1_gap_256": row("reg_gap", WEE, "sbb_in1k", img_size=256, register_tokens=1),
+    # Res-post-norm ViT
+    "vit_base_patch16_rpn_224": row("res_post_norm", BASE, "sw_in1k"),
+    # NVIDIA's RADIO (agglomerative distillation)
+    "vit_base_patch16_radio_v3": row("radio", BASE, "c_radio", layer_scale=1e-05, position_resize="bilinear_corners"),
+    "vit_giant_patch16_radio_v3": row("radio", GIANT2, "c_radio"),
+    "vit_huge_patch16_radio_v3": row("radio", HUGE, "c_radio", position_resize="bilinear_corners"),
+    "vit_huge_patch16_radio_v4": row("radio", HUGE, "c_radio", register_tokens=9),
+    "vit_large_patch16_radio_v3": row("radio", LARGE, "c_radio", layer_scale=1e-05),
+    "vit_so400m_patch16_radio_v4": row("radio", SO400M, "c_radio", mlp_ratio=3.736111111111111, register_tokens=9),
+    # Google's TIPSv2
+    "vit_base_patch14_reg1_tipsv2": row("tips", BASE, "webli"),
+    "vit_giant_patch14_reg1_tipsv2": row("tips", GIANT2, "webli", mlp_ratio=2.66667, gated_mlp=True),
+    "vit_large_patch14_reg1_tipsv2": row("tips", LARGE, "webli"),
+    "vit_so400m_patch14_reg1_tipsv2": row("tips", SO400M, "webli", mlp_ratio=3.736111111111111),
+    # InternViT-300M (distilled)
+    "vit_intern300m_patch14_448": row("intern", LARGE, "ogvl_dist"),
+    # AIMv2 (Fini et al. 2024): RMSNorm, SwiGLU, no biases
+    "aimv2_1b_patch14_224": row("aimv2", dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75), "apple_pt", timm_keys=("swiglu",)),
+    "aimv2_1b_patch14_336": row("aimv2", dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75), "apple_pt", timm_keys=("swiglu",), img_size=336),
+    "aimv2_1b_patch14_448": row("aimv2", dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75), "apple_pt", timm_keys=("swiglu",), img_size=448),
+    "aimv2_3b_patch14_224": row("aimv2", dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667), "apple_pt", timm_keys=("swiglu",)),
+    "aimv2_3b_patch14_336": row("aimv2", dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667), "apple_pt", timm_keys=("swiglu",), img_size=336),
+    "aimv2_3b_patch14_448": row("aimv2", dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667), "apple_pt", timm_keys=("swiglu",), img_size=448),
+    "aimv2_huge_patch14_224": row("aimv2", dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667), "apple_pt", timm_keys=("swiglu",)),
+    "aimv2_huge_patch14_336": row("aimv2", dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667), "apple_pt", timm_keys=("swiglu",), img_size=336),
+    "aimv2_huge_patch14_448": row("aimv2", dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667), "apple_pt", timm_keys=("swiglu",), img_size=448),
+    "aimv2_large_patch14_224": row("aimv2", dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75), "apple_pt", timm_keys=("swiglu",)),
+    "aimv2_large_patch14_336": row("aimv2", dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75), "apple_pt", timm_keys=("swiglu",), img_size=336),
+    "aimv2_large_patch14_448": row("aimv2", dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75), "apple_pt", timm_keys=("swiglu",), img_size=448),
+    # BEiT (Bao et al. 2021) and BEiT v2: relative position bias
+    "beit_base_patch16_224": row("beit", BASE, "in22k_ft_in22k_in1k", layer_scale=0.1),
+    "beit_base_patch16_384": row("beit", BASE, "in22k_ft_in22k_in1k", img_size=384, layer_scale=0.1),
+    "beit_large_patch16_224": row("beit", LARGE, "in22k_ft_in22k_in1k"),
+    "beit_large_patch16_384": row("beit", LARGE, "in22k_ft_in22k_in1k", img_size=384),
+    "beit_large_patch16_512": row("beit", LARGE, "in22k_ft_in22k_in1k", img_size=512),
+    "beitv2_base_patch16_224": row("beit", BASE, "in1k_ft_in22k_in1k", mean_std=IMAGENET),
+    "beitv2_large_patch16_224": row("beit", LARGE, "in1k_ft_in22k_in1k", mean_std=IMAGENET),
+    # EVA-02 (Fang et al. 2023): RoPE, SwiGLU
+    "eva02_base_patch14_224": row("eva02", BASE, "mim_in22k", timm_keys=("qkv", "swiglu"), mlp_inner_norm=True),
+    "eva02_base_patch14_448": row("eva02", BASE, "mim_in22k_ft_in22k_in1k", timm_keys=("qkv", "swiglu"), img_size=448, num_classes=1000, mlp_inner_norm=True),
+    "eva02_large_patch14_224": row("eva02", LARGE, "mim_in22k", timm_keys=("qkv", "swiglu"), mlp_inner_norm=True),
+    "eva02_large_patch14_448": row("eva02", LARGE, "mim_in22k_ft_in22k_in1k", timm_keys=("qkv", "swiglu"), img_size=448, num_classes=1000, mlp_inner_norm=True),
+    "eva02_small_patch14_224": row("eva02", SMALL, "mim_in22k"),
+    "eva02_small_patch14_336": row("eva02", SMALL, "mim_in22k_ft_in1k", img_size=336, num_classes=1000),
+    "eva02_tiny_patch14_224": row("eva02", TINY, "mim_in22k"),
+    "eva02_tiny_patch14_336": row("eva02", TINY, "mim_in22k_ft_in1k", img_size=336, num_classes=1000),
+    "eva02_base_patch16_clip_224": row("eva02_clip", BASE, "merged2b", timm_keys=("qkv", "swiglu"), patch_size=16, num_classes=512),
+    "eva02_large_patch14_clip_224": row("eva02_clip", LARGE, "merged2b", timm_keys=("qkv", "swiglu"), num_classes=768),
+    "eva02_large_patch14_clip_336": row("eva02_clip", LARGE, "merged2b", timm_keys=("qkv", "swiglu"), img_size=336, num_classes=768),
+    # DINOv3 (Simeoni et al. 2025): RoPE with its periods, registers
+    "vit_7b_patch16_dinov3": row("dinov3", dict(embed_dim=4096, depth=40, num_heads=32, mlp_ratio=2.0), "lvd1689m", timm_keys=("swiglu",), gated_mlp=True),
+    "vit_base_patch16_dinov3": row("dinov3", BASE, "lvd1689m"),
+    "vit_base_patch16_dinov3_qkvb": row("dinov3", BASE, "lvd1689m", qkv_bias=True),
+    "vit_huge_plus_patch16_dinov3": row("dinov3", dict(embed_dim=1280, depth=32, num_heads=20, mlp_ratio=4.0), "lvd1689m", timm_keys=("swiglu",), gated_mlp=True),
+    "vit_huge_plus_patch16_dinov3_qkvb": row("dinov3", dict(embed_dim=1280, depth=32, num_heads=20, mlp_ratio=4.0), "lvd1689m", timm_keys=("swiglu",), qkv_bias=True, gated_mlp=True),
+    "vit_large_patch16_dinov3": row("dinov3", LARGE, "lvd1689m"),
+    "vit_large_patch16_dinov3_qkvb": row("dinov3", LARGE, "lvd1689m", qkv_bias=True),
+    "vit_small_patch16_dinov3": row("dinov3", SMALL, "lvd1689m"),
+    "vit_small_patch16_dinov3_qkvb": row("dinov3", SMALL, "lvd1689m", qkv_bias=True),
+    "vit_small_plus_patch16_dinov3": row("dinov3", SMALL, "lvd1689m", timm_keys=("swiglu",), gated_mlp=True),
+    "vit_small_plus_patch16_dinov3_qkvb": row("dinov3", SMALL, "lvd1689m", timm_keys=("swiglu",), qkv_bias=True, gated_mlp=True),
+    "vit_tiny_patch16_dinov3_qkvb": row("dinov3", TINY, "eupe_lvd1689m", qkv_bias=True),
+    # LingBot-Vision: DINOv3's architecture (weights outside timm's hub org)
+    "vit_base_patch16_lingbot": row("lingbot", BASE, "belfner/vit_base_patch16_lingbot.robbyant"),
+    "vit_giant_patch16_lingbot": row("lingbot", GIANT2, "belfner/vit_giant_patch16_lingbot.robbyant", timm_keys=("swiglu",), mlp_ratio=2.6666666666666665, qkv_bias=False, gated_mlp=True),
+    "vit_large_patch16_lingbot": row("lingbot", LARGE, "belfner/vit_large_patch16_lingbot.robbyant"),
+    "vit_small_patch16_lingbot": row("lingbot", SMALL, "belfner/vit_small_patch16_lingbot.robbyant"),
+    # RoPE-ViT (Heo et al. 2024): axial or mixed RoPE, with (ape) or without the position table
+    "vit_base_patch16_rope_224": row("rope_vit", BASE, "naver_in1k"),
+    "vit_base_patch16_rope_ape_224": row("rope_vit", BASE, "naver_in1k", positions_cover_prefix=False, absolute_positions=True),
+    "vit_large_patch16_rope_224": row("rope_vit", LARGE, "naver_in1k"),
+    "vit_large_patch16_rope_ape_224": row("rope_vit", LARGE, "naver_in1k", positions_cover_prefix=False, absolute_positions=True),
+    "vit_small_patch16_rope_224": row("rope_vit", SMALL, "naver_in1k"),
+    "vit_small_patch16_rope_ape_224": row("rope_vit", SMALL, "naver_in1k", positions_cover_prefix=False, absolute_positions=True),
+    "vit_base_patch16_rope_mixed_224": row("rope_vit_mixed", BASE, "naver_in1k"),
+    "vit_base_patch16_rope_mixed_ape_224": row("rope_vit_mixed", BASE, "naver_in1k", positions_cover_prefix=False, absolute_positions=True),
+    "vit_large_patch16_rope_mixed_224": row("rope_vit_mixed", LARGE, "naver_in1k"),
+    "vit_large_patch16_rope_mixed_ape_224": row("rope_vit_mixed", LARGE, "naver_in1k", positions_cover_prefix=False, absolute_positions=True),
+    "vit_small_patch16_rope_mixed_224": row("rope_vit_mixed", SMALL, "naver_in1k"),
+    "vit_small_patch16_rope_mixed_ape_224": row("rope_vit_mixed", SMALL, "naver_in1k", positions_cover_prefix=False, absolute_positions=True),
+    # timm's RoPE ViTs with registers and mean pooling
+    "vit_base_patch16_rope_reg1_gap_256": row("rope_gap", BASE, "sbb_in1k"),
+    "vit_betwixt_patch16_rope_reg4_gap_256": row("rope_gap", BETWIXT, "sbb_in1k", mean_std=OPENAI_CLIP, register_tokens=4),
+    "vit_medium_patch16_rope_reg1_gap_256": row("rope_gap", MEDIUM, "sbb_in1k"),
+    "vit_mediumd_patch16_rope_reg1_gap_256": row("rope_gap", MEDIUMD, "sbb_in1k", qkv_bias=False),
+    # Meta's Perception Encoder (Bolya et al. 2025)
+    "vit_pe_core_base_patch16_224": row("pe_core", BASE, "fb", num_classes=1024, rope_reference_grid=14),
+    "vit_pe_core_gigantic_patch14_448": row("pe_core", dict(embed_dim=1536, depth=50, num_heads=16, mlp_ratio=5.833333333333333), "fb", img_size=448, patch_size=14, num_classes=1280, class_token=False, rope_offset=0.0, rope_reference_grid=32),
+    "vit_pe_core_large_patch14_336": row("pe_core", LARGE, "fb", img_size=336, patch_size=14, num_classes=1024, rope_reference_grid=24),
+    "vit_pe_core_small_patch16_384": row("pe_core", SMALL, "fb", img_size=384, num_classes=512, rope_reference_grid=24),
+    "vit_pe_core_tiny_patch16_384": row("pe_core", TINY, "fb", img_size=384, num_classes=512, rope_reference_grid=24),
+    "vit_pe_lang_gigantic_patch14_448": row("pe_spatial", dict(embed_dim=1536, depth=47, num_heads=16, mlp_ratio=5.833333333333333), "fb", img_size=448, patch_size=14, class_token=False, layer_scale=0.1, rope_offset=0.0),
+    "vit_pe_lang_large_patch14_448": row("pe_spatial", dict(embed_dim=1024, depth=23, num_heads=16, mlp_ratio=4.0), "fb", img_size=448, patch_size=14, layer_scale=0.1),
+    "vit_pe_spatial_base_patch16_512": row("pe_spatial", BASE, "fb", img_size=512),
+    "vit_pe_spatial_gigantic_patch14_448": row("pe_spatial", dict(embed_dim=1536, depth=50, num_heads=16, mlp_ratio=5.833333333333333), "fb", img_size=448, patch_size=14, class_token=False, layer_scale=0.1, rope_offset=0.0),
+    "vit_pe_spatial_large_patch14_448": row("pe_spatial", LARGE, "fb", img_size=448, patch_size=14),
+    "vit_pe_spatial_small_patch16_512": row("pe_spatial", SMALL, "fb", img_size=512),
+    "vit_pe_spatial_tiny_patch16_512": row("pe_spatial", TINY, "fb", img_size=512),
 }
 
 
-def _spec(name: str, family: str, size: dict, tag: str, fields: dict | None = None, norm: tuple | None = None) -> ModelSpec:
-    changes, family_norm = FAMILIES[family]
-    mean, std = norm or family_norm
-    weights = tag if "/" in tag else f"timm/{name}.{tag}"  # a whole hub id where timm keeps them elsewhere
-    return ModelSpec(family, {**changes, **size, **(fields or {})}, weights, mean, std)
+def _spec(name: str, entry: Row) -> ModelSpec:
+    family = FAMILIES[entry.family]
+    mean, std = entry.mean_std or family.mean_std
+    weights = entry.tag
+    if weights is not None and "/" not in weights:  # a whole hub id where timm keeps them elsewhere
+        weights = f"timm/{name}.{weights}"
+    return ModelSpec(entry.family, {**family.fields, **entry.size, **entry.fields}, weights, mean, std,
+                     family.timm_keys + entry.timm_keys)
 
 
-MODELS: dict[str, ModelSpec] = {name: _spec(name, *row) for name, row in TABLE.items()}
+MODELS: dict[str, ModelSpec] = {name: _spec(name, entry) for name, entry in TABLE.items()}
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -234,8 +471,11 @@ def model_config(name: str, **overrides) -> ViTConfig:
     return ViTConfig(**{**model_spec(name).config, **overrides})
 
 
-def default_weights(name: str) -> str:
-    """timm's hub id for a name: its default tag, or the tag the name carries ("name.tag")."""
+def default_weights(name: str) -> str | None:
+    """timm's hub id for a name: its default tag, or the tag the name carries ("name.tag"); None
+    where timm publishes no weights for the name and no tag is given."""
     architecture, tag = split_name(name)
     weights = model_spec(architecture).weights  # "timm/<repo name>.<default tag>"
-    return f"{weights.rsplit('.', 1)[0]}.{tag}" if tag else weights
+    if tag:
+        return f"{weights.rsplit('.', 1)[0]}.{tag}" if weights else f"timm/{architecture}.{tag}"
+    return weights

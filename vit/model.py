@@ -16,8 +16,23 @@ embedding is added), so timm's pretrained weights load and give the same outputs
 The ViT family (DeiT, DeiT-III, DINOv2, CLIP, SigLIP, GAP ViTs) is this same model with a few
 named differences: the `ViTConfig` fields below `mlp_ratio`, each off by default. Reading only the
 original? Skip every line that tests one of them. vit/families.py lists which family sets which.
+
+The modern family (BEiT, EVA-02, DINOv3, Perception Encoder, AIMv2, RoPE-ViT) changes three
+things, each a small named piece below:
+
+    where positions enter      learned absolute (added to the tokens, the original)
+                               rotary, RoPE (q and k rotated by their patch's position: EVA-02, DINOv3, PE)
+                               relative bias (a learned number per offset added to the logits: BEiT)
+    the MLP                    GELU, or SwiGLU: silu(x W_gate) * (x W_value), then W_out
+    the norm                   LayerNorm, or RMSNorm (no mean, no bias: AIMv2)
+
+All three meet in one place, `MultiHeadSelfAttention.forward`:
+
+    logits = (rope(q) @ rope(k)^T) / sqrt(head_dim) + relative_bias      (B, heads, T, T)
+    out    = softmax(logits) @ v
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +53,9 @@ ACTIVATIONS = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI's CLIP
 }
 POOLS = ("token", "avg", "map")
+ROPES = (None, "axial", "dinov3", "mixed")
+NORMS = ("layernorm", "rmsnorm")
+RESIZES = ("bicubic", "bilinear", "bilinear_corners")
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,37 @@ class ViTConfig:
     #                      tokens: GAP ViTs), "map" (attention pooling by a learned query: SigLIP) [global_pool]
     norm_after_pool: bool = False  # GAP ViTs with registers: the final LayerNorm normalises the pooled
     #                                vector instead of every token [fc_norm]
+    final_norm: bool = True  # RADIO, InternViT, PE lang/spatial: no norm at the end at all [final_norm]
+    pool_heads: int | None = None  # PE: its attention pool has 8 heads (None: num_heads) [attn_pool_num_heads]
+    pool_mlp_ratio: float | None = None  # PE gigantic: its pool's MLP is 4x (None: mlp_ratio) [attn_pool_mlp_ratio]
+    pool_reads_prefix: bool = False  # PE: the attention pool reads the CLS token too, not only the patches
+    position_resize: str = "bicubic"  # how the position table is resized for another image size: bicubic,
+    #                                   antialiased (timm's default); "bilinear" (FlexiViT, RADIO), without
+    #                                   antialiasing; "bilinear_corners": aligning the corners (RADIO v3 B, H)
+    # --- The modern family: positions, the MLP and the norm (the three pieces of the module docstring).
+    absolute_positions: bool = True  # the learned table added to the tokens; False in BEiT, DINOv3, most
+    #                                  RoPE models: attention alone sees positions [use_abs_pos_emb]
+    rope: str | None = None  # rotary positions on q and k (see RotaryPositions): "axial" (EVA-02, PE,
+    #                          RoPE-ViT), "dinov3" (DINOv3's periods, coordinates in [-1, 1]), "mixed"
+    #                          (RoPE-ViT mixed: learned frequencies per block and head) [rope_type]
+    rope_temperature: float = 10000.0  # the base of the frequency ladder (100 in DINOv3 and RoPE-ViT)
+    rope_xy: bool = False  # which axis the first half of the frequencies follows: x (PE, RoPE-ViT) or y
+    #                        (EVA-02, DINOv3) [rope_grid_indexing="xy"]
+    rope_offset: float = 0.0  # PE: patch coordinates count from 1 [rope_grid_offset]
+    rope_reference_grid: int | None = None  # EVA-02, PE: coordinates rescaled so the grid spans the
+    #                                         pretraining grid at any image size [ref_feat_shape]
+    relative_position_bias: bool = False  # BEiT: every block adds a learned bias per head and (dy, dx)
+    #                                       offset to the attention logits [use_rel_pos_bias]
+    key_bias: bool = True  # BEiT, EVA, DINOv3: q and v have a bias, k none (with RoPE it would not cancel)
+    proj_bias: bool = True  # AIMv2: the attention output and the MLP without bias
+    gated_mlp: bool = False  # SwiGLU: silu(x W_gate) * (x W_value) -> W_out, hidden int(D * mlp_ratio)
+    #                          (EVA-02, AIMv2, DINOv2 giant, DINOv3 S+/H+/7B) [swiglu_mlp, GluMlp]
+    mlp_inner_norm: bool = False  # EVA-02: a norm on the MLP's hidden layer, before its output [scale_mlp]
+    attention_inner_norm: bool = False  # EVA-02 CLIP: a norm on the heads' output before out_proj [scale_attn_inner]
+    norm: str = "layernorm"  # "rmsnorm": x / rms(x) * w, no mean subtracted, no bias (AIMv2) [norm_layer]
+    norm_after_patches: bool = False  # AIMv2: a norm on the patch tokens, before the positions [embed_norm_layer]
+    post_norm: bool = False  # res-post-norm (Swin v2; timm's rpn ViT, EVA-02 enormous): each branch's output
+    #                          is normalised before it is added, x + norm(f(x)), instead of x + f(norm(x))
 
     def __post_init__(self):
         if self.img_size < self.patch_size:
@@ -78,6 +127,13 @@ class ViTConfig:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)} and pool one of {list(POOLS)}")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool 'token' reads the CLS token: class_token must be True")
+        if self.rope not in ROPES or self.norm not in NORMS or self.position_resize not in RESIZES:
+            raise ValueError(f"rope must be one of {list(ROPES)}, norm one of {list(NORMS)} and "
+                             f"position_resize one of {list(RESIZES)}")
+        if self.rope and (self.embed_dim // self.num_heads) % 4:
+            raise ValueError(f"RoPE needs a head dimension divisible by 4 (x and y pairs), not {self.embed_dim // self.num_heads}")
+        if self.relative_position_bias and self.num_prefix_tokens != 1:
+            raise ValueError("the relative position bias (BEiT) has entries for exactly one prefix token, the CLS token")
 
     @property
     def grid_size(self) -> int:
@@ -101,6 +157,15 @@ class ViTConfig:
         return self.num_prefix_tokens + self.num_patches
 
     @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width: 4D in the original (a gated MLP has two such layers side by side)."""
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @property
     def num_positions(self) -> int:
         """Rows of the position embedding: every token (the original), or only the patches."""
         return self.num_patches + (self.num_prefix_tokens if self.positions_cover_prefix else 0)
@@ -109,9 +174,11 @@ class ViTConfig:
     def forward_macs(self) -> float:
         """Multiply-accumulates of one image's forward pass (17.6 G for ViT-B/16 at 224): per
         block, qkv + output projection (4 D^2 per token), the MLP (2 r D^2 per token) and
-        attention's q k^T and weights @ v (2 T^2 D), plus the patch projection (heads: < 2%)."""
+        attention's q k^T and weights @ v (2 T^2 D), plus the patch projection (heads: < 2%).
+        A gated MLP has three D x hidden matrices instead of two."""
         d, t = self.embed_dim, self.num_tokens
-        per_block = 4 * d * d * t + 2 * self.mlp_ratio * d * d * t + 2 * t * t * d
+        mlp_matrices = 3 if self.gated_mlp else 2
+        per_block = 4 * d * d * t + mlp_matrices * self.mlp_hidden * d * t + 2 * t * t * d
         return self.depth * per_block + self.num_patches * d * self.in_channels * self.patch_size**2
 
 
@@ -139,37 +206,180 @@ class PatchEmbedding(nn.Module):
         return rearrange(patches, "b d gh gw -> b (gh gw) d")  # (B, N, D), row-major patch order
 
 
+def make_norm(cfg: ViTConfig, dim: int) -> nn.Module:
+    """LayerNorm (the original: (x - mean) / std * w + b) or RMSNorm (AIMv2: x / rms(x) * w)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+
+
+class RotaryPositions(nn.Module):
+    """2D rotary position embedding (RoPE; Su et al. 2021, "RoFormer"), as EVA-02, DINOv3, PE and
+    RoPE-ViT use it. Instead of adding a position vector to each token, q and k of each patch are
+    rotated: channels are taken in pairs (a, b), and pair j of the patch at (x, y) is turned by
+
+        angle_j = position_j * frequency_j:   (a, b) -> (a cos angle - b sin angle, a sin angle + b cos angle)
+
+    A rotation by angle_i on the query and angle_j on the key leaves q . k depending only on
+    angle_i - angle_j: the logits see where patches are relative to each other. In 2D the
+    head_dim / 2 pairs are split in two: the first half of the frequencies follows one axis, the
+    second half the other (y then x in EVA-02 and DINOv3, x then y in PE and RoPE-ViT: `rope_xy`).
+    Prefix tokens (CLS, registers) are not rotated. The variants differ in positions and frequencies:
+
+      "axial"   EVA-02, PE, RoPE-ViT: position = patch index (+ rope_offset, rescaled to
+                rope_reference_grid when set), frequency_i = temperature^(-i / n), i < n = head_dim / 4;
+                pairs are neighbouring channels (2j, 2j + 1).
+      "dinov3"  position = patch centre in [-1, 1] (so any grid spans the same range), frequency_i =
+                2 pi / temperature^(4 i / head_dim); pairs are channels (j, j + head_dim / 2).
+      "mixed"   RoPE-ViT mixed (Heo et al. 2024): angle = x * fx + y * fy with learned fx, fy per
+                block, head and pair, so a pair can follow any direction, not just x or y.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.head_dim // 4  # frequencies per axis
+        self.freqs = None
+        if cfg.rope == "mixed":  # learned: (2 axes, depth, heads, head_dim / 2)
+            self.freqs = nn.Parameter(torch.zeros(2, cfg.depth, cfg.num_heads, cfg.head_dim // 2))
+        elif cfg.rope == "axial":
+            self.register_buffer("frequency", cfg.rope_temperature ** -(torch.arange(n).float() / n), persistent=False)
+        else:  # dinov3: periods temperature^(2i / (head_dim / 2)), frequency = 2 pi / period
+            self.register_buffer("period", cfg.rope_temperature ** (2 * torch.arange(n).float() / (cfg.head_dim // 2)),
+                                 persistent=False)
+
+    def reset_parameters(self) -> None:
+        """Mixed RoPE starts (as in its paper) from the axial ladder turned by a random angle per
+        block and head: fx = m cos(theta), then m cos(theta + pi/2); fy likewise with sines."""
+        if self.freqs is None:
+            return
+        cfg = self.cfg
+        magnitude = cfg.rope_temperature ** -(torch.arange(0, cfg.head_dim, 4).float() / cfg.head_dim)  # (n,)
+        theta = torch.rand(cfg.depth, cfg.num_heads, 1) * 2 * math.pi
+        fx = torch.cat([magnitude * torch.cos(theta), magnitude * torch.cos(theta + math.pi / 2)], dim=-1)
+        fy = torch.cat([magnitude * torch.sin(theta), magnitude * torch.sin(theta + math.pi / 2)], dim=-1)
+        with torch.no_grad():
+            self.freqs.copy_(torch.stack([fx, fy]))  # (2, depth, heads, head_dim / 2)
+
+    def angles(self, grid: int) -> torch.Tensor:
+        """Rotation angles of every patch of a grid x grid image: (N, head_dim / 2), or for "mixed"
+        (depth, heads, N, head_dim / 2). Patches in row-major order, as the tokens."""
+        cfg = self.cfg
+        if cfg.rope == "mixed":
+            y, x = torch.meshgrid(torch.arange(grid).float(), torch.arange(grid).float(), indexing="ij")
+            x, y = x.flatten().to(self.freqs.device), y.flatten().to(self.freqs.device)  # (N,) each
+            fx, fy = self.freqs.float()  # (depth, heads, head_dim / 2) each
+            return x[:, None] * fx[..., None, :] + y[:, None] * fy[..., None, :]  # (depth, heads, N, head_dim / 2)
+        if cfg.rope == "axial":
+            coords = torch.arange(grid).float() + cfg.rope_offset  # patch indices (G,)
+            if cfg.rope_reference_grid:  # EVA: the grid spans the pretraining grid, whatever its size
+                coords = coords / grid * cfg.rope_reference_grid
+        else:  # dinov3: patch centres, normalised to [-1, 1]
+            coords = 2.0 * ((torch.arange(0.5, grid).float() + cfg.rope_offset) / grid) - 1.0
+        y, x = torch.meshgrid(coords, coords, indexing="ij")  # (G, G) each
+        first, second = (x, y) if cfg.rope_xy else (y, x)
+        ladder = self.frequency if cfg.rope == "axial" else self.period  # (n,)
+        position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None].to(ladder.device)  # (N, 2, 1)
+        angles = position * ladder if cfg.rope == "axial" else 2 * math.pi * position / ladder  # (N, 2, n)
+        return angles.flatten(1)  # (N, head_dim / 2): the first axis's n angles, then the second's
+
+    def rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Rotate q or k (B, heads, T, head_dim): every pair of each patch token by its angle."""
+        prefix = self.cfg.num_prefix_tokens
+        patches = x[:, :, prefix:].float()  # (B, H, N, hd)
+        cos, sin = angles.cos(), angles.sin()  # (N, hd/2) or (H, N, hd/2)
+        if self.cfg.rope == "dinov3":  # pair j is (j, j + hd/2)
+            a, b = patches.chunk(2, dim=-1)
+            rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+        else:  # pair j is (2j, 2j + 1)
+            a, b = patches[..., 0::2], patches[..., 1::2]
+            rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+        return torch.cat([x[:, :, :prefix], rotated.to(x.dtype)], dim=2)
+
+
+class RelativePositionBias(nn.Module):
+    """BEiT's relative position bias (Bao et al. 2021, after Swin): a learned number per head for
+    every offset (dy, dx) between two patches, added to the attention logits:
+
+        logits[h, i, j] += table[index[i, j], h],   index[i, j] = (dy + G-1) * (2G-1) + (dx + G-1)
+
+    (2G-1)^2 offsets, plus three entries for the CLS token: CLS -> patch, patch -> CLS, CLS -> CLS."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        g = cfg.grid_size
+        offsets = (2 * g - 1) ** 2
+        self.table = nn.Parameter(torch.zeros(offsets + 3, cfg.num_heads))  # (offsets + 3, H)
+        y, x = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        y, x = y.flatten(), x.flatten()  # (N,) each, row-major as the tokens
+        dy, dx = y[:, None] - y[None, :] + g - 1, x[:, None] - x[None, :] + g - 1  # (N, N), from 0
+        index = torch.empty(1 + g * g, 1 + g * g, dtype=torch.long)  # the CLS token first
+        index[1:, 1:] = dy * (2 * g - 1) + dx
+        index[0, :], index[:, 0], index[0, 0] = offsets, offsets + 1, offsets + 2  # CLS->, ->CLS, CLS->CLS
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return rearrange(self.table[self.index], "i j h -> 1 h i j")  # (1, H, T, T)
+
+
 class MultiHeadSelfAttention(nn.Module):
-    """Every token attends to every token, in `num_heads` independent subspaces."""
+    """Every token attends to every token, in `num_heads` independent subspaces. The one place
+    where the position schemes meet the logits (see the module docstring)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
         # One matmul makes q, k and v for every head at once; its output is laid out
         # (qkv, head, head_dim) along the last axis, as in timm's weights.
-        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
-        self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias and cfg.key_bias)
+        # BEiT, EVA, DINOv3: biases for q and v only; k's is a constant zero (q . b_k would shift a
+        # query's logits equally, so softmax ignores it; with RoPE it would not, so it is left out).
+        self.q_bias = nn.Parameter(torch.zeros(cfg.embed_dim)) if cfg.qkv_bias and not cfg.key_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(cfg.embed_dim)) if self.q_bias is not None else None
+        self.relative_bias = RelativePositionBias(cfg) if cfg.relative_position_bias else None
+        self.inner_norm = make_norm(cfg, cfg.embed_dim) if cfg.attention_inner_norm else nn.Identity()
+        self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.proj_bias)
+        self.keep_weights = False  # vit.explain sets it: the next forward keeps softmax(logits) in .weights
+        self.weights = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, angles: torch.Tensor | None = None) -> torch.Tensor:
         qkv = self.qkv(x)  # (B, T, 3*D)
-        q, k, v = rearrange(qkv, "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)
-        # softmax(q @ k^T / sqrt(hd)) @ v for each head, by a fused kernel (flash attention on GPU)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd)
+        if self.q_bias is not None:  # q's and v's biases; k's is 0
+            qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        q, k, v = rearrange(qkv, "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)  # (B, H, T, hd) each
+        if rope is not None:  # rotary: q and k of each patch turned by its position's angles
+            q, k = rope.rotate(q, angles), rope.rotate(k, angles)
+        bias = self.relative_bias() if self.relative_bias is not None else None  # (1, H, T, T): BEiT
+        if self.keep_weights:  # written out: softmax(q @ k^T / sqrt(hd) + bias) @ v, weights kept
+            logits = q.float() @ k.float().transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T)
+            self.weights = (logits if bias is None else logits + bias).softmax(dim=-1)
+            x = (self.weights @ v.float()).to(v.dtype)
+        else:  # the same, by a fused kernel that never materialises the weights (flash attention on GPU)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         x = rearrange(x, "b h t hd -> b t (h hd)")  # heads side by side again: (B, T, D)
-        return self.out_proj(x)
+        return self.out_proj(self.inner_norm(x))
 
 
 class MLP(nn.Module):
-    """Per-token feed-forward network: D -> 4D -> D, exact (erf) GELU between in the original."""
+    """Per-token feed-forward network: D -> 4D -> D, exact (erf) GELU between in the original.
 
-    def __init__(self, cfg: ViTConfig):
+    Gated (SwiGLU; Shazeer 2020): fc1 makes two hidden vectors at once, a gate and a value, and
+    their product silu(gate) * value goes through fc2. fc1's rows are [gate; value], as timm's
+    packed GluMlp stores them."""
+
+    def __init__(self, cfg: ViTConfig, mlp_ratio: float | None = None):
         super().__init__()
-        hidden_dim = int(cfg.embed_dim * cfg.mlp_ratio)
-        self.fc1 = nn.Linear(cfg.embed_dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim)
+        hidden_dim = int(cfg.embed_dim * (mlp_ratio or cfg.mlp_ratio))
+        self.gated = cfg.gated_mlp and mlp_ratio is None  # an attention pool's MLP is never gated
+        self.fc1 = nn.Linear(cfg.embed_dim, 2 * hidden_dim if self.gated else hidden_dim, bias=cfg.proj_bias)
+        self.inner_norm = make_norm(cfg, hidden_dim) if cfg.mlp_inner_norm and self.gated else nn.Identity()
+        self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim, bias=cfg.proj_bias)
         self.activation = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, value = self.fc1(x).chunk(2, dim=-1)  # (B, T, hidden) each
+            return self.fc2(self.inner_norm(F.silu(gate) * value))
         return self.fc2(self.activation(self.fc1(x)))
 
 
@@ -190,38 +400,43 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.attention_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.attention_norm = make_norm(cfg, cfg.embed_dim)
         self.attention = MultiHeadSelfAttention(cfg)
-        self.mlp_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
         self.mlp = MLP(cfg)
-        # Identity in the original ViT; layer scale in DeiT-III and DINOv2.
+        # Identity in the original ViT; layer scale in DeiT-III, DINOv2, BEiT, DINOv3.
         self.attention_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
         self.mlp_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
+        self.post_norm = cfg.post_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        x = x + self.attention_scale(self.attention(self.attention_norm(x)))  # tokens exchange information
+    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, angles: torch.Tensor | None = None) -> torch.Tensor:
+        # (B, T, D) -> (B, T, D); rope and its angles only where the model rotates q and k
+        if self.post_norm:  # the norms on the branches' outputs instead
+            x = x + self.attention_norm(self.attention(x, rope, angles))
+            return x + self.mlp_norm(self.mlp(x))
+        x = x + self.attention_scale(self.attention(self.attention_norm(x), rope, angles))  # tokens exchange information
         x = x + self.mlp_scale(self.mlp(self.mlp_norm(x)))  # each token is transformed on its own
         return x
 
 
 class AttentionPooling(nn.Module):
     """SigLIP's head ("MAP": multihead attention pooling): one learned query attends over the
-    patch tokens, and the vector it gathers goes through a residual MLP, as in a block."""
+    tokens (the patches, and any CLS or register tokens), and the vector it gathers goes through a residual MLP, as in a block."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.num_heads = cfg.num_heads
+        self.num_heads = cfg.pool_heads or cfg.num_heads
         self.query = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))  # (1, 1, D), learned
         self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim)  # keys and values of every token
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.mlp_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
+        self.mlp = MLP(cfg, mlp_ratio=cfg.pool_mlp_ratio or cfg.mlp_ratio)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, D)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
         query = self.q(self.query.expand(tokens.shape[0], -1, -1))  # (B, 1, D)
         q = rearrange(query, "b 1 (h hd) -> b h 1 hd", h=self.num_heads)
-        k, v = rearrange(self.kv(tokens), "b n (kv h hd) -> kv b h n hd", kv=2, h=self.num_heads)
+        k, v = rearrange(self.kv(tokens), "b t (kv h hd) -> kv b h t hd", kv=2, h=self.num_heads)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, hd): per head, a weighted mean of v
         x = self.out_proj(rearrange(x, "b h 1 hd -> b (h hd)"))  # (B, D)
         return x + self.mlp(self.mlp_norm(x))
@@ -235,16 +450,19 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         dim = cfg.embed_dim
         self.patch_embedding = PatchEmbedding(cfg)
+        self.norm_after_patches = make_norm(cfg, dim) if cfg.norm_after_patches else nn.Identity()  # AIMv2
         # The CLS token carries no image content; through attention it gathers a summary of
         # the patches, and the classifier reads only it.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.distillation_token else None
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.register_tokens, dim)) if cfg.register_tokens else None
-        # Attention is blind to order, so each position (CLS + every patch) gets a learned vector.
-        self.position_embedding = nn.Parameter(torch.zeros(1, cfg.num_positions, dim))
-        self.norm_before_blocks = nn.LayerNorm(dim, eps=cfg.layer_norm_eps) if cfg.norm_before_blocks else nn.Identity()
+        # Attention is blind to order, so each position (CLS + every patch) gets a learned vector
+        # (or, in the modern family, q and k are rotated by it, or the logits get a bias for it).
+        self.position_embedding = nn.Parameter(torch.zeros(1, cfg.num_positions, dim)) if cfg.absolute_positions else None
+        self.rope = RotaryPositions(cfg) if cfg.rope else None
+        self.norm_before_blocks = make_norm(cfg, dim) if cfg.norm_before_blocks else nn.Identity()
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.depth))
-        self.final_norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.final_norm = make_norm(cfg, dim) if cfg.final_norm else nn.Identity()
         self.attention_pool = AttentionPooling(cfg) if cfg.pool == "map" else None
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.head_distillation = None  # DeiT distilled: the distillation token's own classifier
@@ -262,7 +480,12 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+            elif isinstance(module, RelativePositionBias):
+                nn.init.trunc_normal_(module.table, std=0.02)
+            elif isinstance(module, RotaryPositions):
+                module.reset_parameters()
+        if self.position_embedding is not None:
+            nn.init.trunc_normal_(self.position_embedding, std=0.02)
         for token in (self.cls_token, self.register_tokens):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
@@ -278,22 +501,27 @@ class VisionTransformer(nn.Module):
         for head in (self.head, self.head_distillation):
             if isinstance(head, nn.Linear):
                 nn.init.zeros_(head.weight)
-                nn.init.zeros_(head.bias)
+                if head.bias is not None:
+                    nn.init.zeros_(head.bias)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens (B, prefix+N, D): CLS first, plus positions."""
-        patch_tokens = self.patch_embedding(images)  # (B, N, D)
+        patch_tokens = self.norm_after_patches(self.patch_embedding(images))  # (B, N, D)
         prefix = [token.expand(patch_tokens.shape[0], -1, -1)  # (B, 1, D): CLS [, distillation] [, registers]
                   for token in (self.cls_token, self.distillation_token, self.register_tokens) if token is not None]
+        if self.position_embedding is None:  # positions enter in attention instead (RoPE, relative bias)
+            return torch.cat([*prefix, patch_tokens], dim=1)
         if self.cfg.positions_cover_prefix:  # the original: the CLS token has a position entry too
             return torch.cat([*prefix, patch_tokens], dim=1) + self.position_embedding  # (B, 1+N, D)
         return torch.cat([*prefix, patch_tokens + self.position_embedding], dim=1)  # positions: patches only
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
-        x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP
-        for block in self.blocks:
-            x = block(x)
+        x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
+        angles = self.rope.angles(images.shape[-1] // self.cfg.patch_size) if self.rope is not None else None
+        for i, block in enumerate(self.blocks):
+            block_angles = angles[i] if self.cfg.rope == "mixed" else angles  # mixed: each block its own
+            x = block(x, self.rope, block_angles)
         return x if self.cfg.norm_after_pool else self.final_norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -303,8 +531,8 @@ class VisionTransformer(nn.Module):
             pooled = features[:, 0]  # the CLS token: (B, D)
         elif self.cfg.pool == "avg":
             pooled = patch_tokens.mean(dim=1)
-        else:
-            pooled = self.attention_pool(patch_tokens)
+        else:  # attention pooling over the patches (PE: every token, the CLS token too)
+            pooled = self.attention_pool(features if self.cfg.pool_reads_prefix else patch_tokens)
         if self.cfg.norm_after_pool:
             pooled = self.final_norm(pooled)
         if self.head_distillation is not None:  # DeiT: both tokens' votes, averaged (as timm infers)

@@ -53,7 +53,47 @@ TIMM_TO_OURS: dict[str, str] = {
     "attn_pool.mlp.fc1.bias": "attention_pool.mlp.fc1.bias",
     "attn_pool.mlp.fc2.weight": "attention_pool.mlp.fc2.weight",
     "attn_pool.mlp.fc2.bias": "attention_pool.mlp.fc2.bias",
+    # The modern family (timm's eva.py and beit.py name some tensors their own way).
+    "patch_embed.norm.weight": "norm_after_patches.weight",  # AIMv2 (RMSNorm: a weight, no bias)
+    "rope.freqs": "rope.freqs",  # (2, depth, heads, head_dim / 2)   RoPE-ViT mixed: learned frequencies
+    "blocks.{i}.attn.q_bias": "blocks.{i}.attention.q_bias",  # BEiT, EVA, DINOv3: biases for q and v only
+    "blocks.{i}.attn.v_bias": "blocks.{i}.attention.v_bias",
+    "blocks.{i}.attn.relative_position_bias_table": "blocks.{i}.attention.relative_bias.table",  # BEiT
+    "blocks.{i}.attn.norm.weight": "blocks.{i}.attention.inner_norm.weight",  # EVA-02 CLIP
+    "blocks.{i}.attn.norm.bias": "blocks.{i}.attention.inner_norm.bias",
+    "blocks.{i}.mlp.norm.weight": "blocks.{i}.mlp.inner_norm.weight",  # EVA-02's SwiGLU
+    "blocks.{i}.mlp.norm.bias": "blocks.{i}.mlp.inner_norm.bias",
 }
+# Where timm's files spell some tensors another way (vit/families.py's `timm_keys`, per name): its
+# eva.py and beit.py name layer scale gamma_1/gamma_2; EVA-02 keeps q, k and v projections apart
+# (k without bias); a SwiGLU keeps the gate and value halves of fc1 apart.
+TIMM_SPELLINGS: dict[str, dict[str, str]] = {
+    "gamma": {
+        "blocks.{i}.gamma_1": "blocks.{i}.attention_scale.gamma",
+        "blocks.{i}.gamma_2": "blocks.{i}.mlp_scale.gamma",
+    },
+    "qkv": {
+        "blocks.{i}.attn.q_proj.weight": "blocks.{i}.attention.qkv.weight[q]",
+        "blocks.{i}.attn.k_proj.weight": "blocks.{i}.attention.qkv.weight[k]",
+        "blocks.{i}.attn.v_proj.weight": "blocks.{i}.attention.qkv.weight[v]",
+        "blocks.{i}.attn.q_proj.bias": "blocks.{i}.attention.q_bias",
+        "blocks.{i}.attn.v_proj.bias": "blocks.{i}.attention.v_bias",
+    },
+    "swiglu": {
+        "blocks.{i}.mlp.fc1_g.weight": "blocks.{i}.mlp.fc1.weight[g]",  # rows [gate; value] of our fc1
+        "blocks.{i}.mlp.fc1_x.weight": "blocks.{i}.mlp.fc1.weight[x]",
+        "blocks.{i}.mlp.fc1_g.bias": "blocks.{i}.mlp.fc1.bias[g]",
+        "blocks.{i}.mlp.fc1_x.bias": "blocks.{i}.mlp.fc1.bias[x]",
+    },
+}
+# What each spelling replaces in TIMM_TO_OURS.
+TIMM_SPELLING_REPLACES: dict[str, tuple[str, ...]] = {
+    "gamma": ("blocks.{i}.ls1.gamma", "blocks.{i}.ls2.gamma"),
+    "qkv": ("blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.qkv.bias", "blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"),
+    "swiglu": ("blocks.{i}.mlp.fc1.weight", "blocks.{i}.mlp.fc1.bias"),
+}
+# Reading, every spelling is known: a timm file says by its keys which one it uses.
+TIMM_READ_TABLE = {**TIMM_TO_OURS, **{k: v for table in TIMM_SPELLINGS.values() for k, v in table.items()}}
 # Where the final LayerNorm follows the pooling (timm's fc_norm: GAP ViTs with registers), timm
 # stores it as fc_norm.* and leaves norm.* out; ours is final_norm either way (vit/model.py).
 TIMM_FC_NORM = {"fc_norm.weight": "norm.weight", "fc_norm.bias": "norm.bias"}
@@ -159,7 +199,7 @@ HF_SIGLIP_TO_OURS: dict[str, str] = {
 }
 
 
-KEY_MAPS = {"timm": TIMM_TO_OURS, "hf": HF_TO_OURS, "hf_dinov2": HF_DINOV2_TO_OURS, "hf_siglip": HF_SIGLIP_TO_OURS}
+KEY_MAPS = {"timm": TIMM_READ_TABLE, "hf": HF_TO_OURS, "hf_dinov2": HF_DINOV2_TO_OURS, "hf_siglip": HF_SIGLIP_TO_OURS}
 
 def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
     """'ours', 'timm', 'hf' (transformers' ViT), 'hf_dinov2' or 'hf_siglip', from the names of
@@ -201,9 +241,20 @@ def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict
     return converted
 
 
+def timm_table(spellings: tuple[str, ...]) -> dict[str, str]:
+    """timm's keys -> ours for a name whose timm file uses `spellings` (vit/families.py's
+    timm_keys): the table an export writes with."""
+    replaced = {key for kind in spellings for key in TIMM_SPELLING_REPLACES[kind]}
+    table = {k: v for k, v in TIMM_TO_OURS.items() if k not in replaced}
+    for kind in spellings:
+        table.update(TIMM_SPELLINGS[kind])
+    return table
+
+
 def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm `VisionTransformer` state dict -> ours (a pure renaming)."""
-    return _convert({TIMM_FC_NORM.get(k, k): v for k, v in state_dict.items()}, TIMM_TO_OURS)
+    """timm `VisionTransformer`, `Eva` or `Beit` state dict -> ours (a renaming; separate q, k, v
+    projections and SwiGLU halves are stacked into our fused tensors)."""
+    return _fuse_qkv(_convert({TIMM_FC_NORM.get(k, k): v for k, v in state_dict.items()}, TIMM_READ_TABLE))
 
 
 def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -243,12 +294,19 @@ def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return converted
 
 
+# The parts a fused tensor's rows are made of, in order: "[q]" names the first third of a qkv
+# projection, "[g]" the first half (the gate) of a gated MLP's fc1.
+FUSED_PARTS = ("qkv", "gx")
+
+
 def _fuse_qkv(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stack separate q, k, v projections ("...qkv.weight[q]" etc.) into the fused one: rows [q; k; v]."""
+    """Stack separate parts ("...qkv.weight[q]", "...fc1.weight[g]", ...) into the fused tensor:
+    rows [q; k; v], or [gate; value]."""
     converted = {k: v for k, v in renamed.items() if not k.endswith("]")}
-    for key in [k for k in renamed if k.endswith("[q]")]:
-        base = key[: -len("[q]")]
-        converted[base] = torch.cat([renamed[f"{base}[{part}]"] for part in "qkv"], dim=0)
+    for parts in FUSED_PARTS:
+        for key in [k for k in renamed if k.endswith(f"[{parts[0]}]")]:
+            base = key[: -len("[q]")]
+            converted[base] = torch.cat([renamed[f"{base}[{part}]"] for part in parts], dim=0)
     return converted
 
 
@@ -265,8 +323,9 @@ def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dic
             match = regex.match(key)
             if not match:
                 continue
-            if part:  # rows [q; k; v] of the fused projection
-                tensor = tensor.chunk(3, dim=0)["qkv".index(part)]
+            if part:  # rows [q; k; v] of the fused projection, or [gate; value] of a gated fc1
+                parts = next(p for p in FUSED_PARTS if part in p)
+                tensor = tensor.chunk(len(parts), dim=0)[parts.index(part)]
             converted[their_pattern.replace("{i}", match.group(1)) if match.groups() else their_pattern] = tensor
             used.add(key)
     left = [k for k in state_dict if k not in used]

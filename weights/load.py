@@ -214,34 +214,83 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     return result
 
 
-def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int, num_prefix: int = 1) -> torch.Tensor:
+def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int, num_prefix: int = 1,
+                                mode: str = "bicubic") -> torch.Tensor:
     """(1, prefix+G*G, D) -> (1, prefix+new_grid**2, D), as timm does it: the entries of the
     prefix tokens (CLS, ...; none where positions cover only the patches) are kept, the patch
-    entries are viewed as a G x G image with D channels and resized bicubically (antialiased)."""
+    entries are viewed as a G x G image with D channels and resized: bicubically, antialiased
+    (timm's default), or as `mode` (ViTConfig.position_resize) says: bilinearly (FlexiViT, RADIO),
+    with the corners aligned ("bilinear_corners": RADIO v3's base and huge)."""
     prefix_entries, patch_entries = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     old_grid = math.isqrt(patch_entries.shape[1])
     if old_grid == new_grid:
         return pos_embed
     grid = patch_entries.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, D, G, G)
-    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True)
+    if mode == "bicubic":
+        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True)
+    else:
+        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", antialias=False,
+                             align_corners=mode == "bilinear_corners")
     patch_entries = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos_embed.dtype)
     return torch.cat([prefix_entries, patch_entries], dim=1)
+
+
+def resample_relative_bias(table: torch.Tensor, new_grid: int) -> torch.Tensor:
+    """BEiT's relative position table ((2G-1)^2 + 3, heads) for another grid, as timm (after BEiT's
+    code) does it: the (2G-1) x (2G-1) offsets are placed at geometrically spaced coordinates
+    (dense near offset 0, stretched outwards to span the new range), and the new integer offsets
+    are read off by linear interpolation, head by head; the three CLS entries are kept."""
+    offsets, extra = table[:-3].float(), table[-3:]
+    old_side, new_side = math.isqrt(offsets.shape[0]), 2 * new_grid - 1
+    if old_side == new_side:
+        return table
+
+    def stretched(src: int, dst: int) -> torch.Tensor:  # where the src offsets sit in the dst range
+        left, right = 1.01, 1.5
+        while right - left > 1e-6:  # ratio q: 1 + q + ... + q^(src//2 - 1) reaches dst // 2
+            q = (left + right) / 2.0
+            if (1.0 - q ** (src // 2)) / (1.0 - q) > dst // 2:
+                right = q
+            else:
+                left = q
+        distances, current = [], 1.0
+        for i in range(src // 2):
+            distances.append(current)
+            current += q ** (i + 1)
+        return torch.tensor([-d for d in reversed(distances)] + [0.0] + distances)
+
+    source = stretched(old_side, new_side)  # (old_side,), increasing
+    target = torch.arange(-(new_side // 2), new_side // 2 + 1, dtype=torch.float32)  # (new_side,)
+    # Linear interpolation along each axis: index of the interval and the weight of its right end.
+    index = torch.searchsorted(source, target, right=True).clamp(1, old_side - 1) - 1
+    weight = ((target - source[index]) / (source[index + 1] - source[index])).clamp(0, 1)
+    grid = offsets.T.reshape(-1, old_side, old_side)  # (heads, old, old): rows dy, columns dx
+    rows = grid[:, index] * (1 - weight)[None, :, None] + grid[:, index + 1] * weight[None, :, None]
+    both = rows[:, :, index] * (1 - weight) + rows[:, :, index + 1] * weight  # (heads, new, new)
+    return torch.cat([both.reshape(both.shape[0], -1).T.to(table.dtype), extra])
 
 
 HEADS = ("head.weight", "head.bias", "head_distillation.weight", "head_distillation.bias")
 
 
 def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Adapt weights to `model`: resample the position embedding to its grid; where the classes
-    differ (1000 ImageNet classes -> 10, or a backbone file without a classifier), the model keeps
-    its fresh, zeroed head; raise WeightsError on anything else."""
+    """Adapt weights to `model`: resample the position embedding (and BEiT's relative position
+    tables) to its grid; where the classes differ (1000 ImageNet classes -> 10, or a backbone file
+    without a classifier), the model keeps its fresh, zeroed head; raise WeightsError on anything
+    else. (RoPE needs nothing: its angles are computed for the grid at hand.)"""
     expected = model.state_dict()
     state_dict = dict(state_dict)
-    pos, model_pos = state_dict.get("position_embedding"), expected["position_embedding"]
+    pos, model_pos = state_dict.get("position_embedding"), expected.get("position_embedding")
     num_prefix = model.cfg.num_prefix_tokens if model.cfg.positions_cover_prefix else 0
-    if pos is not None and pos.ndim == 3 and pos.shape != model_pos.shape and pos.shape[2] == model_pos.shape[2]:
+    if (pos is not None and model_pos is not None and pos.ndim == 3 and pos.shape != model_pos.shape
+            and pos.shape[2] == model_pos.shape[2]):
         if math.isqrt(pos.shape[1] - num_prefix) ** 2 == pos.shape[1] - num_prefix:  # prefix + a square grid
-            state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size, num_prefix)
+            state_dict["position_embedding"] = resample_position_embedding(pos, model.cfg.grid_size, num_prefix,
+                                                                        model.cfg.position_resize)
+    for key in [k for k in state_dict if k.endswith("relative_bias.table")]:
+        table = state_dict[key]
+        if key in expected and table.shape != expected[key].shape and table.shape[1] == expected[key].shape[1]:
+            state_dict[key] = resample_relative_bias(table, model.cfg.grid_size)
     theirs = {k: state_dict[k].shape for k in HEADS if k in state_dict}
     ours = {k: expected[k].shape for k in HEADS if k in expected}
     if theirs != ours:
