@@ -101,7 +101,7 @@ def test_exports_name_an_activation_other_than_the_names_own(tmp_path, cifar_dir
 
     import vit
     from tests.conftest import perturb_
-    from vit.checkpoint import ModelCard
+    from vit.checkpoint import ModelCard, save_model
 
     model = perturb_(vit.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, activation="gelu_tanh"))
     card = ModelCard("vit_tiny_patch16_224", 32, ("a", "b", "c"), mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -122,25 +122,38 @@ def test_exports_name_an_activation_other_than_the_names_own(tmp_path, cifar_dir
 @pytest.mark.parametrize("name,size", [
     ("beit_base_patch16_224", 64),  # relative position bias: a table lookup added to the logits
     ("vit_small_patch16_dinov3", 64),  # rotary positions: q and k rotated in the graph
+    ("eva02_base_patch14_224", 56),  # timm keeps q/k/v and the SwiGLU halves separate
+    ("aimv2_large_patch14_224", 56),  # RMSNorm, SwiGLU, no biases
 ])
 @torch.no_grad()
-def test_the_modern_position_schemes_export_to_onnx_and_quantise_to_int8(name, size, tmp_path, cifar_dir):
-    """A small model of each position scheme (2 narrow blocks) through ONNX (onnxruntime's outputs
-    = ours to 1e-4) and the CPU int8 path infer uses (the same top class on most images)."""
+def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, size, tmp_path, cifar_dir):
+    """A small model of each new piece (2 narrow blocks of the name's kind) written in timm's
+    layout (timm's model of the same shape loads it: logits to 1e-5), through ONNX (onnxruntime's
+    outputs = ours to 1e-4) and through the CPU int8 path infer uses (same top class on most images)."""
     import onnxruntime
+    import timm
 
     import vit
     from tests.conftest import perturb_
     from vit.checkpoint import ModelCard
-    from vit.export import export_onnx
+    from vit.export import export_onnx, export_timm
     from vit.quantize import quantize_int8
 
-    model = perturb_(vit.create_model(name, num_classes=10, img_size=size, depth=2, embed_dim=192, num_heads=3)).eval()
+    smaller = dict(depth=2, embed_dim=192, num_heads=3)
+    model = perturb_(vit.create_model(name, num_classes=10, img_size=size, **smaller)).eval()
     card = ModelCard(name, size, tuple(str(i) for i in range(10)), (0.5,) * 3, (0.5,) * 3)
     images = real_images(cifar_dir, 8, size)
+    expected = model(images)
+
+    export_timm(model, card, tmp_path / "model.safetensors")
+    reference = timm.create_model(name, num_classes=10, img_size=size, pretrained=True, **smaller,
+                                  pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"), num_classes=10))
+    assert (reference.eval()(images) - expected).abs().max() <= 1e-5
+
     export_onnx(model, card, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"images": images.numpy()})[0]
-    assert (torch.from_numpy(logits) - model(images)).abs().max() <= 1e-4
+    assert (torch.from_numpy(logits) - expected).abs().max() <= 1e-4
+
     quantized = quantize_int8(model)(images)
-    assert quantized.shape == (8, 10) and (quantized.argmax(1) == model(images).argmax(1)).float().mean() >= 0.75
+    assert quantized.shape == (8, 10) and (quantized.argmax(1) == expected.argmax(1)).float().mean() >= 0.75

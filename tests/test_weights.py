@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 import vit
 from tests.conftest import PLAIN_VITS, REPO, make_timm_file, perturb_, real_images
-from weights import WeightsError
-from weights.convert import TIMM_READ_TABLE, convert_timm, load_pretrained
+from weights import WeightsError, convert_timm, load_pretrained
+from weights.convert import TIMM_READ_TABLE
 
 
 def run(*args, env=None):

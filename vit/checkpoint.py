@@ -201,7 +201,9 @@ def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
         model = VisionTransformer(model_config(card.model_name, num_classes=card.num_classes, img_size=card.img_size,
                                                layer_norm_eps=card.layer_norm_eps, activation=card.activation))
         model.load_state_dict(checkpoint["state_dict"])
-    except (ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: weights do not fit {card.model_name} ({first_line(error)[:200]})") from None
+    except (ValueError, RuntimeError) as error:  # load_state_dict's first line is a heading: say what follows it
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 and lines[0].endswith(":") else first_line(error)
+        raise CheckpointError(f"{path}: weights do not fit {card.model_name} ({detail[:200]})") from None
     model.pretrained_cfg.update(source=str(path), mean=card.mean, std=card.std)
     return model.eval(), card
