@@ -57,7 +57,7 @@ def stages(timm_model, ours, images):
     """(name, timm stage, our stage) pairs, in the order the data flows. Each block is given its
     model's rotary embedding for `images` (timm's, ours), where the model has one."""
     _, timm_rope = timm_embedding(timm_model, images)
-    angles = ours.rope.angles(ours.cfg.grid_size) if ours.rope is not None else None
+    rotation = ours.rope.rotation(ours.cfg.grid_size) if ours.rope is not None else None
     mixed = ours.cfg.rope == "mixed"
 
     def timm_block(i, block):
@@ -66,7 +66,7 @@ def stages(timm_model, ours, images):
         return lambda x: block(x, rope=timm_rope[i] if mixed else timm_rope)
 
     def our_block(i, block):
-        return lambda x: block(x, ours.rope, angles[i] if mixed else angles)
+        return lambda x: block(x, ours.rope, tuple(t[i] for t in rotation) if mixed else rotation)
 
     pairs = [
         ("patch_embedding", lambda x: timm_model.patch_embed(x).flatten(1, -2),

@@ -130,8 +130,8 @@ class ViTConfig:
         if self.rope not in ROPES or self.norm not in NORMS or self.position_resize not in RESIZES:
             raise ValueError(f"rope must be one of {list(ROPES)}, norm one of {list(NORMS)} and "
                              f"position_resize one of {list(RESIZES)}")
-        if self.rope and (self.embed_dim // self.num_heads) % 4:
-            raise ValueError(f"RoPE needs a head dimension divisible by 4 (x and y pairs), not {self.embed_dim // self.num_heads}")
+        if self.rope and self.head_dim % 4:
+            raise ValueError(f"RoPE needs a head dimension divisible by 4 (x and y pairs), not {self.head_dim}")
         if self.relative_position_bias and self.num_prefix_tokens != 1:
             raise ValueError("the relative position bias (BEiT) has entries for exactly one prefix token, the CLS token")
 
@@ -266,28 +266,35 @@ class RotaryPositions(nn.Module):
         (depth, heads, N, head_dim / 2). Patches in row-major order, as the tokens."""
         cfg = self.cfg
         if cfg.rope == "mixed":
-            y, x = torch.meshgrid(torch.arange(grid).float(), torch.arange(grid).float(), indexing="ij")
-            x, y = x.flatten().to(self.freqs.device), y.flatten().to(self.freqs.device)  # (N,) each
+            index = torch.arange(grid, device=self.freqs.device).float()
+            y, x = torch.meshgrid(index, index, indexing="ij")
+            x, y = x.flatten(), y.flatten()  # (N,) each
             fx, fy = self.freqs.float()  # (depth, heads, head_dim / 2) each
             return x[:, None] * fx[..., None, :] + y[:, None] * fy[..., None, :]  # (depth, heads, N, head_dim / 2)
+        ladder = self.frequency if cfg.rope == "axial" else self.period  # (n,), on the model's device
         if cfg.rope == "axial":
-            coords = torch.arange(grid).float() + cfg.rope_offset  # patch indices (G,)
+            coords = torch.arange(grid, device=ladder.device).float() + cfg.rope_offset  # patch indices (G,)
             if cfg.rope_reference_grid:  # EVA: the grid spans the pretraining grid, whatever its size
                 coords = coords / grid * cfg.rope_reference_grid
         else:  # dinov3: patch centres, normalised to [-1, 1]
-            coords = 2.0 * ((torch.arange(0.5, grid).float() + cfg.rope_offset) / grid) - 1.0
+            coords = 2.0 * ((torch.arange(0.5, grid, device=ladder.device).float() + cfg.rope_offset) / grid) - 1.0
         y, x = torch.meshgrid(coords, coords, indexing="ij")  # (G, G) each
         first, second = (x, y) if cfg.rope_xy else (y, x)
-        ladder = self.frequency if cfg.rope == "axial" else self.period  # (n,)
-        position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None].to(ladder.device)  # (N, 2, 1)
+        position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None]  # (N, 2, 1)
         angles = position * ladder if cfg.rope == "axial" else 2 * math.pi * position / ladder  # (N, 2, n)
         return angles.flatten(1)  # (N, head_dim / 2): the first axis's n angles, then the second's
 
-    def rotate(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        """Rotate q or k (B, heads, T, head_dim): every pair of each patch token by its angle."""
+    def rotation(self, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of `angles(grid)`: computed once per forward pass, used by every block."""
+        angles = self.angles(grid)
+        return angles.cos(), angles.sin()
+
+    def rotate(self, x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate q or k (B, heads, T, head_dim): every pair of each patch token by its angle,
+        given as `rotation(grid)`'s cos and sin, (N, hd/2) each (mixed: one block's, (H, N, hd/2))."""
         prefix = self.cfg.num_prefix_tokens
         patches = x[:, :, prefix:].float()  # (B, H, N, hd)
-        cos, sin = angles.cos(), angles.sin()  # (N, hd/2) or (H, N, hd/2)
+        cos, sin = rotation
         if self.cfg.rope == "dinov3":  # pair j is (j, j + hd/2)
             a, b = patches.chunk(2, dim=-1)
             rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
@@ -342,13 +349,13 @@ class MultiHeadSelfAttention(nn.Module):
         self.keep_weights = False  # vit.explain sets it: the next forward keeps softmax(logits) in .weights
         self.weights = None
 
-    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, angles: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
         qkv = self.qkv(x)  # (B, T, 3*D)
         if self.q_bias is not None:  # q's and v's biases; k's is 0
             qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         q, k, v = rearrange(qkv, "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)  # (B, H, T, hd) each
         if rope is not None:  # rotary: q and k of each patch turned by its position's angles
-            q, k = rope.rotate(q, angles), rope.rotate(k, angles)
+            q, k = rope.rotate(q, rotation), rope.rotate(k, rotation)
         bias = self.relative_bias() if self.relative_bias is not None else None  # (1, H, T, T): BEiT
         if self.keep_weights:  # written out: softmax(q @ k^T / sqrt(hd) + bias) @ v, weights kept
             logits = q.float() @ k.float().transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T)
@@ -367,10 +374,11 @@ class MLP(nn.Module):
     their product silu(gate) * value goes through fc2. fc1's rows are [gate; value], as timm's
     packed GluMlp stores them."""
 
-    def __init__(self, cfg: ViTConfig, mlp_ratio: float | None = None):
+    def __init__(self, cfg: ViTConfig, pool: bool = False):
         super().__init__()
-        hidden_dim = int(cfg.embed_dim * (mlp_ratio or cfg.mlp_ratio))
-        self.gated = cfg.gated_mlp and mlp_ratio is None  # an attention pool's MLP is never gated
+        # An attention pool's MLP (pool=True) has its own width (PE) and is never gated.
+        hidden_dim = int(cfg.embed_dim * (cfg.pool_mlp_ratio or cfg.mlp_ratio)) if pool else cfg.mlp_hidden
+        self.gated = cfg.gated_mlp and not pool
         self.fc1 = nn.Linear(cfg.embed_dim, 2 * hidden_dim if self.gated else hidden_dim, bias=cfg.proj_bias)
         self.inner_norm = make_norm(cfg, hidden_dim) if cfg.mlp_inner_norm and self.gated else nn.Identity()
         self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim, bias=cfg.proj_bias)
@@ -409,12 +417,12 @@ class EncoderBlock(nn.Module):
         self.mlp_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
         self.post_norm = cfg.post_norm
 
-    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, angles: torch.Tensor | None = None) -> torch.Tensor:
-        # (B, T, D) -> (B, T, D); rope and its angles only where the model rotates q and k
+    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
+        # (B, T, D) -> (B, T, D); rope and its rotation only where the model rotates q and k
         if self.post_norm:  # the norms on the branches' outputs instead
-            x = x + self.attention_norm(self.attention(x, rope, angles))
+            x = x + self.attention_norm(self.attention(x, rope, rotation))
             return x + self.mlp_norm(self.mlp(x))
-        x = x + self.attention_scale(self.attention(self.attention_norm(x), rope, angles))  # tokens exchange information
+        x = x + self.attention_scale(self.attention(self.attention_norm(x), rope, rotation))  # tokens exchange information
         x = x + self.mlp_scale(self.mlp(self.mlp_norm(x)))  # each token is transformed on its own
         return x
 
@@ -431,7 +439,7 @@ class AttentionPooling(nn.Module):
         self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim)  # keys and values of every token
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.mlp_norm = make_norm(cfg, cfg.embed_dim)
-        self.mlp = MLP(cfg, mlp_ratio=cfg.pool_mlp_ratio or cfg.mlp_ratio)
+        self.mlp = MLP(cfg, pool=True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
         query = self.q(self.query.expand(tokens.shape[0], -1, -1))  # (B, 1, D)
@@ -518,10 +526,11 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
         x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
-        angles = self.rope.angles(images.shape[-1] // self.cfg.patch_size) if self.rope is not None else None
+        grid = images.shape[-1] // self.cfg.patch_size
+        rotation = self.rope.rotation(grid) if self.rope is not None else None  # RoPE's (cos, sin), once
         for i, block in enumerate(self.blocks):
-            block_angles = angles[i] if self.cfg.rope == "mixed" else angles  # mixed: each block its own
-            x = block(x, self.rope, block_angles)
+            block_rotation = tuple(t[i] for t in rotation) if self.cfg.rope == "mixed" else rotation  # mixed: its own
+            x = block(x, self.rope, block_rotation)
         return x if self.cfg.norm_after_pool else self.final_norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

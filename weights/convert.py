@@ -254,7 +254,7 @@ def timm_table(spellings: tuple[str, ...]) -> dict[str, str]:
 def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm `VisionTransformer`, `Eva` or `Beit` state dict -> ours (a renaming; separate q, k, v
     projections and SwiGLU halves are stacked into our fused tensors)."""
-    return _fuse_qkv(_convert({TIMM_FC_NORM.get(k, k): v for k, v in state_dict.items()}, TIMM_READ_TABLE))
+    return _fuse_parts(_convert({TIMM_FC_NORM.get(k, k): v for k, v in state_dict.items()}, TIMM_READ_TABLE))
 
 
 def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -263,7 +263,7 @@ def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state_dict = {f"vit.{k}": v for k, v in state_dict.items()}
     # A ViTModel may carry a pooler that ViTForImageClassification never uses.
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("vit.pooler.")}
-    return _fuse_qkv(_convert(state_dict, HF_TO_OURS))
+    return _fuse_parts(_convert(state_dict, HF_TO_OURS))
 
 
 def convert_hf_dinov2(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -272,7 +272,7 @@ def convert_hf_dinov2(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     to the CLS token, where timm's layout (and ours: positions for patches only) has it added
     once and for all: the CLS token takes it over, as timm's converter does."""
     state_dict = {k.removeprefix("dinov2."): v for k, v in state_dict.items() if not k.endswith("mask_token")}
-    ours = _fuse_qkv(_convert(state_dict, HF_DINOV2_TO_OURS))
+    ours = _fuse_parts(_convert(state_dict, HF_DINOV2_TO_OURS))
     if "register_tokens" in ours:
         ours["cls_token"] = ours["cls_token"] + ours["position_embedding"][:, :1]
         ours["position_embedding"] = ours["position_embedding"][:, 1:]
@@ -289,7 +289,7 @@ def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
         if fused is not None:
             q_rows = fused.shape[0] // 3
             tensors[f"head.attention.{name}[q]"], tensors[f"head.attention.{name}[kv]"] = fused[:q_rows], fused[q_rows:]
-    converted = _fuse_qkv(_convert(tensors, HF_SIGLIP_TO_OURS))
+    converted = _fuse_parts(_convert(tensors, HF_SIGLIP_TO_OURS))
     converted["position_embedding"] = converted["position_embedding"][None]  # (N, D) -> (1, N, D)
     return converted
 
@@ -299,7 +299,7 @@ def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
 FUSED_PARTS = ("qkv", "gx")
 
 
-def _fuse_qkv(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _fuse_parts(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stack separate parts ("...qkv.weight[q]", "...fc1.weight[g]", ...) into the fused tensor:
     rows [q; k; v], or [gate; value]."""
     converted = {k: v for k, v in renamed.items() if not k.endswith("]")}
