@@ -1,6 +1,9 @@
 """Shared fixtures: real CIFAR-10 images, and timm reference models saved as hub-style files."""
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -8,6 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+# Tests write nothing into the user's home: the caches (decoded images, Hugging Face's, torch's,
+# matplotlib's) go to a temporary folder for the session, which its subprocesses inherit.
+CACHE_HOME = Path(tempfile.mkdtemp(prefix="vit-tests-cache-"))
+os.environ.update(XDG_CACHE_HOME=str(CACHE_HOME), HF_HOME=str(CACHE_HOME / "huggingface"),
+                  TORCH_HOME=str(CACHE_HOME / "torch"))
+atexit.register(shutil.rmtree, CACHE_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VIT_CIFAR10_JPG", REPO.parent / "shared" / "data" / "cifar10-jpg"))
@@ -22,16 +32,16 @@ def cifar_dir() -> Path:
     return DATA
 
 
-def real_images(cifar_dir: Path, count: int, size: int, split: str = "test") -> torch.Tensor:
-    """`count` real CIFAR-10 images (cycling through the classes), resized to size x size and
-    normalised with mean = std = 0.5, as a (count, 3, size, size) float tensor."""
+def real_images(cifar_dir: Path, count: int, size: int | tuple[int, int], split: str = "test") -> torch.Tensor:
+    """`count` real CIFAR-10 images (cycling through the classes), resized to size x size (or
+    (height, width)) and normalised with mean = std = 0.5, as a (count, 3, height, width) float tensor."""
     images = []
     for i in range(count):
         path = cifar_dir / split / CLASSES[i % 10] / f"{i // 10:04d}.jpg"
         pixels = torch.frombuffer(bytearray(Image.open(path).convert("RGB").tobytes()), dtype=torch.uint8)
         images.append(pixels.view(32, 32, 3).permute(2, 0, 1))
     batch = torch.stack(images).float() / 255
-    batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+    batch = F.interpolate(batch, size=(size, size) if isinstance(size, int) else size, mode="bilinear", align_corners=False)
     return (batch - 0.5) / 0.5
 
 
@@ -50,6 +60,16 @@ def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def timm_arguments(fields: dict) -> dict:
+    """Our ViTConfig overrides as timm's create_model arguments, where they differ: Sapiens2's
+    grouped-query blocks are timm's per-block num_kv_heads."""
+    fields = dict(fields)
+    if "kv_heads" in fields:
+        kv_heads, ends, depth = fields.pop("kv_heads"), fields.pop("full_attention_ends"), fields["depth"]
+        fields["num_kv_heads"] = tuple(kv_heads if ends <= i < depth - ends else fields["num_heads"] for i in range(depth))
+    return fields
+
+
 def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0, **kwargs):
     """A timm model with non-trivial random weights, saved as timm's hub `model.safetensors` is:
     its `state_dict()`, same keys and shapes. Returns the model (in eval mode). kwargs go to
@@ -58,7 +78,7 @@ def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0, **
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model = perturb_(timm.create_model(name, pretrained=False, img_size=img_size, **kwargs), seed).eval()
+    model = perturb_(timm.create_model(name, pretrained=False, img_size=img_size, **timm_arguments(kwargs)), seed).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
 

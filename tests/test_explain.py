@@ -15,30 +15,48 @@ from vit.explain import attention_maps, attention_rollout, cls_attention
     ("vit_small_patch16_rope_mixed_224", 160, {"depth": 3}),  # rotary: q and k rotated (learned frequencies)
     ("vit_small_patch16_dinov3", 128, {"depth": 3}),  # rotary with DINOv3's periods, 4 registers
     ("beit_base_patch16_224", 128, {"depth": 2}),  # relative position bias added to the logits
+    ("vit_dwee_patch16_reg1_gap_256", 128, {"depth": 2}),  # differential: two maps, one subtracted
+    ("vit_small_patch16_18x2_224", 128, {"depth": 2}),  # two attentions side by side: both sets of heads
+    ("vit_large_patch16_sapiens2", (128, 96), {"depth": 3, "embed_dim": 128, "num_heads": 4, "kv_heads": 2,
+                                               "full_attention_ends": 1}),  # grouped-query, q/k norms, 64 x 48 px
 ])
 @torch.no_grad()
 def test_attention_maps_equal_timms_attention_weights(name, size, smaller, tmp_path, cifar_dir):
     """timm's non-fused attention path materialises softmax(q k^T * scale [+ bias]) (q and k
     rotated first where there is RoPE) before attn_drop: catch it there and compare, block by
-    block, on the same converted weights. Ours comes from the model's one attention path."""
+    block, on the same converted weights. Ours comes from the model's one attention path.
+    Differential attention's two maps are combined as its paper does (first - lambda * second)."""
     timm_model = make_timm_file(name, tmp_path / "model.safetensors", img_size=size, **smaller)
     ours = vit.create_model(name, img_size=size, pretrained=tmp_path / "model.safetensors", **smaller).eval()
     images = real_images(cifar_dir, 2, size)
-    expected = []
-    for block in timm_model.blocks:
-        block.attn.fused_attn = False
-        block.attn.attn_drop.register_forward_hook(lambda module, args, out: expected.append(out))
+
+    def combined(attn, weights):  # (B, heads [x 2 for differential], T, T) -> the attention applied
+        if not hasattr(attn, "_compute_lambda"):
+            return weights
+        b, two_heads, t, _ = weights.shape
+        pairs = weights.view(b, two_heads // 2, 2, t, t)
+        return pairs[:, :, 0] - attn._compute_lambda() * pairs[:, :, 1]
+
+    expected = [[] for _ in timm_model.blocks]
+    for caught, block in zip(expected, timm_model.blocks):
+        for attn in [branch.attn for branch in block.attns] if hasattr(block, "attns") else [block.attn]:
+            attn.fused_attn = False
+            attn.attn_drop.register_forward_hook(
+                lambda module, args, out, attn=attn, caught=caught: caught.append(combined(attn, out)))
     reference_logits = timm_model(images)
     maps = attention_maps(ours, images)
-    tokens, heads = ours.cfg.num_tokens, ours.cfg.num_heads
+    tokens, heads = ours.cfg.num_tokens, ours.cfg.num_heads * ours.cfg.branches
     assert len(maps) == len(expected) == ours.cfg.depth
     for got, want in zip(maps, expected):
+        want = torch.cat(want, dim=1)  # a block's branches' heads side by side
         assert got.shape == (2, heads, tokens, tokens) and got.dtype == torch.float32
         assert (got - want).abs().max() <= 1e-5
-        assert torch.allclose(got.sum(-1), torch.ones(2, heads, tokens))
+        if not ours.cfg.differential:  # (a differential map's rows sum to 1 - lambda)
+            assert torch.allclose(got.sum(-1), torch.ones(2, heads, tokens))
     # Observing the attention leaves the model's own (fused) output as it was, and switches off again.
     assert (ours(images) - reference_logits).abs().max() <= 1e-5
-    assert all(not block.attention.keep_weights and block.attention.weights is None for block in ours.blocks)
+    attentions = [attention for block in ours.blocks for attention in block.attentions]
+    assert all(not attention.keep_weights and attention.weights is None for attention in attentions)
 
 
 def one_patch_model(target: int) -> vit.VisionTransformer:

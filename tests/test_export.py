@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import real_images, run_module
+from tests.conftest import timm_arguments, real_images, run_module
 from vit.checkpoint import load_model
 
 
@@ -119,14 +119,18 @@ def test_exports_name_an_activation_other_than_the_names_own(tmp_path, cifar_dir
     assert (reference(pixel_values=images).logits - model(images)).abs().max() <= 1e-5  # erf GELU: 1e-4 apart
 
 
-@pytest.mark.parametrize("name,size", [
-    ("beit_base_patch16_224", 64),  # relative position bias: a table lookup added to the logits
-    ("vit_small_patch16_dinov3", 64),  # rotary positions: q and k rotated in the graph
-    ("eva02_base_patch14_224", 56),  # timm keeps q/k/v and the SwiGLU halves separate
-    ("aimv2_large_patch14_224", 56),  # RMSNorm, SwiGLU, no biases
+@pytest.mark.parametrize("name,size,extra", [
+    ("beit_base_patch16_224", 64, {}),  # relative position bias: a table lookup added to the logits
+    ("vit_small_patch16_dinov3", 64, {}),  # rotary positions: q and k rotated in the graph
+    ("eva02_base_patch14_224", 56, {}),  # timm keeps q/k/v and the SwiGLU halves separate
+    ("aimv2_large_patch14_224", 56, {}),  # RMSNorm, SwiGLU, no biases
+    ("vit_base_patch16_xp_224", 64, {}),  # parallel block: in_proj = [MLP; q; k; v] rows, mlp_bias apart
+    ("vit_dpwee_patch16_reg1_gap_256", 64, {}),  # + differential attention, one out_proj for both branches
+    ("vit_small_patch16_18x2_224", 64, {}),  # two branches per block (attns.{j}, ffns.{j})
+    ("vit_large_patch16_sapiens2", 64, {"kv_heads": 1, "full_attention_ends": 0}),  # grouped-query: short k, v
 ])
 @torch.no_grad()
-def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, size, tmp_path, cifar_dir):
+def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, size, extra, tmp_path, cifar_dir):
     """A small model of each new piece (2 narrow blocks of the name's kind) written in timm's
     layout (timm's model of the same shape loads it: logits to 1e-5), through ONNX (onnxruntime's
     outputs = ours to 1e-4) and through the CPU int8 path infer uses (same top class on most images)."""
@@ -139,14 +143,14 @@ def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, 
     from vit.export import export_onnx, export_timm
     from vit.quantize import quantize_int8
 
-    smaller = dict(depth=2, embed_dim=192, num_heads=3)
+    smaller = dict(depth=2, embed_dim=192, num_heads=3, **extra)
     model = perturb_(vit.create_model(name, num_classes=10, img_size=size, **smaller)).eval()
     card = ModelCard(name, size, tuple(str(i) for i in range(10)), (0.5,) * 3, (0.5,) * 3)
     images = real_images(cifar_dir, 8, size)
     expected = model(images)
 
     export_timm(model, card, tmp_path / "model.safetensors")
-    reference = timm.create_model(name, num_classes=10, img_size=size, pretrained=True, **smaller,
+    reference = timm.create_model(name, num_classes=10, img_size=size, pretrained=True, **timm_arguments(smaller),
                                   pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"), num_classes=10))
     assert (reference.eval()(images) - expected).abs().max() <= 1e-5
 
@@ -157,3 +161,32 @@ def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, 
 
     quantized = quantize_int8(model)(images)
     assert quantized.shape == (8, 10) and (quantized.argmax(1) == expected.argmax(1)).float().mean() >= 0.75
+
+
+def test_every_file_the_project_writes_gets_the_mode_open_gives(finetuned, tiny_run, tmp_path):
+    """Under a umask of 022 every written file is 0644, as open() makes it: exports in each format,
+    a converted checkpoint, and what training wrote (fine-tuned model, last.pt, metrics). safetensors'
+    own save_file would make the weights 0600."""
+    import os
+    import stat
+
+    from vit.export import export as export_model
+
+    checkpoint = finetuned[0]
+    previous = os.umask(0o022)
+    try:
+        export_model(checkpoint, "timm", tmp_path / "timm.safetensors")
+        export_model(checkpoint, "hf", tmp_path / "hf")
+        export_model(checkpoint, "onnx", tmp_path / "model.onnx")
+        result = run_module("-m", "weights", "convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "ours.safetensors"))
+        assert result.returncode == 0, result.stderr
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "timm.safetensors", tmp_path / "ours.safetensors", tmp_path / "model.onnx",
+               *sorted((tmp_path / "hf").iterdir())]
+    assert len(written) >= 6  # hf: config.json, preprocessor_config.json, model.safetensors
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    trained = [tiny_run["out"] / name for name in ("vit_cifar10_finetuned.pth", "last.pt", "metrics.jsonl")]
+    for path in trained:  # written by a subprocess under this session's umask
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~previous, path

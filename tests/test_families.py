@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vit
-from tests.conftest import make_timm_file, real_images
+from tests.conftest import make_timm_file, real_images, timm_arguments
 from tests.test_parity import TOLERANCE, max_diff, stage_diffs
 from vit.export import timm_state_dict
 from vit.families import LEFT_OUT, MODELS, model_config
@@ -15,28 +15,44 @@ from weights.convert import convert_timm
 ROPES = {"RotaryEmbeddingCat": "axial", "RotaryEmbeddingDinoV3": "dinov3", "RotaryEmbeddingMixed": "mixed"}
 
 
+def attn_heads(block) -> int:
+    return block.attn.num_heads
+
+
 def what_shapes_cannot_tell(reference) -> dict:
     """Read off a timm model (on the meta device) what its tensors' shapes do not show, in our
     ViTConfig's terms: the MLP's activation and kind, the pooling, the norms, the position schemes."""
     block = reference.blocks[0]
-    mlp, attn = block.mlp, block.attn
+    kind = type(block).__name__
+    parallel = kind in ("ParallelScalingBlock", "DiffParallelScalingBlock")  # one block holds attention and MLP
+    if kind == "ParallelThingsBlock":  # branches: read the first
+        attn, mlp, norm = block.attns[0].attn, block.ffns[0].mlp, block.attns[0].norm
+    else:
+        attn, mlp, norm = (block, block, block.in_norm) if parallel else (block.attn, block.mlp, block.norm1)
     gated = hasattr(mlp, "fc1_g") or type(mlp).__name__ == "GluMlp"
     activations = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
-    norm = block.norm1
     seen = dict(
         gated_mlp=gated, pool=reference.global_pool, layer_norm_eps=norm.eps,
         norm="rmsnorm" if "Rms" in type(norm).__name__ else "layernorm",
         norm_after_pool=not isinstance(getattr(reference, "fc_norm", None), (type(None), torch.nn.Identity)),
         final_norm=not (isinstance(reference.norm, torch.nn.Identity)
                         and isinstance(getattr(reference, "fc_norm", torch.nn.Identity()), torch.nn.Identity)),
-        post_norm=type(block).__name__ in ("ResPostBlock", "EvaBlockPostNorm"),
+        post_norm=kind in ("ResPostBlock", "EvaBlockPostNorm"),
+        parallel=parallel, branches=len(block.attns) if kind == "ParallelThingsBlock" else 1,
+        differential="Diff" in type(attn).__name__,
+        qk_norm=not isinstance(getattr(attn, "q_norm", torch.nn.Identity()), torch.nn.Identity),
+        # Sapiens2: fewer key/value heads in the middle blocks; layer scale on the attention branch alone
+        kv_heads=min((b.attn.num_kv_heads for b in reference.blocks if getattr(b, "attn", None) is not None
+                      and getattr(b.attn, "num_kv_heads", attn_heads(b)) < attn_heads(b)), default=None),
+        layer_scale_mlp=not (getattr(block, "gamma_1", None) is not None and getattr(block, "gamma_2", 0) is None),
     )
-    fused, q_proj = getattr(attn, "qkv", None), getattr(attn, "q_proj", None)
+    fused = getattr(attn, "in_proj" if parallel else "qkv", None)
+    q_proj = getattr(attn, "q_proj", None)
     seen["qkv_bias"] = getattr(attn, "q_bias", None) is not None or (fused or q_proj).bias is not None
     if seen["qkv_bias"]:  # k's bias: fused in qkv, or a k_proj bias (EVA-02 has none, nor has q_bias + v_bias)
         seen["key_bias"] = getattr(attn, "q_bias", None) is None and (fused is not None or attn.k_proj.bias is not None)
     if not gated:
-        seen["activation"] = activations[type(mlp.act).__name__]
+        seen["activation"] = activations[type(mlp.mlp_act if parallel else mlp.act).__name__]
     rope = getattr(reference, "rope", None)
     seen["rope"] = ROPES[type(rope).__name__] if rope is not None else None
     if rope is not None:
@@ -72,7 +88,7 @@ def test_every_name_has_timms_architecture_weights_and_normalisation(name):
     cfg, spec = timm.models.get_pretrained_cfg(name), MODELS[name]
     assert spec.weights == cfg.hf_hub_id
     assert (spec.mean, spec.std) == (tuple(cfg.mean), tuple(cfg.std))
-    assert ours.cfg.img_size == cfg.input_size[-1] and ours.cfg.num_classes == cfg.num_classes
+    assert ours.cfg.image_shape == tuple(cfg.input_size[1:]) and ours.cfg.num_classes == cfg.num_classes
 
 
 def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
@@ -142,6 +158,15 @@ CASES = [
     ("vit_pe_spatial_small_patch16_512", {"depth": 1}, 384),
     ("aimv2_large_patch14_224", {"depth": 2, "embed_dim": 256, "num_heads": 4}, 168),  # RMSNorm, SwiGLU, no biases
     ("aimv2_huge_patch14_224", {"depth": 1, "embed_dim": 192, "num_heads": 3}, 196),
+    # Other blocks: parallel, branched, differential, grouped-query
+    ("vit_base_patch16_xp_224", {"depth": 2, "embed_dim": 192, "num_heads": 3}, 160),  # in_proj + mlp_bias, q/k norms
+    ("vit_small_patch16_18x2_224", {"depth": 2}, 160),  # 2 attentions, then 2 MLPs, side by side
+    ("vit_pwee_patch16_reg1_gap_256", {"depth": 2}, 224),  # in_proj with biases
+    ("vit_dwee_patch16_reg1_gap_256", {"depth": 2}, 192),  # differential attention
+    ("vit_dpwee_patch16_reg1_gap_256", {"depth": 3}, 224),  # both, one fused out_proj
+    # Sapiens2 at its native 1024 x 768, with a grouped-query middle block (2 kv heads for 4 query heads)
+    ("vit_large_patch16_sapiens2", {"depth": 3, "embed_dim": 128, "num_heads": 4, "kv_heads": 2,
+                                    "full_attention_ends": 1}, (256, 192)),
 ]
 
 
@@ -156,7 +181,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     import timm
 
     path = tmp_path / "model.safetensors"
-    native = model_config(name).img_size
+    native = model_config(name).img_size  # a side, or (height, width): Sapiens2
     reference = make_timm_file(name, path, img_size=native, **smaller)
     ours = vit.create_model(name, pretrained=path, **smaller).eval()
     assert ours.cfg.img_size == native and ours.cfg.num_classes == reference.num_classes
@@ -172,7 +197,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     # Another size: timm resamples the positions as it loads the file; so must we.
     overlay = dict(file=str(path), num_classes=reference.num_classes)
     resized = timm.create_model(name, img_size=other_size, pretrained=True, pretrained_cfg_overlay=overlay,
-                                **smaller).eval()
+                                **timm_arguments(smaller)).eval()
     ours = vit.create_model(name, img_size=other_size, pretrained=path, **smaller).eval()
     assert shape_of(ours.position_embedding) == shape_of(resized.pos_embed)  # None: positions enter in attention
     if ours.cfg.relative_position_bias:  # BEiT: tables resampled for the new grid, as timm's
@@ -182,7 +207,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
 
     # A new 10-class head: timm's starts random, ours at zero; with timm's copied in, equal.
     fresh = timm.create_model(name, img_size=other_size, num_classes=10, pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(path)), **smaller).eval()
+                              pretrained_cfg_overlay=dict(file=str(path)), **timm_arguments(smaller)).eval()
     ours = vit.create_model(name, img_size=other_size, num_classes=10, pretrained=path, **smaller).eval()
     assert torch.count_nonzero(ours.head.weight) == 0
     ours.head.load_state_dict(fresh.head.state_dict())
@@ -205,6 +230,7 @@ RUNS = [  # (name, image size, also export to ONNX: a few seconds each, so for t
     ("vit_small_patch16_dinov3", 32, False),  # DINOv3's RoPE, registers
     ("vit_small_patch16_rope_mixed_224", 32, False),  # learned RoPE frequencies
     ("vit_pe_core_tiny_patch16_384", 32, False),  # RoPE beside the table, attention pool over CLS + patches
+    ("vit_dpwee_patch16_reg1_gap_256", 32, False),  # parallel block with differential attention
 ]
 
 
@@ -347,6 +373,9 @@ def test_python_m_vit_lists_every_name_with_its_family_size_and_weights():
     assert [line.split()[0] for line in lines] == list(MODELS)
     assert lines[list(MODELS).index("vit_small_patch14_reg4_dinov2")].split() == [
         "vit_small_patch14_reg4_dinov2", "dinov2_reg", "518", "px", "timm/vit_small_patch14_reg4_dinov2.lvd142m"]
+    assert lines[list(MODELS).index("vit_large_patch16_sapiens2")].split()[2] == "1024x768"  # height x width
+    result = run_module("-m", "vit", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m vit")
 
 
 def test_a_checkpoint_that_does_not_fit_its_name_says_which_keys(tmp_path):

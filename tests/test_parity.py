@@ -57,7 +57,8 @@ def stages(timm_model, ours, images):
     """(name, timm stage, our stage) pairs, in the order the data flows. Each block is given its
     model's rotary embedding for `images` (timm's, ours), where the model has one."""
     _, timm_rope = timm_embedding(timm_model, images)
-    rotation = ours.rope.rotation(ours.cfg.grid_size) if ours.rope is not None else None
+    grid = (images.shape[-2] // ours.cfg.patch_size, images.shape[-1] // ours.cfg.patch_size)
+    rotation = ours.rope.rotation(grid) if ours.rope is not None else None
     mixed = ours.cfg.rope == "mixed"
 
     def timm_block(i, block):

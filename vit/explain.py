@@ -31,14 +31,16 @@ from vit.model import ViTConfig, VisionTransformer
 
 @torch.no_grad()
 def attention_maps(model: VisionTransformer, images: torch.Tensor) -> list[torch.Tensor]:
-    """One float32 tensor per encoder block, (B, heads, T, T): the post-softmax attention weights
-    that block applied to `images` (B, 3, S, S), from the model's own attention (vit/model.py)."""
-    attentions = [block.attention for block in model.blocks]
+    """One float32 tensor per encoder block, (B, heads, T, T): the attention weights that block
+    applied to `images` (B, 3, S, S), from the model's own attention (vit/model.py); a block of
+    several attentions side by side (BranchedBlock) gives all their heads, branch after branch."""
+    per_block = [block.attentions for block in model.blocks]
+    attentions = [attention for block in per_block for attention in block]
     for attention in attentions:
         attention.keep_weights = True
     try:
         model(images)
-        return [attention.weights for attention in attentions]
+        return [torch.cat([attention.weights for attention in block], dim=1) for block in per_block]
     finally:
         for attention in attentions:
             attention.keep_weights, attention.weights = False, None

@@ -34,14 +34,19 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
     pe_core         Perception Encoder: axial RoPE beside the table, norm before the blocks, MAP head   0.5
     pe_spatial      Perception Encoder's spatial / language towers: no final norm, mean of the patches   0.5
     aimv2           AIMv2: RMSNorm (also after the patch embedding), SwiGLU, no biases, mean pooling   OpenAI CLIP
+    --- other blocks: how attention and the MLP are arranged, and attention variants
+    parallel_xp     ViT-22B's parallel block (attention and MLP from one norm), q/k norms, RMSNorm,
+                    a norm before the blocks, positions for the patches only               0.5
+    branched        "Three things": 2 attentions side by side, then 2 MLPs; layer scale  0.5
+    reg_gap + parallel / differential   timm's pwee (parallel), dwee and dlittle (differential
+                    attention), dpwee (both)                                              0.5
+    sapiens2        DINOv3's RoPE at 1024 x 768 px, CLS + 8 registers, q/k norms, RMSNorm, SwiGLU,
+                    layer scale on attention only, grouped-query attention in the middle blocks   ImageNet
 
 The mean/std above are each name's default; a hub download reads the tag's own from its
 config.json (e.g. `vit_large_patch14_clip_224.openai` uses OpenAI's, its default tag 0.5).
 
-Not here (a different block, not a named difference of this one): timm's parallel blocks
-(`vit_*_18x2_224`, `*_xp_224`, `vit_pwee_*`), differential attention (`vit_dlittle_*`, `vit_dwee_*`,
-`vit_dpwee_*`), Sapiens2 (grouped-query attention, q/k norms; non-square native size), and
-BEiT-3 (a multiway transformer).
+Not here: BEiT-3 (a multiway transformer: one set of weights per modality, not a ViT's block).
 """
 
 from dataclasses import dataclass, field
@@ -143,18 +148,18 @@ FAMILIES: dict[str, Family] = {
                               final_norm=False, num_classes=0), timm_keys=EVA_KEYS),
     "aimv2": Family(dict(patch_size=14, class_token=False, pool="avg", qkv_bias=False, proj_bias=False, gated_mlp=True,
                          norm="rmsnorm", layer_norm_eps=1e-5, norm_after_patches=True, num_classes=0), OPENAI_CLIP),
+    # --- Other blocks: how attention and the MLP are arranged, and attention variants
+    "parallel_xp": Family(dict(parallel=True, qk_norm=True, norm="rmsnorm", norm_before_blocks=True, patch_bias=False,
+                               positions_cover_prefix=False, qkv_bias=False), timm_keys=("parallel",)),
+    "branched": Family(dict(branches=2, layer_scale=1e-5)),
+    "sapiens2": Family(dict(img_size=(1024, 768), rope="dinov3", rope_temperature=100.0, absolute_positions=False,
+                            register_tokens=8, layer_scale=1.0, layer_scale_mlp=False, qk_norm=True, gated_mlp=True,
+                            norm="rmsnorm", full_attention_ends=8, num_classes=0), IMAGENET,
+                       timm_keys=("gamma", "qkv_biased")),
 }
 
-# timm's ViT names that are not here: other blocks, not named differences of this one (see the docstring).
-LEFT_OUT = (
-    "vit_small_patch16_18x2_224", "vit_base_patch16_18x2_224",  # two attentions and two MLPs side by side
-    "vit_base_patch16_xp_224", "vit_large_patch14_xp_224", "vit_huge_patch14_xp_224",  # parallel + q/k norms
-    "vit_pwee_patch16_reg1_gap_256",  # parallel scaling block
-    "vit_dlittle_patch16_reg1_gap_256", "vit_dwee_patch16_reg1_gap_256",  # differential attention
-    "vit_dpwee_patch16_reg1_gap_256",  # (and parallel)
-    "vit_base_patch16_sapiens2", "vit_large_patch16_sapiens2", "vit_huge_patch16_sapiens2",  # grouped-query
-    "vit_giant_patch16_sapiens2", "vit_5b_patch16_sapiens2",  # attention, q/k norms, 1024 x 768 native
-)
+# timm's ViT names that are not here (see the docstring): none. BEiT-3's multiway names are not ViTs.
+LEFT_OUT: tuple[str, ...] = ()
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -507,6 +512,28 @@ TABLE: dict[str, Row] = {
     "vit_pe_spatial_large_patch14_448": row("pe_spatial", LARGE, "fb", img_size=448, patch_size=14),
     "vit_pe_spatial_small_patch16_512": row("pe_spatial", SMALL, "fb", img_size=512),
     "vit_pe_spatial_tiny_patch16_512": row("pe_spatial", TINY, "fb", img_size=512),
+    # Other blocks: ViT-22B's parallel block with q/k norms (no weights in timm), "Three things"' 2 branches
+    "vit_base_patch16_xp_224": row("parallel_xp", BASE, None),
+    "vit_large_patch14_xp_224": row("parallel_xp", LARGE, None, patch_size=14),
+    "vit_huge_patch14_xp_224": row("parallel_xp", HUGE, None, patch_size=14),
+    "vit_small_patch16_18x2_224": row("branched", dict(SMALL, depth=18), None),
+    "vit_base_patch16_18x2_224": row("branched", dict(BASE, depth=18), None),
+    # ... and timm's small GAP ViTs with them, or with differential attention (Ye et al. 2024)
+    "vit_pwee_patch16_reg1_gap_256": row("reg_gap", dict(WEE, depth=16), "sbb_in1k", timm_keys=("parallel",),
+                                         img_size=256, register_tokens=1, parallel=True),
+    "vit_dwee_patch16_reg1_gap_256": row("reg_gap", WEE, "sbb_nadamuon_in1k", img_size=256, register_tokens=1,
+                                         differential=True),
+    "vit_dlittle_patch16_reg1_gap_256": row("reg_gap", LITTLE, "sbb_nadamuon_in1k", img_size=256, register_tokens=1,
+                                            differential=True),
+    "vit_dpwee_patch16_reg1_gap_256": row("reg_gap", dict(WEE, depth=16), "sbb_nadamuon_in1k",
+                                          timm_keys=("parallel", "fused_out"), img_size=256, register_tokens=1,
+                                          parallel=True, differential=True),
+    # Meta's Sapiens2 (human-centric backbones, 2026): DINOv3's RoPE at 1024 x 768, grouped-query middle blocks
+    "vit_base_patch16_sapiens2": row("sapiens2", BASE, "fb"),  # 12 blocks: all within 8 of an end, none grouped
+    "vit_large_patch16_sapiens2": row("sapiens2", LARGE, "fb", kv_heads=8),
+    "vit_huge_patch16_sapiens2": row("sapiens2", HUGE, "fb", kv_heads=8),
+    "vit_giant_patch16_sapiens2": row("sapiens2", GIANT2, "fb", kv_heads=12),
+    "vit_5b_patch16_sapiens2": row("sapiens2", dict(embed_dim=2432, depth=56, num_heads=32), "fb", kv_heads=16),
 }
 
 

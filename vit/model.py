@@ -30,6 +30,11 @@ All three meet in one place, `MultiHeadSelfAttention.forward`:
 
     logits = (rope(q) @ rope(k)^T) / sqrt(head_dim) + relative_bias      (B, heads, T, T)
     out    = softmax(logits) @ v
+
+A few of timm's ViTs arrange the block or the heads differently (the last `ViTConfig` fields):
+attention and MLP side by side from one norm (ViT-22B's parallel block), several attentions side by
+side (`BranchedBlock`), a norm on q and k, fewer key/value heads than query heads (grouped-query
+attention), and two softmax maps per head, one subtracted from the other (`DifferentialAttention`).
 """
 
 import math
@@ -62,7 +67,7 @@ RESIZES = ("bicubic", "bilinear", "bilinear_corners")
 class ViTConfig:
     """Everything that fixes the shapes (and numerics) of a ViT."""
 
-    img_size: int = 224
+    img_size: int | tuple[int, int] = 224  # a side, or (height, width): Sapiens2 is 1024 x 768
     patch_size: int = 16
     in_channels: int = 3
     num_classes: int = 1000  # 0: no classifier, the model returns the pooled features (a backbone)
@@ -117,9 +122,22 @@ class ViTConfig:
     norm_after_patches: bool = False  # AIMv2: a norm on the patch tokens, before the positions [embed_norm_layer]
     post_norm: bool = False  # res-post-norm (Swin v2; timm's rpn ViT, EVA-02 enormous): each branch's output
     #                          is normalised before it is added, x + norm(f(x)), instead of x + f(norm(x))
+    # --- Other blocks and heads (the module docstring's last paragraph).
+    parallel: bool = False  # ViT-22B (Dehghani et al. 2023): attention and MLP read the same norm(x), side by
+    #                         side: x + ls(attention(h) + mlp(h)); timm's *_xp_*, pwee [ParallelScalingBlock]
+    branches: int = 1  # "Three things" (Touvron et al. 2022): each block runs this many attentions side by side,
+    #                    summed, then as many MLPs (timm's 18x2: 18 blocks of 2) [ParallelThingsBlock]
+    qk_norm: bool = False  # a norm on each head's q and k before the logits, which keeps them bounded (ViT-22B,
+    #                        Sapiens2)
+    differential: bool = False  # Differential attention (Ye et al. 2024): two softmax maps per head, the second
+    #                             subtracted with a learned weight (see DifferentialAttention) [attn_layer='diff']
+    kv_heads: int | None = None  # grouped-query attention: this many key/value heads, each shared by
+    #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
+    full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
+    layer_scale_mlp: bool = True  # False: layer scale on the attention branch only (Sapiens2) [attn_only_layer_scale]
 
     def __post_init__(self):
-        if self.img_size < self.patch_size:
+        if min(self.image_shape) < self.patch_size:
             raise ValueError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
@@ -134,17 +152,39 @@ class ViTConfig:
             raise ValueError(f"RoPE needs a head dimension divisible by 4 (x and y pairs), not {self.head_dim}")
         if self.relative_position_bias and self.num_prefix_tokens != 1:
             raise ValueError("the relative position bias (BEiT) has entries for exactly one prefix token, the CLS token")
+        if self.relative_position_bias and self.grid_shape[0] != self.grid_shape[1]:
+            raise ValueError("the relative position bias (BEiT) needs a square image")
+        if self.differential and (self.rope or self.kv_heads or self.head_dim % 2):
+            raise ValueError("differential attention splits each head in two halves: an even head_dim, no RoPE, no kv_heads")
+        if self.kv_heads and self.num_heads % self.kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of kv_heads {self.kv_heads}")
+        if self.parallel and (self.branches > 1 or self.post_norm):
+            raise ValueError("a parallel block has one attention and one MLP, pre-norm")
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) in pixels: (224, 224) for img_size=224."""
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Patches down and across: 224 // 16 = 14 each. A remainder is never seen, as by timm's
+        strided convolution: SigLIP so400m/14 at 384 px has 27 x 14 = 378, its last 6 pixel rows
+        and columns unread."""
+        height, width = self.image_shape
+        return height // self.patch_size, width // self.patch_size
 
     @property
     def grid_size(self) -> int:
-        """Patches per side: 224 // 16 = 14. A remainder is never seen, as by timm's strided
-        convolution: SigLIP so400m/14 at 384 px has 27 x 14 = 378, its last 6 pixel rows and
-        columns unread."""
-        return self.img_size // self.patch_size
+        """Patches per side of a square image (14 for ViT-B/16 at 224)."""
+        rows, columns = self.grid_shape
+        if rows != columns:
+            raise ValueError(f"a {rows} x {columns} patch grid has no single side")
+        return rows
 
     @property
     def num_patches(self) -> int:
-        return self.grid_size**2
+        return self.grid_shape[0] * self.grid_shape[1]
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -159,6 +199,14 @@ class ViTConfig:
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    def kv_heads_in(self, block: int) -> int:
+        """Key/value heads of block `block`: num_heads, but in grouped-query blocks (Sapiens2: all but the
+        first and last `full_attention_ends`)."""
+        ends = self.full_attention_ends
+        if self.kv_heads is None or block < ends or block >= self.depth - ends:
+            return self.num_heads
+        return self.kv_heads
 
     @property
     def mlp_hidden(self) -> int:
@@ -179,7 +227,7 @@ class ViTConfig:
         d, t = self.embed_dim, self.num_tokens
         mlp_matrices = 3 if self.gated_mlp else 2
         per_block = 4 * d * d * t + mlp_matrices * self.mlp_hidden * d * t + 2 * t * t * d
-        return self.depth * per_block + self.num_patches * d * self.in_channels * self.patch_size**2
+        return self.depth * self.branches * per_block + self.num_patches * d * self.in_channels * self.patch_size**2
 
 
 class PatchEmbedding(nn.Module):
@@ -261,30 +309,36 @@ class RotaryPositions(nn.Module):
         with torch.no_grad():
             self.freqs.copy_(torch.stack([fx, fy]))  # (2, depth, heads, head_dim / 2)
 
-    def angles(self, grid: int) -> torch.Tensor:
-        """Rotation angles of every patch of a grid x grid image: (N, head_dim / 2), or for "mixed"
-        (depth, heads, N, head_dim / 2). Patches in row-major order, as the tokens."""
+    def coordinates(self, side: int, device: torch.device) -> torch.Tensor:
+        """The positions of `side` patches along one axis, as the variant measures them: (side,)."""
         cfg = self.cfg
         if cfg.rope == "mixed":
-            index = torch.arange(grid, device=self.freqs.device).float()
-            y, x = torch.meshgrid(index, index, indexing="ij")
+            return torch.arange(side, device=device).float()  # patch indices
+        if cfg.rope == "axial":
+            coords = torch.arange(side, device=device).float() + cfg.rope_offset  # patch indices
+            if cfg.rope_reference_grid:  # EVA: the grid spans the pretraining grid, whatever its size
+                coords = coords / side * cfg.rope_reference_grid
+            return coords
+        return 2.0 * ((torch.arange(0.5, side, device=device).float() + cfg.rope_offset) / side) - 1.0  # dinov3: centres in [-1, 1]
+
+    def angles(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Rotation angles of every patch of a (rows, columns) grid: (N, head_dim / 2), or for
+        "mixed" (depth, heads, N, head_dim / 2). Patches in row-major order, as the tokens."""
+        cfg = self.cfg
+        device = (self.freqs if cfg.rope == "mixed" else self.frequency if cfg.rope == "axial" else self.period).device
+        rows, columns = grid
+        y, x = torch.meshgrid(self.coordinates(rows, device), self.coordinates(columns, device), indexing="ij")  # (rows, columns) each
+        if cfg.rope == "mixed":
             x, y = x.flatten(), y.flatten()  # (N,) each
             fx, fy = self.freqs.float()  # (depth, heads, head_dim / 2) each
             return x[:, None] * fx[..., None, :] + y[:, None] * fy[..., None, :]  # (depth, heads, N, head_dim / 2)
         ladder = self.frequency if cfg.rope == "axial" else self.period  # (n,), on the model's device
-        if cfg.rope == "axial":
-            coords = torch.arange(grid, device=ladder.device).float() + cfg.rope_offset  # patch indices (G,)
-            if cfg.rope_reference_grid:  # EVA: the grid spans the pretraining grid, whatever its size
-                coords = coords / grid * cfg.rope_reference_grid
-        else:  # dinov3: patch centres, normalised to [-1, 1]
-            coords = 2.0 * ((torch.arange(0.5, grid, device=ladder.device).float() + cfg.rope_offset) / grid) - 1.0
-        y, x = torch.meshgrid(coords, coords, indexing="ij")  # (G, G) each
         first, second = (x, y) if cfg.rope_xy else (y, x)
         position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None]  # (N, 2, 1)
         angles = position * ladder if cfg.rope == "axial" else 2 * math.pi * position / ladder  # (N, 2, n)
         return angles.flatten(1)  # (N, head_dim / 2): the first axis's n angles, then the second's
 
-    def rotation(self, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotation(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of `angles(grid)`: computed once per forward pass, used by every block."""
         angles = self.angles(grid)
         return angles.cos(), angles.sin()
@@ -329,42 +383,100 @@ class RelativePositionBias(nn.Module):
         return rearrange(self.table[self.index], "i j h -> 1 h i j")  # (1, H, T, T)
 
 
+class DifferentialAttention(nn.Module):
+    """Differential attention (Ye et al. 2024, "Differential Transformer"; timm's dwee, dlittle,
+    dpwee). Each head's q and k are split in two halves, which give two softmax maps; the
+    attention is their difference, the second weighted by a learned lambda:
+
+        A = softmax(q1 k1^T / sqrt(d)) - lambda * softmax(q2 k2^T / sqrt(d))     (B, heads, T, T)
+        lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init
+
+    Attention that both maps give (to patches that do not matter) cancels. The heads' outputs
+    A @ v are RMS-normed and scaled by 1 - lambda_init, where lambda_init = 0.8 - 0.6 exp(-0.3 i)
+    grows with the block's index i."""
+
+    def __init__(self, cfg: ViTConfig, index: int):
+        super().__init__()
+        half = cfg.head_dim // 2  # the width of q1, k1, q2, k2 in each head
+        self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
+            nn.Parameter(torch.zeros(half)) for _ in range(4))
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * index)
+        self.norm = nn.RMSNorm(cfg.head_dim, eps=1e-5)  # on each head's output (B, H, T, head_dim)
+
+    def weight(self) -> torch.Tensor:
+        """lambda, a scalar."""
+        first = torch.exp((self.lambda_q1 * self.lambda_k1).sum().float())
+        second = torch.exp((self.lambda_q2 * self.lambda_k2).sum().float())
+        return first - second + self.lambda_init
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """The two maps' outputs (B, H, T, head_dim) each -> the heads' output."""
+        return self.norm(first - self.weight().to(first.dtype) * second) * (1 - self.lambda_init)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Every token attends to every token, in `num_heads` independent subspaces. The one place
     where the position schemes meet the logits (see the module docstring)."""
 
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, index: int = 0):
         super().__init__()
         self.num_heads = cfg.num_heads
+        self.kv_heads = cfg.kv_heads_in(index)  # num_heads, but in grouped-query blocks (Sapiens2)
+        kv_dim = self.kv_heads * cfg.head_dim
+        self.split = [cfg.embed_dim, kv_dim, kv_dim]  # q, k, v: rows of the qkv projection
         # One matmul makes q, k and v for every head at once; its output is laid out
         # (qkv, head, head_dim) along the last axis, as in timm's weights.
-        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias and cfg.key_bias)
+        self.qkv = nn.Linear(cfg.embed_dim, sum(self.split), bias=cfg.qkv_bias and cfg.key_bias)
         # BEiT, EVA, DINOv3: biases for q and v only; k's is a constant zero (q . b_k would shift a
         # query's logits equally, so softmax ignores it; with RoPE it would not, so it is left out).
         self.q_bias = nn.Parameter(torch.zeros(cfg.embed_dim)) if cfg.qkv_bias and not cfg.key_bias else None
         self.v_bias = nn.Parameter(torch.zeros(cfg.embed_dim)) if self.q_bias is not None else None
+        qk_dim = cfg.head_dim // 2 if cfg.differential else cfg.head_dim  # differential: halves of q and k
+        self.q_norm = make_norm(cfg, qk_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = make_norm(cfg, qk_dim) if cfg.qk_norm else nn.Identity()
         self.relative_bias = RelativePositionBias(cfg) if cfg.relative_position_bias else None
+        self.differential = DifferentialAttention(cfg, index) if cfg.differential else None
         self.inner_norm = make_norm(cfg, cfg.embed_dim) if cfg.attention_inner_norm else nn.Identity()
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.proj_bias)
-        self.keep_weights = False  # vit.explain sets it: the next forward keeps softmax(logits) in .weights
+        self.keep_weights = False  # vit.explain sets it: the next forward keeps the attention in .weights
         self.weights = None
 
     def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
-        qkv = self.qkv(x)  # (B, T, 3*D)
+        qkv = self.qkv(x)  # (B, T, D + 2 kv_dim)
         if self.q_bias is not None:  # q's and v's biases; k's is 0
             qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        q, k, v = rearrange(qkv, "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)  # (B, H, T, hd) each
+        q, k, v = qkv.split(self.split, dim=-1)
+        q_heads = 2 * self.num_heads if self.differential else self.num_heads  # differential: two half-width q, k per head
+        q = rearrange(q, "b t (h hd) -> b h t hd", h=q_heads)  # (B, H, T, hd)
+        k = rearrange(k, "b t (h hd) -> b h t hd", h=q_heads if self.differential else self.kv_heads)
+        v = rearrange(v, "b t (h hd) -> b h t hd", h=self.kv_heads)
+        q, k = self.q_norm(q), self.k_norm(k)  # identity but with qk_norm
         if rope is not None:  # rotary: q and k of each patch turned by its position's angles
             q, k = rope.rotate(q, rotation), rope.rotate(k, rotation)
+        if self.kv_heads < self.num_heads:  # grouped-query: query head h reads key/value head h // group
+            group = self.num_heads // self.kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, T, hd)
         bias = self.relative_bias() if self.relative_bias is not None else None  # (1, H, T, T): BEiT
-        if self.keep_weights:  # written out: softmax(q @ k^T / sqrt(hd) + bias) @ v, weights kept
-            logits = q.float() @ k.float().transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T)
-            self.weights = (logits if bias is None else logits + bias).softmax(dim=-1)
-            x = (self.weights @ v.float()).to(v.dtype)
-        else:  # the same, by a fused kernel that never materialises the weights (flash attention on GPU)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+        if self.differential is None:
+            x, weights = self.attend(q, k, v, bias)  # (B, H, T, hd), (B, H, T, T) or None
+        else:  # heads 0, 2, 4, ... of q and k make each head's first map, 1, 3, 5, ... its second
+            (first, weights), (second, second_weights) = self.attend(q[:, 0::2], k[:, 0::2], v, bias), \
+                self.attend(q[:, 1::2], k[:, 1::2], v, bias)
+            x = self.differential(first, second)
+            weights = None if weights is None else weights - self.differential.weight() * second_weights
+        if self.keep_weights:
+            self.weights = weights
         x = rearrange(x, "b h t hd -> b t (h hd)")  # heads side by side again: (B, T, D)
         return self.out_proj(self.inner_norm(x))
+
+    def attend(self, q, k, v, bias):
+        """softmax(q @ k^T / sqrt(hd) + bias) @ v: (B, H, T, hd), and the weights (B, H, T, T) where kept."""
+        if self.keep_weights:  # written out, the weights kept for vit.explain
+            logits = q.float() @ k.float().transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T)
+            weights = (logits if bias is None else logits + bias).softmax(dim=-1)
+            return (weights @ v.float()).to(v.dtype), weights
+        # the same, by a fused kernel that never materialises the weights (flash attention on GPU)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype)), None
 
 
 class MLP(nn.Module):
@@ -374,14 +486,14 @@ class MLP(nn.Module):
     their product silu(gate) * value goes through fc2. fc1's rows are [gate; value], as timm's
     packed GluMlp stores them."""
 
-    def __init__(self, cfg: ViTConfig, pool: bool = False):
+    def __init__(self, cfg: ViTConfig, pool: bool = False, out_bias: bool = True):
         super().__init__()
         # An attention pool's MLP (pool=True) has its own width (PE) and is never gated.
         hidden_dim = int(cfg.embed_dim * (cfg.pool_mlp_ratio or cfg.mlp_ratio)) if pool else cfg.mlp_hidden
         self.gated = cfg.gated_mlp and not pool
-        self.fc1 = nn.Linear(cfg.embed_dim, 2 * hidden_dim if self.gated else hidden_dim, bias=cfg.proj_bias)
+        self.fc1 = nn.Linear(cfg.embed_dim, 2 * hidden_dim if self.gated else hidden_dim, bias=cfg.proj_bias or cfg.parallel)
         self.inner_norm = make_norm(cfg, hidden_dim) if cfg.mlp_inner_norm and self.gated else nn.Identity()
-        self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim, bias=cfg.proj_bias)
+        self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim, bias=cfg.proj_bias and out_bias)
         self.activation = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -406,25 +518,60 @@ class LayerScale(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-norm Transformer block: normalise, transform, add back (the residual stream)."""
 
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, index: int = 0):
         super().__init__()
-        self.attention_norm = make_norm(cfg, cfg.embed_dim)
-        self.attention = MultiHeadSelfAttention(cfg)
-        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
-        self.mlp = MLP(cfg)
+        self.attention_norm = make_norm(cfg, cfg.embed_dim)  # parallel: the one norm both branches read
+        self.attention = MultiHeadSelfAttention(cfg, index)
+        self.mlp_norm = make_norm(cfg, cfg.embed_dim) if not cfg.parallel else nn.Identity()
+        # timm's differential parallel block projects [attention; MLP] with one matrix and one bias:
+        # the bias is the attention's out_proj's here, and the MLP's fc2 has none.
+        self.mlp = MLP(cfg, out_bias=not (cfg.parallel and cfg.differential))
         # Identity in the original ViT; layer scale in DeiT-III, DINOv2, BEiT, DINOv3.
         self.attention_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
-        self.mlp_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
-        self.post_norm = cfg.post_norm
+        self.mlp_scale = LayerScale(cfg) if cfg.layer_scale and cfg.layer_scale_mlp and not cfg.parallel else nn.Identity()
+        self.post_norm, self.parallel = cfg.post_norm, cfg.parallel
+
+    def attend(self, x: torch.Tensor, rope=None, rotation=None) -> torch.Tensor:
+        """The attention branch, (B, T, D) -> (B, T, D): tokens exchange information."""
+        return self.attention_scale(self.attention(self.attention_norm(x), rope, rotation))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP branch, (B, T, D) -> (B, T, D): each token is transformed on its own."""
+        return self.mlp_scale(self.mlp(self.mlp_norm(x)))
 
     def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
         # (B, T, D) -> (B, T, D); rope and its rotation only where the model rotates q and k
         if self.post_norm:  # the norms on the branches' outputs instead
             x = x + self.attention_norm(self.attention(x, rope, rotation))
             return x + self.mlp_norm(self.mlp(x))
-        x = x + self.attention_scale(self.attention(self.attention_norm(x), rope, rotation))  # tokens exchange information
-        x = x + self.mlp_scale(self.mlp(self.mlp_norm(x)))  # each token is transformed on its own
-        return x
+        if self.parallel:  # ViT-22B: both branches read the same normed x, their sum is added once
+            h = self.attention_norm(x)
+            return x + self.attention_scale(self.attention(h, rope, rotation) + self.mlp(h))
+        x = x + self.attend(x, rope, rotation)
+        return x + self.transform(x)
+
+    @property
+    def attentions(self) -> list[MultiHeadSelfAttention]:
+        return [self.attention]
+
+
+class BranchedBlock(nn.Module):
+    """`branches` encoder blocks side by side ("Three things everyone should know about Vision
+    Transformers", Touvron et al. 2022): their attention branches read the same x and are summed,
+    then their MLP branches likewise. Wider and shallower for the same weights: timm's 18x2 has
+    36 blocks' weights at the depth of 18."""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__()
+        self.branches = nn.ModuleList(EncoderBlock(cfg, index) for _ in range(cfg.branches))
+
+    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
+        x = x + sum(branch.attend(x, rope, rotation) for branch in self.branches)
+        return x + sum(branch.transform(x) for branch in self.branches)
+
+    @property
+    def attentions(self) -> list[MultiHeadSelfAttention]:
+        return [branch.attention for branch in self.branches]
 
 
 class AttentionPooling(nn.Module):
@@ -469,7 +616,8 @@ class VisionTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.zeros(1, cfg.num_positions, dim)) if cfg.absolute_positions else None
         self.rope = RotaryPositions(cfg) if cfg.rope else None
         self.norm_before_blocks = make_norm(cfg, dim) if cfg.norm_before_blocks else nn.Identity()
-        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.depth))
+        block = BranchedBlock if cfg.branches > 1 else EncoderBlock
+        self.blocks = nn.ModuleList(block(cfg, index) for index in range(cfg.depth))
         self.final_norm = make_norm(cfg, dim) if cfg.final_norm else nn.Identity()
         self.attention_pool = AttentionPooling(cfg) if cfg.pool == "map" else None
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -492,6 +640,9 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.table, std=0.02)
             elif isinstance(module, RotaryPositions):
                 module.reset_parameters()
+            elif isinstance(module, DifferentialAttention):  # timm's: lambdas ~ N(0, 0.1)
+                for lam in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
+                    nn.init.normal_(lam, std=0.1)
         if self.position_embedding is not None:
             nn.init.trunc_normal_(self.position_embedding, std=0.02)
         for token in (self.cls_token, self.register_tokens):
@@ -526,7 +677,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
         x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
-        grid = images.shape[-1] // self.cfg.patch_size
+        grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)  # (rows, columns)
         rotation = self.rope.rotation(grid) if self.rope is not None else None  # RoPE's (cos, sin), once
         for i, block in enumerate(self.blocks):
             block_rotation = tuple(t[i] for t in rotation) if self.cfg.rope == "mixed" else rotation  # mixed: its own

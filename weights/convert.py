@@ -2,7 +2,9 @@
 
 Our names (vit/model.py) say what each tensor is; timm's and Hugging Face's name the same
 tensors differently. The tables below are the whole story: read them to see which tensor goes
-where. `{i}` stands for the block index.
+where. `{i}` stands for the block index, `{j}` for a branch within a block (timm's 18x2). A key
+ending in a bracket names one part of a fused tensor: "qkv.weight[k]" is the key rows of our qkv
+projection, "in_proj.weight[mlp]" the MLP rows of timm's parallel block's input projection.
 """
 
 import re
@@ -63,10 +65,37 @@ TIMM_TO_OURS: dict[str, str] = {
     "blocks.{i}.attn.norm.bias": "blocks.{i}.attention.inner_norm.bias",
     "blocks.{i}.mlp.norm.weight": "blocks.{i}.mlp.inner_norm.weight",  # EVA-02's SwiGLU
     "blocks.{i}.mlp.norm.bias": "blocks.{i}.mlp.inner_norm.bias",
+    # Other blocks: norms on q and k (Sapiens2), differential attention's lambdas and norm (dwee, dlittle)
+    "blocks.{i}.attn.q_norm.weight": "blocks.{i}.attention.q_norm.weight",  # (head_dim,)
+    "blocks.{i}.attn.q_norm.bias": "blocks.{i}.attention.q_norm.bias",
+    "blocks.{i}.attn.k_norm.weight": "blocks.{i}.attention.k_norm.weight",
+    "blocks.{i}.attn.k_norm.bias": "blocks.{i}.attention.k_norm.bias",
+    "blocks.{i}.attn.lambda_q1": "blocks.{i}.attention.differential.lambda_q1",  # (head_dim / 2,)
+    "blocks.{i}.attn.lambda_k1": "blocks.{i}.attention.differential.lambda_k1",
+    "blocks.{i}.attn.lambda_q2": "blocks.{i}.attention.differential.lambda_q2",
+    "blocks.{i}.attn.lambda_k2": "blocks.{i}.attention.differential.lambda_k2",
+    "blocks.{i}.attn.sub_norm.weight": "blocks.{i}.attention.differential.norm.weight",
+    # timm's 18x2: each block holds 2 attentions (attns.{j}) and 2 MLPs (ffns.{j}); ours, 2 branches
+    "blocks.{i}.attns.{j}.norm.weight": "blocks.{i}.branches.{j}.attention_norm.weight",
+    "blocks.{i}.attns.{j}.norm.bias": "blocks.{i}.branches.{j}.attention_norm.bias",
+    "blocks.{i}.attns.{j}.attn.qkv.weight": "blocks.{i}.branches.{j}.attention.qkv.weight",
+    "blocks.{i}.attns.{j}.attn.qkv.bias": "blocks.{i}.branches.{j}.attention.qkv.bias",
+    "blocks.{i}.attns.{j}.attn.proj.weight": "blocks.{i}.branches.{j}.attention.out_proj.weight",
+    "blocks.{i}.attns.{j}.attn.proj.bias": "blocks.{i}.branches.{j}.attention.out_proj.bias",
+    "blocks.{i}.attns.{j}.ls.gamma": "blocks.{i}.branches.{j}.attention_scale.gamma",
+    "blocks.{i}.ffns.{j}.norm.weight": "blocks.{i}.branches.{j}.mlp_norm.weight",
+    "blocks.{i}.ffns.{j}.norm.bias": "blocks.{i}.branches.{j}.mlp_norm.bias",
+    "blocks.{i}.ffns.{j}.mlp.fc1.weight": "blocks.{i}.branches.{j}.mlp.fc1.weight",
+    "blocks.{i}.ffns.{j}.mlp.fc1.bias": "blocks.{i}.branches.{j}.mlp.fc1.bias",
+    "blocks.{i}.ffns.{j}.mlp.fc2.weight": "blocks.{i}.branches.{j}.mlp.fc2.weight",
+    "blocks.{i}.ffns.{j}.mlp.fc2.bias": "blocks.{i}.branches.{j}.mlp.fc2.bias",
+    "blocks.{i}.ffns.{j}.ls.gamma": "blocks.{i}.branches.{j}.mlp_scale.gamma",
 }
 # Where timm's files spell some tensors another way (vit/families.py's `timm_keys`, per name): its
 # eva.py and beit.py name layer scale gamma_1/gamma_2; EVA-02 keeps q, k and v projections apart
-# (k without bias); a SwiGLU keeps the gate and value halves of fc1 apart.
+# (k without bias), Sapiens2 too (k with bias); a SwiGLU keeps the gate and value halves of fc1
+# apart; ViT-22B's parallel block makes the MLP's hidden layer and q, k, v in one matmul (in_proj),
+# and its differential twin projects [attention; MLP] back with one (out_proj).
 TIMM_SPELLINGS: dict[str, dict[str, str]] = {
     "gamma": {
         "blocks.{i}.gamma_1": "blocks.{i}.attention_scale.gamma",
@@ -79,21 +108,67 @@ TIMM_SPELLINGS: dict[str, dict[str, str]] = {
         "blocks.{i}.attn.q_proj.bias": "blocks.{i}.attention.q_bias",
         "blocks.{i}.attn.v_proj.bias": "blocks.{i}.attention.v_bias",
     },
+    "qkv_biased": {  # Sapiens2 (grouped-query blocks: fewer k and v rows)
+        "blocks.{i}.attn.q_proj.weight": "blocks.{i}.attention.qkv.weight[q]",
+        "blocks.{i}.attn.k_proj.weight": "blocks.{i}.attention.qkv.weight[k]",
+        "blocks.{i}.attn.v_proj.weight": "blocks.{i}.attention.qkv.weight[v]",
+        "blocks.{i}.attn.q_proj.bias": "blocks.{i}.attention.qkv.bias[q]",
+        "blocks.{i}.attn.k_proj.bias": "blocks.{i}.attention.qkv.bias[k]",
+        "blocks.{i}.attn.v_proj.bias": "blocks.{i}.attention.qkv.bias[v]",
+    },
     "swiglu": {
         "blocks.{i}.mlp.fc1_g.weight": "blocks.{i}.mlp.fc1.weight[g]",  # rows [gate; value] of our fc1
         "blocks.{i}.mlp.fc1_x.weight": "blocks.{i}.mlp.fc1.weight[x]",
         "blocks.{i}.mlp.fc1_g.bias": "blocks.{i}.mlp.fc1.bias[g]",
         "blocks.{i}.mlp.fc1_x.bias": "blocks.{i}.mlp.fc1.bias[x]",
     },
+    "parallel": {  # one norm, one input projection: rows [MLP hidden; q; k; v]
+        "blocks.{i}.in_norm.weight": "blocks.{i}.attention_norm.weight",
+        "blocks.{i}.in_norm.bias": "blocks.{i}.attention_norm.bias",
+        "blocks.{i}.in_proj.weight[mlp]": "blocks.{i}.mlp.fc1.weight",
+        "blocks.{i}.in_proj.weight[qkv]": "blocks.{i}.attention.qkv.weight",
+        "blocks.{i}.in_proj.bias[mlp]": "blocks.{i}.mlp.fc1.bias",  # when q, k, v have biases ...
+        "blocks.{i}.in_proj.bias[qkv]": "blocks.{i}.attention.qkv.bias",
+        "blocks.{i}.mlp_bias": "blocks.{i}.mlp.fc1.bias",  # ... else the MLP's bias stands alone
+        "blocks.{i}.q_norm.weight": "blocks.{i}.attention.q_norm.weight",
+        "blocks.{i}.q_norm.bias": "blocks.{i}.attention.q_norm.bias",
+        "blocks.{i}.k_norm.weight": "blocks.{i}.attention.k_norm.weight",
+        "blocks.{i}.k_norm.bias": "blocks.{i}.attention.k_norm.bias",
+        "blocks.{i}.attn_out_proj.weight": "blocks.{i}.attention.out_proj.weight",
+        "blocks.{i}.attn_out_proj.bias": "blocks.{i}.attention.out_proj.bias",
+        "blocks.{i}.mlp_out_proj.weight": "blocks.{i}.mlp.fc2.weight",
+        "blocks.{i}.mlp_out_proj.bias": "blocks.{i}.mlp.fc2.bias",
+        "blocks.{i}.ls.gamma": "blocks.{i}.attention_scale.gamma",
+        "blocks.{i}.lambda_q1": "blocks.{i}.attention.differential.lambda_q1",  # differential (dpwee)
+        "blocks.{i}.lambda_k1": "blocks.{i}.attention.differential.lambda_k1",
+        "blocks.{i}.lambda_q2": "blocks.{i}.attention.differential.lambda_q2",
+        "blocks.{i}.lambda_k2": "blocks.{i}.attention.differential.lambda_k2",
+        "blocks.{i}.sub_norm.weight": "blocks.{i}.attention.differential.norm.weight",
+    },
+    "fused_out": {  # dpwee: one output projection, columns [attention; MLP], its bias the attention's
+        "blocks.{i}.out_proj.weight[attn]": "blocks.{i}.attention.out_proj.weight",
+        "blocks.{i}.out_proj.weight[mlp]": "blocks.{i}.mlp.fc2.weight",
+        "blocks.{i}.out_proj.bias": "blocks.{i}.attention.out_proj.bias",
+    },
 }
-# What each spelling replaces in TIMM_TO_OURS.
+# What each spelling replaces (in TIMM_TO_OURS, or in the spellings before it in a name's list).
+_SEQUENTIAL = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+               "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+               "ls1.gamma", "ls2.gamma", "attn.lambda_q1", "attn.lambda_k1", "attn.lambda_q2", "attn.lambda_k2",
+               "attn.sub_norm.weight", "attn.q_norm.weight", "attn.q_norm.bias", "attn.k_norm.weight", "attn.k_norm.bias")
 TIMM_SPELLING_REPLACES: dict[str, tuple[str, ...]] = {
     "gamma": ("blocks.{i}.ls1.gamma", "blocks.{i}.ls2.gamma"),
     "qkv": ("blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.qkv.bias", "blocks.{i}.attn.q_bias", "blocks.{i}.attn.v_bias"),
+    "qkv_biased": ("blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.qkv.bias"),
     "swiglu": ("blocks.{i}.mlp.fc1.weight", "blocks.{i}.mlp.fc1.bias"),
+    "parallel": tuple(f"blocks.{{i}}.{key}" for key in _SEQUENTIAL),
+    "fused_out": ("blocks.{i}.attn_out_proj.weight", "blocks.{i}.attn_out_proj.bias", "blocks.{i}.mlp_out_proj.weight",
+                  "blocks.{i}.mlp_out_proj.bias"),
 }
-# Reading, every spelling is known: a timm file says by its keys which one it uses.
-TIMM_READ_TABLE = {**TIMM_TO_OURS, **{k: v for table in TIMM_SPELLINGS.values() for k, v in table.items()}}
+# Reading, every spelling is known: a timm file says by its keys which one it uses (q_proj's bias
+# goes to q_bias, EVA's, unless the file has a k_proj bias too: Sapiens2's, see convert_timm).
+TIMM_READ_TABLE = {**TIMM_TO_OURS, **{k: v for kind, table in TIMM_SPELLINGS.items() if kind != "qkv_biased"
+                                      for k, v in table.items()}}
 # Where the final LayerNorm follows the pooling (timm's fc_norm: GAP ViTs with registers), timm
 # stores it as fc_norm.* and leaves norm.* out; ours is final_norm either way (vit/model.py).
 TIMM_FC_NORM = {"fc_norm.weight": "norm.weight", "fc_norm.bias": "norm.bias"}
@@ -219,13 +294,17 @@ def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def _rename(key: str, table: dict[str, str]) -> str | None:
-    """Look `key` up in `table`, whose entries may hold a `{i}` block index."""
-    block = re.search(r"\.(\d+)\.", key)
-    pattern = key.replace(f".{block.group(1)}.", ".{i}.", 1) if block else key
+    """Look `key` up in `table`, whose entries may hold a `{i}` block index and a `{j}` branch index."""
+    indices = re.findall(r"\.(\d+)(?=\.)", key)[:2]  # "blocks.3.attns.1.norm.weight" -> ["3", "1"]
+    pattern = key
+    for placeholder, index in zip(("{i}", "{j}"), indices):
+        pattern = pattern.replace(f".{index}.", f".{placeholder}.", 1)
     target = table.get(pattern)
     if target is None:
         return None
-    return target.replace("{i}", block.group(1)) if block else target
+    for placeholder, index in zip(("{i}", "{j}"), indices):
+        target = target.replace(placeholder, index)
+    return target
 
 
 def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -243,18 +322,23 @@ def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict
 
 def timm_table(spellings: tuple[str, ...]) -> dict[str, str]:
     """timm's keys -> ours for a name whose timm file uses `spellings` (vit/families.py's
-    timm_keys): the table an export writes with."""
-    replaced = {key for kind in spellings for key in TIMM_SPELLING_REPLACES[kind]}
-    table = {k: v for k, v in TIMM_TO_OURS.items() if k not in replaced}
+    timm_keys), each replacing what its TIMM_SPELLING_REPLACES says: the table an export writes with."""
+    table = dict(TIMM_TO_OURS)
     for kind in spellings:
+        table = {k: v for k, v in table.items() if k not in TIMM_SPELLING_REPLACES[kind]}
         table.update(TIMM_SPELLINGS[kind])
     return table
 
 
 def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm `VisionTransformer`, `Eva` or `Beit` state dict -> ours (a renaming; separate q, k, v
-    projections and SwiGLU halves are stacked into our fused tensors)."""
-    return _fuse_parts(_convert({TIMM_FC_NORM.get(k, k): v for k, v in state_dict.items()}, TIMM_READ_TABLE))
+    projections and SwiGLU halves are stacked into our fused tensors, and the parallel blocks'
+    fused projections split into ours)."""
+    table = TIMM_READ_TABLE
+    if any(k.endswith("attn.k_proj.bias") for k in state_dict):  # Sapiens2: q, k and v all have biases
+        table = {**table, **TIMM_SPELLINGS["qkv_biased"]}
+    renamed = {TIMM_FC_NORM.get(k, k): v for k, v in _split_theirs(state_dict).items()}
+    return _fuse_parts(_convert(renamed, table))
 
 
 def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -294,9 +378,64 @@ def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return converted
 
 
-# The parts a fused tensor's rows are made of, in order: "[q]" names the first third of a qkv
+# The parts our fused tensors' rows are made of, in order: "[q]" names the query rows of a qkv
 # projection, "[g]" the first half (the gate) of a gated MLP's fc1.
 FUSED_PARTS = ("qkv", "gx")
+
+
+def _part_rows(state_dict: dict[str, torch.Tensor], key: str, parts: str) -> list[int]:
+    """How many rows of our fused tensor `key` each part has: q has D (the width), k and v share
+    the rest (fewer than D with grouped-query attention); a gate and its value half each."""
+    rows = state_dict[key].shape[0]
+    if parts == "qkv":
+        width = state_dict[key.rsplit(".", 1)[0] + ".weight"].shape[1]
+        return [width, (rows - width) // 2, (rows - width) // 2]
+    return [rows // 2, rows // 2]
+
+
+# timm tensors that hold two of ours (its parallel blocks): name -> (axis, parts in order). Which
+# rows or columns are whose follows from the width D (the input projection's columns, the output
+# projection's rows): in_proj = rows [MLP hidden; q, k, v (3D)], out_proj = columns [attention (D); MLP].
+THEIR_FUSED = {"in_proj": (0, ("mlp", "qkv")), "out_proj": (1, ("attn", "mlp"))}
+
+
+def _their_sizes(name: str, tensor: torch.Tensor, width: int) -> list[int]:
+    if name == "in_proj":
+        return [tensor.shape[0] - 3 * width, 3 * width]
+    return [width, tensor.shape[1] - width]
+
+
+def _split_theirs(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's fused parallel-block tensors -> their parts ("blocks.0.in_proj.weight[mlp]", ...)."""
+    split = {}
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(r"(blocks\.\d+)\.(in_proj|out_proj)\.(weight|bias)", key)
+        if match is None or (match.group(2) == "out_proj" and match.group(3) == "bias"):
+            split[key] = tensor  # (out_proj's bias is the attention's whole)
+            continue
+        block, name, kind = match.groups()
+        axis, parts = THEIR_FUSED[name]
+        weight = state_dict[f"{block}.{name}.weight"]
+        width = weight.shape[1] if name == "in_proj" else weight.shape[0]
+        for part, piece in zip(parts, tensor.split(_their_sizes(name, tensor, width), dim=axis)):
+            split[f"{key}[{part}]"] = piece
+    return split
+
+
+def _join_theirs(converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The reverse of _split_theirs, on a state dict in timm's layout. timm's in_proj has a bias
+    only when q, k and v have one; else the MLP's bias is its separate mlp_bias."""
+    joined = {k: v for k, v in converted.items() if not k.endswith("]")}
+    for key in [k for k in converted if k.endswith("[mlp]")]:
+        base = key[: -len("[mlp]")]
+        name = base.split(".")[-2]
+        axis, parts = THEIR_FUSED[name]
+        if any(f"{base}[{part}]" not in converted for part in parts):  # an in_proj without q, k, v biases
+            continue
+        joined[base] = torch.cat([converted[f"{base}[{part}]"] for part in parts], dim=axis)
+        if base.endswith("in_proj.bias"):
+            joined.pop(base.replace("in_proj.bias", "mlp_bias"), None)
+    return joined
 
 
 def _fuse_parts(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -318,20 +457,23 @@ def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dic
     for their_pattern, our_pattern in table.items():
         part = our_pattern[-2] if our_pattern.endswith("]") else None
         base = our_pattern[: -len("[q]")] if part else our_pattern
-        regex = re.compile(re.escape(base).replace(re.escape("{i}"), r"(\d+)") + "$")
+        regex = re.compile(re.escape(base).replace(re.escape("{i}"), r"(\d+)").replace(re.escape("{j}"), r"(\d+)") + "$")
         for key, tensor in state_dict.items():
             match = regex.match(key)
             if not match:
                 continue
             if part:  # rows [q; k; v] of the fused projection, or [gate; value] of a gated fc1
                 parts = next(p for p in FUSED_PARTS if part in p)
-                tensor = tensor.chunk(len(parts), dim=0)[parts.index(part)]
-            converted[their_pattern.replace("{i}", match.group(1)) if match.groups() else their_pattern] = tensor
+                tensor = tensor.split(_part_rows(state_dict, key, parts), dim=0)[parts.index(part)]
+            their_key = their_pattern
+            for placeholder, index in zip(("{i}", "{j}"), match.groups()):
+                their_key = their_key.replace(placeholder, index)
+            converted[their_key] = tensor
             used.add(key)
     left = [k for k in state_dict if k not in used]
     if left:
         raise ValueError(f"keys with no place in that layout: {', '.join(left[:10])}")
-    return converted
+    return _join_theirs(converted)
 
 
 def to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
