@@ -12,7 +12,6 @@
    read back: it must hold the model's weights exactly.
 """
 
-import argparse
 import os
 import tempfile
 import time
@@ -27,16 +26,17 @@ from train.datasets import load_dataset
 from train.loop import EpochProgress, eager, evaluate, prepare, save_last, train_one_epoch
 from train.stop import StopRequest
 from vit.checkpoint import safe_load
+from vit.cli import ArgumentParser, device_name
 from vit.device import pick_device
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m benchmarks.levers", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default=pick_device("auto").type)
+    parser.add_argument("--device", default=pick_device("auto").type, type=device_name)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)
     args = parser.parse_args(argv)

@@ -9,13 +9,13 @@ Runs alternate (ours, timm, ours, timm, ...) and the median images/s of each is 
 with ours / timm as the ratio.
 """
 
-import argparse
 
 import torch
 import torch.nn.functional as F
 
 import vit
 from benchmarks.common import alternate, machine
+from vit.cli import ArgumentParser, device_name
 from vit.device import pick_device
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,11 +41,11 @@ def make_step(model, images, labels, mode: str, dtype, steps: int):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m benchmarks.model", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=pick_device("auto").type)
+    parser.add_argument("--device", default=pick_device("auto").type, type=device_name)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed run")

@@ -14,7 +14,6 @@ Levers of the steady rate, one setting per process (compiled graphs keep what th
     python -m benchmarks.train --compare --inductor triton.cudagraphs=True    # CUDA graphs (reduce-overhead)
 """
 
-import argparse
 import ast
 import contextlib
 import time
@@ -27,6 +26,7 @@ from benchmarks.seed import seed_loader, seed_train_steps
 from train.config import TrainConfig
 from train.loop import EpochProgress, prepare, train_one_epoch
 from train.stop import StopRequest
+from vit.cli import ArgumentParser, device_name
 from vit.device import pick_device
 from vit.families import model_config
 
@@ -109,13 +109,13 @@ def set_inductor(setting: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m benchmarks.train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="ImageFolder root with train/ and test/")
     parser.add_argument("--model", default="vit_base_patch16_224")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=60, help="timed steps per side")
-    parser.add_argument("--device", default=pick_device("auto").type)
+    parser.add_argument("--device", default=pick_device("auto").type, type=device_name)
     parser.add_argument("--amp", default=None, help="bf16, fp16, none (default: bf16 on GPU)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--workers", type=int, default=8, help="seed DataLoader workers")

@@ -14,7 +14,7 @@ import sys
 from vit.images import ImageError, expand_paths
 from infer.predict import Classifier, OptionError
 from vit.checkpoint import CheckpointError
-from vit.cli import ArgumentParser, is_out_of_memory, positive_int
+from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
 
 
 def build_parser() -> ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per forward pass (default: 64 on a GPU, 8 on CPU)")
     parser.add_argument("--workers", type=positive_int, default=2, help="image-decoding threads (default: 2)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: auto, a GPU if there is one, else the CPU)")
+    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda or cuda:N (default: auto, a GPU if there is one, else the CPU)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
                         help="autocast precision (default auto: the one training evaluated in, where the "
                              "hardware runs it natively; see --quantize)")

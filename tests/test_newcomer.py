@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +308,41 @@ def test_unreadable_large_images_are_reported_before_training(cifar_dir, tmp_pat
     skipped = run_module(*args, "--skip-bad-images")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert "skipped 2 unreadable image(s)" in skipped.stdout
+
+
+def test_caches_follow_xdg_and_tests_keep_them_out_of_the_home_folder(tmp_path):
+    """Decoded images are cached under $XDG_CACHE_HOME (else ~/.cache); the test session points it,
+    Hugging Face's and torch's caches at a temporary folder, so a test run writes nothing in ~."""
+    from tests.conftest import CACHE_HOME
+    from train.datasets import default_cache_dir
+
+    assert default_cache_dir() == CACHE_HOME / "vit-from-scratch" and not CACHE_HOME.is_relative_to(Path.home())
+    code = "from train.datasets import default_cache_dir; print(default_cache_dir())"
+    assert run_module("-c", code, env={"XDG_CACHE_HOME": str(tmp_path)}).stdout.strip() == str(tmp_path / "vit-from-scratch")
+    assert run_module("-c", code, env={"XDG_CACHE_HOME": ""}).stdout.strip() == str(Path.home() / ".cache" / "vit-from-scratch")
+
+
+@pytest.mark.parametrize("module", ["train", "infer", "benchmarks.model", "benchmarks.levers", "benchmarks.train"])
+def test_every_cli_calls_a_device_it_cannot_use_a_usage_error(module):
+    """One rule for every command: a --device that is mistyped, or that this machine cannot give,
+    is a usage error (exit status 2, one line naming --device), before anything is loaded."""
+    bad = run_module("-m", module, "--device", "tpu")
+    assert bad.returncode == 2 and "argument --device: 'tpu' is not auto, cpu, cuda or cuda:N" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    if not torch.cuda.is_available():
+        missing = run_module("-m", module, "--device", "cuda")
+        assert missing.returncode == 2 and "no CUDA GPU (use --device cpu)" in missing.stderr
+        assert len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--data", "/nonexistent", "--device", "cpu"],
+    ["infer", "--checkpoint", "/nonexistent.pth", "--image", "x.jpg"],
+    ["weights", "export", "/nonexistent.pth", "--format", "timm", "out.safetensors"],
+    ["weights", "convert", "/nonexistent.safetensors", "out.safetensors"],
+], ids=["train", "infer", "weights-export", "weights-convert"])
+def test_every_cli_ends_a_runtime_failure_with_exit_status_1(args):
+    """...and what fails at run time (no such data, checkpoint or file) is exit status 1, one line."""
+    result = run_module("-m", *args)
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -5,7 +5,6 @@ downloads, bad checkpoints, out of memory) end with one line on stderr and a non
 """
 
 import gc
-import re
 import signal
 import sys
 from dataclasses import fields
@@ -18,7 +17,7 @@ from train.loop import Interrupted, TrainingError, train
 from train.timing import process_start
 from weights.load import WeightsError
 from vit.checkpoint import CheckpointError
-from vit.cli import ArgumentParser, is_out_of_memory, positive_int
+from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
 from vit.device import AMP_DTYPES
 from vit.families import model_config, model_spec
 
@@ -49,7 +48,7 @@ HELP = {  # every flag's help: what it means, and what its default does
     "max_train_samples": "train on a seeded random subset of this many images (default: all)",
     "max_eval_samples": "evaluate on a seeded random subset of this many images (default: all)",
     "resume": "a last.pt to continue from, with the flags of the run that wrote it (default: start afresh)",
-    "cache_dir": "where decoded small images are cached (default: ~/.cache/vit-from-scratch)",
+    "cache_dir": "where decoded small images are cached (default: $XDG_CACHE_HOME/vit-from-scratch, else ~/.cache/vit-from-scratch)",
     "log_every": "steps between progress-bar updates; each one waits for the GPU (default: 25)",
 }
 POSITIVE = ("img_size", "epochs", "batch_size", "eval_batch_size", "max_train_samples", "max_eval_samples", "log_every")  # >= 1
@@ -75,6 +74,8 @@ def build_parser() -> ArgumentParser:
             kind = {int: int, float: float}.get(type(default), str)
             if field.name in POSITIVE:
                 kind = positive_int
+            if field.name == "device":
+                kind = device_name
             parser.add_argument(flag, type=kind, default=default, help=HELP[field.name])
     return parser
 
@@ -91,8 +92,6 @@ def parse_args(argv=None) -> TrainConfig:
     if args.img_size % patch:
         parser.error(f"argument --img-size: {args.img_size} is not a multiple of {args.model}'s patch size {patch} "
                      f"(e.g. {max(patch, round(args.img_size / patch) * patch)})")
-    if args.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        parser.error(f"argument --device: '{args.device}' is not auto, cpu, cuda or cuda:N")
     return TrainConfig(**vars(args))
 
 

@@ -34,6 +34,6 @@ class TrainConfig:
     max_train_samples: int | None = None  # a seeded random subset, for quick runs
     max_eval_samples: int | None = None
     resume: str | None = None  # a last.pt to continue from
-    cache_dir: str | None = None  # decoded-image cache; None: ~/.cache/vit-from-scratch
+    cache_dir: str | None = None  # decoded-image cache; None: $XDG_CACHE_HOME or ~/.cache, /vit-from-scratch
     skip_bad_images: bool = False  # skip unreadable training images instead of stopping
     log_every: int = 25  # steps between progress-bar updates (each one waits for the GPU)

@@ -176,7 +176,7 @@ def load_image_folder(root: Path, cfg) -> Dataset:
         return Dataset(name, classes, Split(torch.tensor(train_labels), files=train_files),
                        Split(torch.tensor(test_labels), files=test_files), source_size=None)
 
-    cache_dir = Path(cfg.cache_dir or Path.home() / ".cache" / "vit-from-scratch")
+    cache_dir = Path(cfg.cache_dir or default_cache_dir())
     splits = []
     for files, labels in ((train_files, train_labels), (test_files, test_labels)):
         key = {"files": [str(f) for f in files], "labels": labels, "size": width,
@@ -258,6 +258,12 @@ def data_folder(cfg) -> Path | None:
     if not path.is_dir():
         raise DataError(f"--data {cfg.data}: not 'cifar10' and not a folder")
     return path
+
+
+def default_cache_dir() -> Path:
+    """Where decoded images are cached unless --cache-dir says: $XDG_CACHE_HOME/vit-from-scratch,
+    by default ~/.cache/vit-from-scratch."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vit-from-scratch"
 
 
 def load_dataset(cfg) -> Dataset:

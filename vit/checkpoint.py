@@ -100,12 +100,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except (OSError, RuntimeError) as error:  # torch.save wraps some write errors in RuntimeError
         tmp.unlink(missing_ok=True)
         reason = getattr(error, "strerror", None) or first_line(error)
-        raise CheckpointError(f"cannot write {path} ({reason}); the previous checkpoint, if any, is untouched") from None
+        raise CheckpointError(f"cannot write {path} ({reason}); the previous file, if any, is untouched") from None
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
     atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """A .safetensors file, atomically, readable as any file the user writes (safetensors' own
+    save_file makes it 0600, whatever the umask)."""
+    from safetensors.torch import save
+
+    atomic_write(path, lambda file: file.write(save(tensors, metadata=metadata)))
 
 
 class BackgroundSaver:

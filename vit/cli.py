@@ -22,6 +22,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def device_name(text: str) -> str:
+    """An argparse type for --device: auto, cpu, cuda or cuda:N, and a GPU only where there is
+    one. One rule for every command: a device this machine cannot give is a usage error
+    ("argument --device: ...", exit status 2), as a mistyped one is."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"'{text}', but this machine has no CUDA GPU (use --device cpu)")
+    return text
+
+
 def first_line(error: BaseException) -> str:
     """An exception as one short line for an error message: its first line, or its type's name
     when it has no message."""

@@ -16,9 +16,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from vit.checkpoint import ModelCard, load_model
+from vit.checkpoint import ModelCard, load_model, save_safetensors
 from vit.families import model_config, model_spec
 from weights.convert import HF_TO_OURS, TIMM_FC_NORM, from_ours, timm_table
 from weights.load import HF_ACTIVATION_NAMES
@@ -65,7 +64,7 @@ def timm_state_dict(model, name: str) -> dict[str, torch.Tensor]:
 
 def export_timm(model, card: ModelCard, out: Path) -> None:
     """A .safetensors file with timm's keys: what timm's hub `model.safetensors` holds."""
-    save_file(timm_state_dict(model, card.model_name), str(out),
+    save_safetensors(timm_state_dict(model, card.model_name), out,
               metadata={"model_name": card.model_name, "img_size": str(card.img_size),
                         "class_names": json.dumps(list(card.class_names)),
                         "mean": json.dumps(list(card.mean)), "std": json.dumps(list(card.std))})
@@ -99,7 +98,7 @@ def export_hf(model, card: ModelCard, out: Path) -> None:
     }
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     tensors = {k: v.contiguous() for k, v in from_ours(model.state_dict(), HF_TO_OURS).items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(tensors, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def export_onnx(model, card: ModelCard, out: Path, opset: int = 18) -> None:

@@ -10,9 +10,7 @@
 import json
 import sys
 
-from safetensors.torch import save_file
-
-from vit.checkpoint import CheckpointError
+from vit.checkpoint import CheckpointError, save_safetensors
 from vit.cli import ArgumentParser, first_line
 from vit.export import FORMATS, ExportError
 from vit.export import export as export_model
@@ -68,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         metadata["activation"] = json.dumps(weights.activation)
     tensors = {k: v.contiguous() for k, v in weights.state_dict.items()}
     try:
-        save_file(tensors, args.out, metadata=metadata)
-    except OSError as error:
-        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        save_safetensors(tensors, args.out, metadata=metadata)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"converted {len(tensors)} tensors ({weights.layout} layout) -> {args.out}")
     return 0
