@@ -61,7 +61,7 @@ def ours(checkpoint: Path, paths: list[Path], amp: str, quantize: str, precision
          batch_size: int | None = None, workers: int = 2) -> None:
     classifier = Classifier(checkpoint, device="cpu", amp=amp, quantize=quantize, batch_size=batch_size, workers=workers)
     precisions[name] = classifier.precision.name
-    for p in classifier.classify(paths):
+    for p in classifier.iter_classify(paths):
         print(f"{p.path}: {p.top[0][0]} ({p.top[0][1]:.1%})")
 
 

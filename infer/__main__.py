@@ -58,8 +58,8 @@ def main(argv=None) -> int:
                 parser.error("--explain goes with --image, not --data")
             return report_evaluation(classifier.evaluate_folder(args.data), args.json)
         if args.explain:
-            return report_explanations(classifier.explain(expand_paths(args.image), args.explain))
-        return report_predictions(classifier.classify(expand_paths(args.image), args.topk), args.json)
+            return report_explanations(classifier.iter_explain(expand_paths(args.image), args.explain))
+        return report_predictions(classifier.iter_classify(expand_paths(args.image), args.topk), args.json)
     except OptionError as error:
         parser.error(str(error))
     except (CheckpointError, ImageError) as error:

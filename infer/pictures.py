@@ -14,12 +14,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def free_path(folder: Path, stem: str) -> Path:
-    """folder/stem.png, or stem-1.png, stem-2.png, ... when that name is taken: never overwrite."""
-    path, n = folder / f"{stem}.png", 0
-    while path.exists():
+def picture_path(folder: Path, stem: str, taken: set[Path]) -> Path:
+    """folder/stem.png, overwriting the picture an earlier run made of the same input; within one
+    run, a second input of the same name gets stem-2.png, then stem-3.png, ... (`taken` holds this
+    run's pictures so far, and gets the new one)."""
+    path, n = folder / f"{stem}.png", 1
+    while path in taken:
         n += 1
         path = folder / f"{stem}-{n}.png"
+    taken.add(path)
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from infer.pictures import free_path, save_explanation
+from infer.pictures import picture_path, save_explanation
 from vit.checkpoint import CheckpointError, ModelCard, load_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
@@ -155,7 +155,7 @@ class Classifier:
         except ImageError as error:
             return str(error)
 
-    def read_all(self, paths: list[Path]):
+    def read_all(self, paths: list[str | Path]):
         """Yield (path, model input or error message) in input order. Threads decode up to two
         batches ahead, so reading the next batch overlaps the model's work on this one."""
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
@@ -169,8 +169,12 @@ class Classifier:
                 path_, future = ahead.popleft()
                 yield path_, future.result()
 
-    def classify(self, paths: list[Path], topk: int = 1):
-        """Yield a Prediction per path, batching the readable images."""
+    def classify(self, paths: list[str | Path], topk: int = 1) -> list[Prediction]:
+        """A Prediction per path, in order (an unreadable image's has `.error` instead of `.top`)."""
+        return list(self.iter_classify(paths, topk))
+
+    def iter_classify(self, paths: list[str | Path], topk: int = 1):
+        """classify's Predictions one by one, as they are ready (batching the readable images)."""
         if not 1 <= topk <= len(self.class_names):
             raise OptionError(f"--topk {topk}: choose 1 to {len(self.class_names)} (the model's classes)")
         pending = []
@@ -193,13 +197,18 @@ class Classifier:
         if pending:
             yield from flush()
 
-    def explain(self, paths: list[Path], out_dir: str | Path):
+    def explain(self, paths: list[str | Path], out_dir: str | Path) -> list[tuple[Prediction, Path | None]]:
         """Classify each image and write OUT_DIR/<stem>.png showing what the model looked at
-        (vit/explain.py: attention rollout, and the last block's CLS attention per head); yield
-        (Prediction, the picture's path or None)."""
+        (vit/explain.py: attention rollout, and the last block's CLS attention per head):
+        (Prediction, the picture's path, None for an unreadable image) per path. A picture from an
+        earlier call for the same input is overwritten; two inputs of one name get <stem>-2.png."""
+        return list(self.iter_explain(paths, out_dir))
+
+    def iter_explain(self, paths: list[str | Path], out_dir: str | Path):
+        """explain's (Prediction, picture) pairs one by one, each picture written before it is yielded."""
         if not isinstance(self.model, torch.nn.Module) or self.precision.name == "int8":
             raise OptionError("--explain needs the PyTorch model in full precision: a .pth checkpoint, --quantize none")
-        out_dir = Path(out_dir)
+        out_dir, taken = Path(out_dir), set()
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, item in self.read_all(paths):
             if isinstance(item, str):
@@ -209,7 +218,7 @@ class Classifier:
             confidence, index = probs.max(0)
             prediction = Prediction(str(path), top=[(self.class_names[index], confidence.item())])
             maps = attention_maps(self.model, item)  # one pass serves the rollout and the per-head views
-            picture = free_path(out_dir, Path(path).stem)
+            picture = picture_path(out_dir, Path(path).stem, taken)
             cfg = self.model.cfg  # where the prefix tokens (CLS, ...) are
             save_explanation(picture, item[0], self.card.mean, self.card.std, rollout(maps, cfg)[0],
                              last_cls_attention(maps, cfg)[0],
@@ -241,7 +250,7 @@ class Classifier:
         correct1 = correct5 = 0
         per_class = {name: [0, 0] for name in classes}  # [correct, total]
         errors = []
-        for prediction, label in zip(self.classify(paths, topk=k), labels):
+        for prediction, label in zip(self.iter_classify(paths, topk=k), labels):
             if prediction.error:
                 errors.append((prediction.path, prediction.error))
                 continue

@@ -98,7 +98,8 @@ def test_rollout_peaks_where_the_cls_token_provably_looks(target):
 
 
 def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
-    """Real images through the CLI: one PNG each, repeated stems not overwritten."""
+    """Real images through the CLI: one PNG each, two inputs of one name apart (cat.png, cat-2.png);
+    the same command again overwrites them instead of adding copies."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     source = tiny_run["data"] / "test" / "cat" / "0000.jpg"
@@ -109,7 +110,10 @@ def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
                         "--explain", str(tmp_path / "explained"))
     assert result.returncode == 0, result.stderr[-2000:]
     written = sorted(p.name for p in (tmp_path / "explained").iterdir())
-    assert written == ["cat-1.png", "cat.png"]
+    assert written == ["cat-2.png", "cat.png"]
+    again = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"), str(tmp_path / "b"),
+                       "--explain", str(tmp_path / "explained"))
+    assert again.returncode == 0 and sorted(p.name for p in (tmp_path / "explained").iterdir()) == written
     for name in written:
         with Image.open(tmp_path / "explained" / name) as picture:
             assert picture.format == "PNG" and picture.size[0] >= 600 and picture.size[1] >= 200

@@ -187,3 +187,57 @@ def test_load_image_errors_name_the_reason(tmp_path):
         load_image(tmp_path / "absent.png", 32)
     with pytest.raises(ImageError, match="is a folder"):
         load_image(tmp_path, 32)
+
+
+def test_readmes_python_example_runs_as_written_and_writes_its_picture(tiny_run, tmp_path, cifar_dir):
+    """The README's Classifier example, run as written (its checkpoint and data paths pointed at
+    this test's run and data): it prints each prediction and writes the picture it names; run
+    again, it overwrites that picture instead of piling up copies."""
+    import re
+
+    from tests.conftest import REPO, run_module
+
+    readme = (REPO / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "from infer import Classifier" in block)
+    code = code.replace("runs/quick/vit_cifar10_finetuned.pth", str(tiny_run["out"] / "vit_cifar10_finetuned.pth"))
+    code = code.replace("../shared/data/cifar10-jpg", str(cifar_dir))
+    for _ in range(2):
+        result = run_module("-c", code, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        printed, picture = result.stdout.splitlines()
+        path, top = printed.split(" ", 1)
+        assert path == str(cifar_dir / "test" / "cat" / "0003.jpg") and len(eval(top)) == 3
+        assert picture == "explained/0003.png" and (tmp_path / picture).stat().st_size > 0
+        assert [p.name for p in (tmp_path / "explained").iterdir()] == ["0003.png"]
+
+
+def test_explain_names_two_inputs_of_one_name_apart_and_returns_a_list(classifier, tmp_path, cifar_dir):
+    """explain and classify return lists (the work is done when they return); two inputs named
+    0000.jpg in one call get 0000.png and 0000-2.png."""
+    images = [cifar_dir / "test" / "cat" / "0000.jpg", cifar_dir / "test" / "dog" / "0000.jpg"]
+    explained = classifier.explain(images, tmp_path)
+    assert isinstance(explained, list) and [picture.name for _, picture in explained] == ["0000.png", "0000-2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000-2.png", "0000.png"]
+    predictions = classifier.classify(images)
+    assert isinstance(predictions, list) and [p.top[0] for p in predictions] == [p.top[0] for p, _ in explained]
+
+
+def test_infer_given_weights_or_a_folder_says_what_it_is_and_what_to_do(tiny_run, tmp_path):
+    """A timm .safetensors file, a Hugging Face-style folder, or a run folder given to --checkpoint:
+    one line naming what it is, and the fine-tuned .pth to use or the command that makes one."""
+    from tests.conftest import make_timm_file, run_module
+
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.parent.mkdir()
+    make_timm_file("vit_tiny_patch16_224", weights, depth=1)
+    expected = {
+        weights: "a .safetensors weights file (timm's, Hugging Face's or a converted one), not a fine-tuned model; "
+                 f"fine-tune it first (python -m train --pretrained {weights})",
+        weights.parent: f"a folder of pretrained weights, not a fine-tuned model; fine-tune them first "
+                        f"(python -m train --pretrained {weights.parent})",
+        tiny_run["out"]: f"a run folder; give the fine-tuned model in it: {tiny_run['out'] / 'vit_cifar10_finetuned.pth'}",
+    }
+    image = tiny_run["data"] / "test" / "cat" / "0000.jpg"
+    for given, says in expected.items():
+        result = run_module("-m", "infer", "--checkpoint", str(given), "--image", str(image))
+        assert result.returncode == 1 and result.stderr.strip().splitlines() == [f"error: {given}: {says}"]

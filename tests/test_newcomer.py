@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module
+from tests.conftest import CLASSES, DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module
 from tests.fake_hub import FakeHub
 from vit.images import load_image
 
@@ -46,6 +46,17 @@ def test_readme_quick_start_runs_offline_on_cpu(tmp_path):
     card = torch.load(tmp_path / "out" / "vit_cifar10_finetuned.pth", weights_only=True)
     assert card["metrics"]["test_acc"] >= 0.15  # 10 classes, 1000 test images: chance is 10% +- 1%
     assert "warning: " not in result.stdout  # the quick start is not a slow configuration
+
+    # ... and the README's next command, on the model this run wrote: its answer has the README's form
+    command = re.search(r"^(python -m infer --checkpoint runs/quick/\S+ --image \S+ --topk 3)\n# (.*)$", readme, re.M)
+    args = shlex.split(command.group(1).replace("runs/quick", str(tmp_path / "out")).replace(
+        "../shared/data/cifar10-jpg", str(DATA)))[1:]
+    answer = run_module(*args)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    form = r"^(\S+): (\w+) \(\d+\.\d%\), (\w+) \(\d+\.\d%\), (\w+) \(\d+\.\d%\)$"
+    said, shown = re.match(form, answer.stdout.strip()), re.match(form, command.group(2))
+    assert said and shown and said.group(1) == str(DATA / "test" / "cat" / "0003.jpg")
+    assert set(said.groups()[1:]) <= set(CLASSES) and set(shown.groups()[1:]) <= set(CLASSES)
 
 
 def test_end_of_run_lists_what_was_written_and_the_next_command(tiny_run):
@@ -118,6 +129,19 @@ def test_unreachable_hub_fails_in_one_whole_line_before_any_data_is_decoded(tmp_
     assert message.endswith("random weights") and "Retry" not in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
     assert seconds < 30, seconds  # huggingface_hub alone retries for ~25 s; decoding would add more
+
+
+def test_hub_advice_names_each_entry_points_own_argument(tmp_path):
+    """The same unreachable hub, asked by `weights convert` and by the Python API: each gets the
+    ways around it in its own terms (SRC; pretrained=...), never train's --pretrained."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    convert = run_module("-m", "weights", "convert", TINY_HUB_ID, str(tmp_path / "out.safetensors"), env=env)
+    message = one_line(convert, 1)
+    assert message.startswith(f"error: cannot get '{TINY_HUB_ID}'") and "as SRC" in message and "--pretrained" not in message
+    api = run_module("-c", "import vit; vit.create_model('vit_tiny_patch16_224', pretrained='default')", env=env)
+    raised = api.stderr.strip().splitlines()[-1]
+    assert raised.startswith("weights.load.HubUnavailable: cannot get")
+    assert "pretrained='path/to/model.safetensors'" in raised and "pretrained=None" in raised and "--pretrained" not in raised
 
 
 # ---------------------------------------------------------------- flags and help

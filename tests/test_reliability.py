@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module, start_training
 from train import TrainConfig
-from vit.checkpoint import atomic_save, safe_load
+from vit.checkpoint import CheckpointError, atomic_save, safe_load
 
 
 def long_run_args(data, tmp_path) -> list[str]:
@@ -202,3 +203,72 @@ def test_sigterm_saves_last_checkpoint_and_exits_cleanly(cifar_dir, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" in stderr and "--resume" in stderr and "Traceback" not in stderr
     assert safe_load(tmp_path / "out" / "last.pt")["epoch"] >= 2
+
+
+def test_a_disk_too_small_for_the_run_is_refused_before_any_data_is_decoded(cifar_dir, tmp_path, monkeypatch):
+    """30 MB free for a ViT-Ti run (the fine-tuned model alone is 22 MB, last.pt 65 MB): one line
+    saying how much the run writes, how much is free and where, before the images are decoded."""
+    import shutil
+
+    from tests.conftest import make_subset
+    from train import TrainConfig
+    from train.loop import bytes_to_write, train
+    from vit.families import model_config
+
+    disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=30 * 2**20))
+    data = make_subset(cifar_dir, tmp_path / "data", 2, 1)
+    cfg = TrainConfig(data=str(data), model="vit_tiny_patch16_224", pretrained="none", img_size=64, epochs=1,
+                      device="cpu", output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(CheckpointError) as error:
+        train(cfg)
+    model, last = bytes_to_write(model_config("vit_tiny_patch16_224", img_size=64))
+    assert round(model / 2**20) == 22 and round(last / 2**20) == 65
+    assert str(error.value) == (f"--output-dir: the run writes about {(model + 2 * last) / 2**20:.0f} MB (the fine-tuned "
+                                f"model 22 MB, last.pt 65 MB and its next copy), but {tmp_path} has 30 MB free; "
+                                "free some space or choose another --output-dir")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()  # nothing decoded, nothing made
+
+
+def test_a_write_that_fails_for_space_says_so_in_plain_words(tmp_path, monkeypatch):
+    """torch.save's own words for a full disk ("unexpected pos ...") become "no space left on
+    device"; the previous file stays, no temporary file is left."""
+    import errno
+    import shutil
+
+    from vit.checkpoint import atomic_write
+
+    (tmp_path / "last.pt").write_bytes(b"the previous one")
+    disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=4096))
+
+    def torch_on_a_full_disk(file):
+        file.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 31335104 vs 31334992")
+
+    def python_on_a_full_disk(file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for write in (torch_on_a_full_disk, python_on_a_full_disk):
+        with pytest.raises(CheckpointError) as error:
+            atomic_write(tmp_path / "last.pt", write)
+        assert str(error.value).lower() == (f"cannot write {tmp_path / 'last.pt'} (no space left on device); "
+                                            "the previous file, if any, is untouched")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and (tmp_path / "last.pt").read_bytes() == b"the previous one"
+
+
+def test_the_fine_tuned_model_is_written_before_the_final_last_pt(cifar_dir, tmp_path, monkeypatch):
+    """At the end the model is saved first: a disk that fills up on the final last.pt has the
+    fine-tuned model already."""
+    import train.loop as loop
+    from tests.conftest import make_subset
+    from train import TrainConfig
+
+    written = []
+    monkeypatch.setattr(loop, "save_model", lambda path, *a, _f=loop.save_model, **k: (written.append(Path(path).name), _f(path, *a, **k))[1])
+    monkeypatch.setattr(loop, "atomic_save", lambda state, path, _f=loop.atomic_save: (written.append(Path(path).name), _f(state, path))[1])
+    data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
+    loop.train(TrainConfig(data=str(data), model="vit_tiny_patch16_224", pretrained="none", img_size=32, epochs=2,
+                           batch_size=10, device="cpu", output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
+    assert written == ["vit_data_finetuned.pth", "last.pt"]  # epoch 1's last.pt went through the background saver
+    assert safe_load(tmp_path / "out" / "last.pt")["epoch"] == 2

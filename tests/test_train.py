@@ -68,20 +68,21 @@ def test_pretrained_local_file_really_initialises_the_weights(cifar_dir, tmp_pat
 
 
 def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
-    """Kill a run with SIGINT partway, resume it, and compare with an uninterrupted run."""
+    """Kill a run with SIGINT partway (in its second epoch), resume it, and compare with an
+    uninterrupted run."""
     data = make_subset(cifar_dir, tmp_path / "cifar10-small", 40, 5)
-    common = ["-m", "train", "--data", str(data), "--epochs", "4", "--cache-dir", str(tmp_path / "cache"),
+    common = ["-m", "train", "--data", str(data), "--epochs", "2", "--cache-dir", str(tmp_path / "cache"),
               *TINY_TRAIN_ARGS, "--batch-size", "16"]
     whole = run_module(*common, "--output-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
-    process = start_training([*common[2:], "--output-dir", str(tmp_path / "cut")], until="epoch 1/4:")
+    process = start_training([*common[2:], "--output-dir", str(tmp_path / "cut")], until="epoch 1/2:")
     process.send_signal(signal.SIGINT)  # the first epoch is done: interrupt the second
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
     assert "--resume" in stderr and "Traceback" not in stderr
     last = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
-    assert (last["epoch"], last["step"]) < (4, 0)
+    assert (1, 0) <= (last["epoch"], last["step"]) < (2, 0)
 
     resumed = run_module(*common, "--output-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

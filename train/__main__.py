@@ -15,7 +15,7 @@ from train.config import TrainConfig
 from train.datasets import DataError
 from train.loop import Interrupted, TrainingError, train
 from train.timing import process_start
-from weights.load import WeightsError
+from weights.load import HubUnavailable, WeightsError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
 from vit.device import AMP_DTYPES
@@ -118,6 +118,9 @@ def main(argv=None) -> int:
             raise
         print(f"error: out of memory at --batch-size {cfg.batch_size}; lower --batch-size "
               "(or --eval-batch-size)", file=sys.stderr)
+        return 1
+    except HubUnavailable as error:
+        print(f"error: {error.advice('--pretrained')}", file=sys.stderr)
         return 1
     except (DataError, WeightsError, CheckpointError, TrainingError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,6 +13,7 @@ device and read only every `log_every` steps.
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +147,30 @@ def check_output_dir(path: str | os.PathLike) -> None:
         raise CheckpointError(f"--output-dir {path}: cannot write in {existing} (permission denied)")
 
 
+def bytes_to_write(model_cfg: ViTConfig) -> tuple[int, int]:
+    """(the fine-tuned model, last.pt) in bytes, about: fp32 weights, and weights plus AdamW's two
+    moments. Counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in vit.VisionTransformer(model_cfg).parameters())
+    return 4 * parameters, 12 * parameters
+
+
+def check_free_space(path: str | os.PathLike, model_cfg: ViTConfig) -> None:
+    """Fail before any data is decoded if the output folder's disk cannot hold what the run
+    writes: the fine-tuned model, and last.pt twice (the previous one stays until its successor
+    is whole)."""
+    path = Path(path).expanduser()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    model, last = bytes_to_write(model_cfg)
+    needed, free = model + 2 * last, shutil.disk_usage(path).free
+    if free < needed:
+        mb = 1024 * 1024
+        raise CheckpointError(f"--output-dir: the run writes about {needed / mb:.0f} MB (the fine-tuned model "
+                              f"{model / mb:.0f} MB, last.pt {last / mb:.0f} MB and its next copy), but {path} has "
+                              f"{free / mb:.0f} MB free; free some space or choose another --output-dir")
+
+
 def forecast_seconds_per_image(model_cfg, device: torch.device, amp_dtype) -> float:
     """A rough forecast of one training image's time, made in a fraction of a second before any
     data is touched: the image's training arithmetic (forward + backward = 3 x the forward's
@@ -240,6 +265,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
     check_output_dir(cfg.output_dir)
+    check_free_space(cfg.output_dir, model_cfg)
     data_folder(cfg)
     resume_from = safe_load(cfg.resume) if cfg.resume else None
     with timer.phase("weights"):  # on resume they come from last.pt: nothing to fetch
@@ -477,8 +503,9 @@ def train(cfg: TrainConfig, started: float | None = None) -> dict:
                 f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | "
                 f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
             start_step, progress = 0, EpochProgress.zeros(run.device)
-            with timer.phase("save"):  # the copy to the CPU; the disk write overlaps the next epoch
-                save_last(run, epoch + 1, 0, progress, background=True)
+            if epoch + 1 < cfg.epochs or stop.signum is not None:  # (the final one: after the model, below)
+                with timer.phase("save"):  # the copy to the CPU; the disk write overlaps the next epoch
+                    save_last(run, epoch + 1, 0, progress, background=True)
             if stop.signum is not None:
                 raise Interrupted(stop.signum, output_dir / "last.pt")
     finally:
@@ -494,6 +521,8 @@ def train(cfg: TrainConfig, started: float | None = None) -> dict:
         with timer.phase("save"):
             save_model(final_path, model, run.card(), metrics=final, confusion=record.get("confusion"),
                        config=asdict(cfg))
+            if record:  # then the final last.pt: should the disk fill up, the model is safe already
+                save_last(run, cfg.epochs, 0, EpochProgress.zeros(run.device))
             from train.plots import save_plots
 
             save_plots(run.history, record.get("confusion"), data.class_names, output_dir)

@@ -23,6 +23,7 @@ of killed writers are swept by the next save.
 """
 
 import os
+import shutil
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -80,6 +81,9 @@ class ModelCard:
         return card
 
 
+DISK_FULL = 1024 * 1024  # bytes free below which a failed write is put down to a full disk
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call write(file) on a temporary file beside `path`, flush it to disk, rename it over
     `path`. The project's one way of writing a file that must never be seen half-written."""
@@ -98,8 +102,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         finally:
             os.close(directory)
     except (OSError, RuntimeError) as error:  # torch.save wraps some write errors in RuntimeError
+        # ... a full disk among them ("unexpected pos ..."): say so in plain words
+        full = isinstance(error, RuntimeError) and shutil.disk_usage(path.parent).free < DISK_FULL
         tmp.unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or first_line(error)
+        reason = "no space left on device" if full else getattr(error, "strerror", None) or first_line(error)
         raise CheckpointError(f"cannot write {path} ({reason}); the previous file, if any, is untouched") from None
 
 
@@ -200,9 +206,29 @@ def save_model(path: str | os.PathLike, model: VisionTransformer, card: ModelCar
     atomic_save({"state_dict": model.state_dict(), **card.to_dict(), **extra}, path)
 
 
+def not_a_fine_tuned_model(path: Path) -> str | None:
+    """What a path given as a fine-tuned checkpoint is instead, and what to do with it (one line);
+    None where it may be one."""
+    if path.is_dir():
+        finetuned = sorted(path.glob("*_finetuned.pth"))
+        if finetuned:
+            return f"{path}: a run folder; give the fine-tuned model in it: {finetuned[0]}"
+        if (path / "model.safetensors").is_file():
+            return (f"{path}: a folder of pretrained weights, not a fine-tuned model; fine-tune them first "
+                    f"(python -m train --pretrained {path})")
+        return f"{path}: a folder, not a fine-tuned model (the vit_<name>_finetuned.pth that train writes)"
+    if path.suffix == ".safetensors" and path.is_file():
+        return (f"{path}: a .safetensors weights file (timm's, Hugging Face's or a converted one), not a fine-tuned "
+                f"model; fine-tune it first (python -m train --pretrained {path})")
+    return None
+
+
 def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
     """A fine-tuned checkpoint turned back into its model (eval mode) and card; CheckpointError
-    (one line) if it is not one."""
+    (one line) if it is not one, saying what it is where that is clear."""
+    other = not_a_fine_tuned_model(Path(path))
+    if other is not None:
+        raise CheckpointError(other)
     checkpoint = safe_load(path)
     card = ModelCard.from_dict(checkpoint, path)
     try:

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     from vit.factory import create_model
     from vit.images import ImageError, evenly_spaced, expand_paths, load_image
     from vit.preprocess import to_model_input
-    from weights.load import WeightsError
+    from weights.load import HubUnavailable, WeightsError
 
     parser = ArgumentParser(prog="python -m vit.figures", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder for the three PNG files")
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         batch = torch.cat([to_model_input(load_image(p, source_size or size)[None], size, mean, std, source_size)
                            for p in evenly_spaced(found, args.num_images)])  # exactly as training evaluated
     except (CheckpointError, WeightsError, ImageError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error.advice('--pretrained') if isinstance(error, HubUnavailable) else error}", file=sys.stderr)
         return 1
     try:
         paths = save_figures(model, batch, args.out_dir)

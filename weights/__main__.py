@@ -15,7 +15,7 @@ from vit.cli import ArgumentParser, first_line
 from vit.export import FORMATS, ExportError
 from vit.export import export as export_model
 from weights.convert import KEY_MAPS
-from weights.load import WeightsError, load_pretrained
+from weights.load import HubUnavailable, WeightsError, load_pretrained
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         weights = load_pretrained(args.src)
     except WeightsError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error.advice('SRC') if isinstance(error, HubUnavailable) else error}", file=sys.stderr)
         return 1
     metadata = {"layout": "ours", "converted_from": weights.layout, "source": weights.source}
     if weights.mean is not None:  # what the original's config said; else the model's default applies

@@ -51,9 +51,25 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".pth", ".pt"))
 
 
-ALTERNATIVES = ("use --pretrained path/to/model.safetensors (a local .safetensors file, timm's or Hugging Face's), "
-                "fill the Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1 here, "
-                "or --pretrained none to start from random weights")
+class HubUnavailable(WeightsError):
+    """The hub could not give a repo: what happened and the ways around it, worded for whoever
+    asked. str() speaks to the Python API (pretrained=...); a command names its own flag by
+    `advice`: "--pretrained" (train, vit.figures) or "SRC" (weights convert)."""
+
+    def __init__(self, repo_id: str, reason: str):
+        self.repo_id, self.reason = repo_id, reason
+        super().__init__(self.advice("pretrained="))
+
+    def advice(self, argument: str) -> str:
+        cache = "fill the Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1 here"
+        if argument == "SRC":
+            ways = f"give a local .safetensors file or folder (timm's or Hugging Face's) as SRC, or {cache}"
+        else:
+            local, none = {"pretrained=": ("pretrained='path/to/model.safetensors'", "pretrained=None")}.get(
+                argument, (f"{argument} path/to/model.safetensors", f"{argument} none"))
+            ways = (f"use {local} (a local .safetensors file, timm's or Hugging Face's), {cache}, "
+                    f"or {none} to start from random weights")
+        return f"cannot get '{self.repo_id}' from the Hugging Face hub ({self.reason}); {ways}"
 
 
 def _hub_unreachable() -> str | None:
@@ -107,7 +123,7 @@ def download_from_hub(repo_id: str) -> Path:
             reason = f"{type(error).__name__}: {first_line(error)}"
         finally:
             hub_logging.set_verbosity(verbosity)
-    raise WeightsError(f"cannot get '{repo_id}' from the Hugging Face hub ({reason}); {ALTERNATIVES}")
+    raise HubUnavailable(repo_id, reason)
 
 
 def resolve(pretrained: str | os.PathLike) -> Path:
