@@ -5,13 +5,9 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def picture_path(folder: Path, stem: str, taken: set[Path]) -> Path:
@@ -41,6 +37,11 @@ def save_explanation(path: Path, model_input: torch.Tensor, mean, std, rollout: 
     mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     seen = (model_input.cpu().float() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
     heat = heat_map(rollout, model_input.shape[-1], patch_size)
+
+    import matplotlib  # here: every `python -m infer` imports this module, few draw (~0.3 s saved)
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
 
     columns = max(1, int(len(heads) ** 0.5 + 0.999))
     rows = -(-len(heads) // columns)

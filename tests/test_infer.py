@@ -222,10 +222,12 @@ def test_explain_names_two_inputs_of_one_name_apart_and_returns_a_list(classifie
     assert isinstance(predictions, list) and [p.top[0] for p in predictions] == [p.top[0] for p, _ in explained]
 
 
-def test_infer_given_weights_or_a_folder_says_what_it_is_and_what_to_do(tiny_run, tmp_path):
+def test_infer_given_weights_or_a_folder_says_what_it_is_and_what_to_do(tiny_run, tmp_path, capsys):
     """A timm .safetensors file, a Hugging Face-style folder, or a run folder given to --checkpoint:
-    one line naming what it is, and the fine-tuned .pth to use or the command that makes one."""
-    from tests.conftest import make_timm_file, run_module
+    one line naming what it is, and the fine-tuned .pth to use or the command that makes one
+    (`python -m infer`'s main, in process)."""
+    from infer.__main__ import main
+    from tests.conftest import make_timm_file
 
     weights = tmp_path / "hf" / "model.safetensors"
     weights.parent.mkdir()
@@ -239,5 +241,5 @@ def test_infer_given_weights_or_a_folder_says_what_it_is_and_what_to_do(tiny_run
     }
     image = tiny_run["data"] / "test" / "cat" / "0000.jpg"
     for given, says in expected.items():
-        result = run_module("-m", "infer", "--checkpoint", str(given), "--image", str(image))
-        assert result.returncode == 1 and result.stderr.strip().splitlines() == [f"error: {given}: {says}"]
+        assert main(["--checkpoint", str(given), "--image", str(image)]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"error: {given}: {says}"]
