@@ -55,7 +55,7 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(finetuned, tmp_pat
     assert processor.size["height"] == card.img_size
 
 
-def test_onnx_export_runs_in_onnxruntime_and_in_infer_with_the_same_outputs(finetuned, tmp_path, cifar_dir, tiny_run):
+def test_onnx_export_runs_in_onnxruntime_and_in_infer_with_the_same_outputs(finetuned, tmp_path, cifar_dir, tiny_run, capsys):
     import onnxruntime
 
     checkpoint, model, card = finetuned
@@ -69,11 +69,14 @@ def test_onnx_export_runs_in_onnxruntime_and_in_infer_with_the_same_outputs(fine
     stored = json.loads(session.get_modelmeta().custom_metadata_map["vit_card"])
     assert stored["class_names"] == list(card.class_names) and stored["mean"] == list(card.mean)
     # python -m infer takes the .onnx file as it takes the .pth, with the same predictions.
+    from infer.__main__ import main as infer  # python -m infer's main, in process
+
     folder = str(tiny_run["data"] / "test" / "cat")
-    onnx = run_module("-m", "infer", "--checkpoint", str(tmp_path / "model.onnx"), "--image", folder, "--json")
-    ours = run_module("-m", "infer", "--checkpoint", str(checkpoint), "--image", folder, "--json")
-    assert onnx.returncode == 0 and ours.returncode == 0, onnx.stderr
-    a, b = json.loads(onnx.stdout), json.loads(ours.stdout)
+    capsys.readouterr()
+    assert infer(["--checkpoint", str(tmp_path / "model.onnx"), "--image", folder, "--json"]) == 0
+    onnx = capsys.readouterr().out
+    assert infer(["--checkpoint", str(checkpoint), "--image", folder, "--json"]) == 0
+    a, b = json.loads(onnx), json.loads(capsys.readouterr().out)
     assert [r["predictions"][0]["class"] for r in a] == [r["predictions"][0]["class"] for r in b]
     assert max(abs(x["predictions"][0]["confidence"] - y["predictions"][0]["confidence"]) for x, y in zip(a, b)) < 1e-4
 

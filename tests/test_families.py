@@ -369,7 +369,7 @@ def test_transformers_dinov2_and_siglip_files_load_with_their_outputs(name, layo
         assert card.activation == loaded.cfg.activation == "gelu_tanh"
 
 
-def test_python_m_vit_lists_every_name_with_its_family_size_and_weights():
+def test_python_m_vit_lists_every_name_with_its_family_size_and_weights(capsys):
     from tests.conftest import run_module
 
     result = run_module("-m", "vit")
@@ -379,8 +379,11 @@ def test_python_m_vit_lists_every_name_with_its_family_size_and_weights():
     assert lines[list(MODELS).index("vit_small_patch14_reg4_dinov2")].split() == [
         "vit_small_patch14_reg4_dinov2", "dinov2_reg", "518", "px", "timm/vit_small_patch14_reg4_dinov2.lvd142m"]
     assert lines[list(MODELS).index("vit_large_patch16_sapiens2")].split()[2] == "1024x768"  # height x width
-    result = run_module("-m", "vit", "--help")
-    assert result.returncode == 0 and result.stdout.startswith("usage: python -m vit")
+    from vit.__main__ import main
+
+    with pytest.raises(SystemExit) as exit:  # --help, in process
+        main(["--help"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m vit")
 
 
 def test_a_checkpoint_that_does_not_fit_its_name_says_which_keys(tmp_path):

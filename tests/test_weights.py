@@ -30,9 +30,11 @@ def tiny_file(tmp_path_factory):
 def test_key_map_covers_every_timm_tensor(name):
     import timm
 
-    timm_keys = timm.create_model(name, pretrained=False).state_dict()
+    with torch.device("meta"):  # keys and shapes only: no values needed
+        timm_keys = timm.create_model(name, pretrained=False).state_dict()
+        ours = vit.create_model(name).state_dict()
     converted = convert_timm(timm_keys)
-    assert set(converted) == set(vit.create_model(name).state_dict())
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in ours.items()}
 
 
 def test_convert_cli_roundtrip(tiny_file, tmp_path, cifar_dir):
