@@ -106,34 +106,17 @@ TINY_TRAIN_ARGS = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "-
                    "--batch-size", "32", "--lr", "1e-3", "--device", "cpu", "--num-workers", "2"]
 
 
-def session_folder(tmp_path_factory, name: str) -> Path:
-    """A folder of this test session that pytest-xdist's workers share (each worker has its own
-    base temp folder below the session's); without xdist, the session's own."""
-    base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
-
-
 @pytest.fixture(scope="session")
 def tiny_run(cifar_dir, tmp_path_factory):
-    """One real fine-tuning run of a tiny configuration on 800 train / 300 test real images, made
-    once per session: with pytest-xdist the first worker to ask makes it, the others wait and read it."""
-    import json
-
-    from filelock import FileLock
-
-    root = session_folder(tmp_path_factory, "tiny-run")
-    with FileLock(f"{root}.lock"):
-        record = root / "run.json"
-        if not record.exists():
-            data = make_subset(cifar_dir, root / "cifar10-subset", 80, 30)
-            started = time.perf_counter()
-            result = run_module("-m", "train", "--data", str(data), "--epochs", "6", "--output-dir", str(root / "out"),
-                                "--cache-dir", str(root / "cache"), *TINY_TRAIN_ARGS)
-            seconds = time.perf_counter() - started
-            assert result.returncode == 0, result.stderr[-3000:]
-            record.write_text(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "seconds": seconds}))
-        made = json.loads(record.read_text())
-    return {"data": root / "cifar10-subset", "out": root / "out", **made}
+    """One real fine-tuning run of a tiny configuration on 800 train / 300 test real images."""
+    root = tmp_path_factory.mktemp("run")
+    data = make_subset(cifar_dir, root / "cifar10-subset", 80, 30)
+    started = time.perf_counter()
+    result = run_module("-m", "train", "--data", str(data), "--epochs", "6", "--output-dir", str(root / "out"),
+                        "--cache-dir", str(root / "cache"), *TINY_TRAIN_ARGS)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"data": data, "out": root / "out", "stdout": result.stdout, "stderr": result.stderr, "seconds": seconds}
 
 
 def start_training(args: list[str], until: str):

@@ -134,13 +134,18 @@ def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:
     return device, amp, use_compile
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists: where a not-yet-made output folder will be."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_output_dir(path: str | os.PathLike) -> None:
     """Fail now, not after hours of training, if `path` cannot be created or written to. Creates
     nothing: a run that fails to start leaves no folder behind."""
     path = Path(path).expanduser()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = existing_ancestor(path)
     if not existing.is_dir():
         raise CheckpointError(f"--output-dir {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -159,9 +164,7 @@ def check_free_space(path: str | os.PathLike, model_cfg: ViTConfig) -> None:
     """Fail before any data is decoded if the output folder's disk cannot hold what the run
     writes: the fine-tuned model, and last.pt twice (the previous one stays until its successor
     is whole)."""
-    path = Path(path).expanduser()
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    path = existing_ancestor(Path(path).expanduser())
     model, last = bytes_to_write(model_cfg)
     needed, free = model + 2 * last, shutil.disk_usage(path).free
     if free < needed:

@@ -1,7 +1,6 @@
 """python -m vit: every supported model name, its family, native size and default weights."""
 
-import argparse
-
+from vit.cli import ArgumentParser
 from vit.families import MODELS
 from vit.model import ViTConfig
 
@@ -13,7 +12,7 @@ def size_text(cfg: ViTConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(prog="python -m vit", description=__doc__.split(": ", 1)[1]).parse_args(argv)
+    ArgumentParser(prog="python -m vit", description=__doc__.split(": ", 1)[1]).parse_args(argv)
     for name, spec in MODELS.items():
         print(f"{name:40s} {spec.family:14s} {size_text(ViTConfig(**spec.config)):>8s} px  "
               f"{spec.weights or '(timm publishes no weights)'}")

@@ -325,14 +325,15 @@ class RotaryPositions(nn.Module):
         """Rotation angles of every patch of a (rows, columns) grid: (N, head_dim / 2), or for
         "mixed" (depth, heads, N, head_dim / 2). Patches in row-major order, as the tokens."""
         cfg = self.cfg
-        device = (self.freqs if cfg.rope == "mixed" else self.frequency if cfg.rope == "axial" else self.period).device
+        # the frequencies: learned (mixed), or the fixed ladder (n,) of axial or DINOv3 RoPE; on the model's device
+        ladder = self.freqs if cfg.rope == "mixed" else self.frequency if cfg.rope == "axial" else self.period
         rows, columns = grid
-        y, x = torch.meshgrid(self.coordinates(rows, device), self.coordinates(columns, device), indexing="ij")  # (rows, columns) each
+        y, x = torch.meshgrid(self.coordinates(rows, ladder.device), self.coordinates(columns, ladder.device),
+                              indexing="ij")  # (rows, columns) each
         if cfg.rope == "mixed":
             x, y = x.flatten(), y.flatten()  # (N,) each
-            fx, fy = self.freqs.float()  # (depth, heads, head_dim / 2) each
+            fx, fy = ladder.float()  # (depth, heads, head_dim / 2) each
             return x[:, None] * fx[..., None, :] + y[:, None] * fy[..., None, :]  # (depth, heads, N, head_dim / 2)
-        ladder = self.frequency if cfg.rope == "axial" else self.period  # (n,), on the model's device
         first, second = (x, y) if cfg.rope_xy else (y, x)
         position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None]  # (N, 2, 1)
         angles = position * ladder if cfg.rope == "axial" else 2 * math.pi * position / ladder  # (N, 2, n)
@@ -409,9 +410,9 @@ class DifferentialAttention(nn.Module):
         second = torch.exp((self.lambda_q2 * self.lambda_k2).sum().float())
         return first - second + self.lambda_init
 
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        """The two maps' outputs (B, H, T, head_dim) each -> the heads' output."""
-        return self.norm(first - self.weight().to(first.dtype) * second) * (1 - self.lambda_init)
+    def forward(self, difference: torch.Tensor) -> torch.Tensor:
+        """A @ v, the heads' outputs (B, H, T, head_dim) -> normed and scaled."""
+        return self.norm(difference) * (1 - self.lambda_init)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -462,8 +463,9 @@ class MultiHeadSelfAttention(nn.Module):
         else:  # heads 0, 2, 4, ... of q and k make each head's first map, 1, 3, 5, ... its second
             (first, weights), (second, second_weights) = self.attend(q[:, 0::2], k[:, 0::2], v, bias), \
                 self.attend(q[:, 1::2], k[:, 1::2], v, bias)
-            x = self.differential(first, second)
-            weights = None if weights is None else weights - self.differential.weight() * second_weights
+            lam = self.differential.weight()  # A = first map - lambda * second map, so A @ v likewise
+            x = self.differential(first - lam.to(first.dtype) * second)
+            weights = None if weights is None else weights - lam * second_weights
         if self.keep_weights:
             self.weights = weights
         x = rearrange(x, "b h t hd -> b t (h hd)")  # heads side by side again: (B, T, D)
@@ -491,6 +493,7 @@ class MLP(nn.Module):
         # An attention pool's MLP (pool=True) has its own width (PE) and is never gated.
         hidden_dim = int(cfg.embed_dim * (cfg.pool_mlp_ratio or cfg.mlp_ratio)) if pool else cfg.mlp_hidden
         self.gated = cfg.gated_mlp and not pool
+        # (a parallel block's MLP always has an input bias: timm's in_proj bias, or its mlp_bias)
         self.fc1 = nn.Linear(cfg.embed_dim, 2 * hidden_dim if self.gated else hidden_dim, bias=cfg.proj_bias or cfg.parallel)
         self.inner_norm = make_norm(cfg, hidden_dim) if cfg.mlp_inner_norm and self.gated else nn.Identity()
         self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim, bias=cfg.proj_bias and out_bias)

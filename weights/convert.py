@@ -293,18 +293,24 @@ def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
     raise ValueError(f"not a ViT checkpoint of a known layout (first keys: {shown})")
 
 
+INDICES = ("{i}", "{j}")  # a block's index, then a branch's within it
+
+
+def _fill(pattern: str, indices) -> str:
+    """"blocks.{i}.attns.{j}.norm.weight" with indices ("3", "1") -> "blocks.3.attns.1.norm.weight"."""
+    for placeholder, index in zip(INDICES, indices):
+        pattern = pattern.replace(placeholder, index)
+    return pattern
+
+
 def _rename(key: str, table: dict[str, str]) -> str | None:
     """Look `key` up in `table`, whose entries may hold a `{i}` block index and a `{j}` branch index."""
     indices = re.findall(r"\.(\d+)(?=\.)", key)[:2]  # "blocks.3.attns.1.norm.weight" -> ["3", "1"]
     pattern = key
-    for placeholder, index in zip(("{i}", "{j}"), indices):
+    for placeholder, index in zip(INDICES, indices):
         pattern = pattern.replace(f".{index}.", f".{placeholder}.", 1)
     target = table.get(pattern)
-    if target is None:
-        return None
-    for placeholder, index in zip(("{i}", "{j}"), indices):
-        target = target.replace(placeholder, index)
-    return target
+    return None if target is None else _fill(target, indices)
 
 
 def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -457,7 +463,10 @@ def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dic
     for their_pattern, our_pattern in table.items():
         part = our_pattern[-2] if our_pattern.endswith("]") else None
         base = our_pattern[: -len("[q]")] if part else our_pattern
-        regex = re.compile(re.escape(base).replace(re.escape("{i}"), r"(\d+)").replace(re.escape("{j}"), r"(\d+)") + "$")
+        regex = re.escape(base)
+        for placeholder in INDICES:
+            regex = regex.replace(re.escape(placeholder), r"(\d+)")
+        regex = re.compile(regex + "$")
         for key, tensor in state_dict.items():
             match = regex.match(key)
             if not match:
@@ -465,10 +474,7 @@ def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dic
             if part:  # rows [q; k; v] of the fused projection, or [gate; value] of a gated fc1
                 parts = next(p for p in FUSED_PARTS if part in p)
                 tensor = tensor.split(_part_rows(state_dict, key, parts), dim=0)[parts.index(part)]
-            their_key = their_pattern
-            for placeholder, index in zip(("{i}", "{j}"), match.groups()):
-                their_key = their_key.replace(placeholder, index)
-            converted[their_key] = tensor
+            converted[_fill(their_pattern, match.groups())] = tensor
             used.add(key)
     left = [k for k in state_dict if k not in used]
     if left:

@@ -63,12 +63,14 @@ class HubUnavailable(WeightsError):
     def advice(self, argument: str) -> str:
         cache = "fill the Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1 here"
         if argument == "SRC":
-            ways = f"give a local .safetensors file or folder (timm's or Hugging Face's) as SRC, or {cache}"
-        else:
-            local, none = {"pretrained=": ("pretrained='path/to/model.safetensors'", "pretrained=None")}.get(
-                argument, (f"{argument} path/to/model.safetensors", f"{argument} none"))
-            ways = (f"use {local} (a local .safetensors file, timm's or Hugging Face's), {cache}, "
-                    f"or {none} to start from random weights")
+            return (f"cannot get '{self.repo_id}' from the Hugging Face hub ({self.reason}); give a local "
+                    f".safetensors file or folder (timm's or Hugging Face's) as SRC, or {cache}")
+        if argument == "pretrained=":
+            local, none = "pretrained='path/to/model.safetensors'", "pretrained=None"
+        else:  # a command's flag
+            local, none = f"{argument} path/to/model.safetensors", f"{argument} none"
+        ways = (f"use {local} (a local .safetensors file, timm's or Hugging Face's), {cache}, "
+                f"or {none} to start from random weights")
         return f"cannot get '{self.repo_id}' from the Hugging Face hub ({self.reason}); {ways}"
 
 
