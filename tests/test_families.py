@@ -9,7 +9,7 @@ from tests.conftest import make_timm_file, real_images, timm_arguments
 from tests.test_parity import TOLERANCE, max_diff, stage_diffs
 from vit.export import timm_state_dict
 from vit.families import LEFT_OUT, MODELS, model_config
-from weights.convert import convert_timm
+from weights.layouts import LAYOUTS
 
 
 ROPES = {"RotaryEmbeddingCat": "axial", "RotaryEmbeddingDinoV3": "dinov3", "RotaryEmbeddingMixed": "mixed"}
@@ -78,10 +78,10 @@ def test_every_name_has_timms_architecture_weights_and_normalisation(name):
     with torch.device("meta"):
         reference = timm.create_model(name)
         ours = vit.VisionTransformer(model_config(name))
-    theirs = {k: tuple(v.shape) for k, v in convert_timm(reference.state_dict()).items()}
+    theirs = {k: tuple(v.shape) for k, v in LAYOUTS["timm"].to_ours(reference.state_dict()).items()}
     assert theirs == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     # ... and back: an export writes exactly timm's keys for the name
-    assert {k: tuple(v.shape) for k, v in timm_state_dict(ours, name).items()} == {
+    assert {k: tuple(v.shape) for k, v in timm_state_dict(ours.state_dict(), name).items()} == {
         k: tuple(v.shape) for k, v in reference.state_dict().items()}
     seen = what_shapes_cannot_tell(reference)
     assert seen == {field: getattr(ours.cfg, field) for field in seen}

@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 
 import vit
 from tests.conftest import PLAIN_VITS, REPO, make_timm_file, perturb_, real_images
-from weights import WeightsError, convert_timm, load_pretrained
-from weights.convert import TIMM_READ_TABLE
+from weights import LAYOUTS, WeightsError, load_pretrained
 
 
 def run(*args, env=None):
@@ -33,7 +32,7 @@ def test_key_map_covers_every_timm_tensor(name):
     with torch.device("meta"):  # keys and shapes only: no values needed
         timm_keys = timm.create_model(name, pretrained=False).state_dict()
         ours = vit.create_model(name).state_dict()
-    converted = convert_timm(timm_keys)
+    converted = LAYOUTS["timm"].to_ours(timm_keys)
     assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in ours.items()}
 
 
@@ -52,7 +51,7 @@ def test_keymap_command_prints_the_table():
     result = run("-m", "weights", "keymap")
     assert result.returncode == 0
     assert "blocks.{i}.attn.proj.weight" in result.stdout and "attention.out_proj.weight" in result.stdout
-    assert len(result.stdout.splitlines()) == len(TIMM_READ_TABLE)
+    assert len(result.stdout.splitlines()) == len(LAYOUTS["timm"].table)
     result = run("-m", "weights", "keymap", "--layout", "hf_siglip")
     assert result.returncode == 0 and "head.attention.in_proj_weight[kv]" in result.stdout
 

@@ -19,7 +19,8 @@ import torch
 
 from vit.checkpoint import ModelCard, load_model, save_safetensors
 from vit.families import model_config, model_spec
-from weights.convert import HF_TO_OURS, TIMM_FC_NORM, from_ours, timm_table
+from weights.convert import TIMM_FC_NORM, from_ours, timm_table
+from weights.layouts import HF_TO_OURS
 from weights.load import HF_ACTIVATION_NAMES
 
 FORMATS = ("timm", "hf", "onnx")
@@ -53,10 +54,10 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> s
                                    activation=f", act_layer='{model.cfg.activation}'" if own else "")
 
 
-def timm_state_dict(model, name: str) -> dict[str, torch.Tensor]:
-    """The model's tensors under the keys of timm's `name` (what its hub `model.safetensors` holds)."""
-    tensors = {k: v.contiguous() for k, v in from_ours(model.state_dict(), timm_table(model_spec(name).timm_keys)).items()}
-    if model.cfg.norm_after_pool:  # timm calls a final norm that follows the pooling fc_norm
+def timm_state_dict(state_dict: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """Our tensors under the keys of timm's `name` (what its hub `model.safetensors` holds)."""
+    tensors = {k: v.contiguous() for k, v in from_ours(state_dict, timm_table(model_spec(name).timm_keys)).items()}
+    if model_config(name).norm_after_pool:  # timm calls a final norm that follows the pooling fc_norm
         after_pool = {theirs: fc_norm for fc_norm, theirs in TIMM_FC_NORM.items()}
         tensors = {after_pool.get(k, k): v for k, v in tensors.items()}
     return tensors
@@ -64,7 +65,7 @@ def timm_state_dict(model, name: str) -> dict[str, torch.Tensor]:
 
 def export_timm(model, card: ModelCard, out: Path) -> None:
     """A .safetensors file with timm's keys: what timm's hub `model.safetensors` holds."""
-    save_safetensors(timm_state_dict(model, card.model_name), out,
+    save_safetensors(timm_state_dict(model.state_dict(), card.model_name), out,
               metadata={"model_name": card.model_name, "img_size": str(card.img_size),
                         "class_names": json.dumps(list(card.class_names)),
                         "mean": json.dumps(list(card.mean)), "std": json.dumps(list(card.std))})

@@ -21,11 +21,13 @@ def create_model(
     num_classes: None keeps the weights' classifier (0 = none: a backbone such as DINOv2 returns
         its pooled features), or the name's default without weights; another count gives a
         fresh, zeroed head.
-    img_size: None is the name's native size (518 for DINOv2); another size resamples the
-        position embeddings as timm does.
+    img_size: None is the name's native size (518 for DINOv2), or a fine-tuned checkpoint's own;
+        another size resamples the position embeddings as timm does.
     pretrained: None or "none" (random init); "default" (timm's weights for `name`, or for its
-        tag, from the Hugging Face hub); a hub id; or a path to a `.safetensors` file in timm's,
-        Hugging Face's or our layout, a folder with `model.safetensors`, or a `.pth` from `train`.
+        tag, from the Hugging Face hub); a hub id; or a path: a `.safetensors`, `.pth` or `.npz`
+        file in any layout weights/layouts.py knows (timm, torchvision, OpenCLIP, transformers,
+        Meta's DINO releases, the JAX releases, ours), a folder with `model.safetensors`, or a
+        `.pth` from `train`. The file is found, read and converted once, then fitted to the model.
     overrides: other ViTConfig fields (e.g. depth=2 for a quick test), as timm.create_model takes.
     `model.pretrained_cfg` records the source and the input normalisation (mean, std).
     """
@@ -37,7 +39,9 @@ def create_model(
         model = VisionTransformer(model_config(architecture, **fields, **_classes(num_classes)))
         model.pretrained_cfg.update(mean=spec.mean, std=spec.std)
         return model
-    weights = load_pretrained(locate_pretrained(name, pretrained))
+    weights = load_pretrained(default_weights(name) if str(pretrained) == "default" else pretrained)
+    if img_size is None and "img_size" in weights.extra:  # a fine-tuned .pth: the size it was trained at
+        fields["img_size"] = weights.extra["img_size"]
     if num_classes is None:  # the weights' own classifier, or none (a backbone's file)
         head = weights.state_dict.get("head.weight")
         num_classes = 0 if head is None else head.shape[0]

@@ -1,9 +1,11 @@
-"""Pretrained weights: key maps from timm / Hugging Face layouts to ours, loading and fitting."""
+"""Pretrained weights: every checkpoint layout we read (weights/layouts.py), the key maps
+(weights/convert.py), loading and fitting (weights/load.py)."""
 
-from weights.convert import HF_TO_OURS, TIMM_TO_OURS, convert_hf, convert_timm, detect_layout, from_ours, to_ours
+from weights.convert import TIMM_TO_OURS, from_ours
+from weights.layouts import LAYOUTS, Layout, detect_layout, to_ours
 from weights.load import Pretrained, WeightsError, fit_to_model, load_pretrained, resample_position_embedding
 
 __all__ = [
-    "TIMM_TO_OURS", "HF_TO_OURS", "convert_timm", "convert_hf", "detect_layout", "to_ours", "from_ours",
+    "TIMM_TO_OURS", "from_ours", "LAYOUTS", "Layout", "detect_layout", "to_ours",
     "Pretrained", "WeightsError", "load_pretrained", "fit_to_model", "resample_position_embedding",
 ]

@@ -173,126 +173,6 @@ TIMM_READ_TABLE = {**TIMM_TO_OURS, **{k: v for kind, table in TIMM_SPELLINGS.ite
 # stores it as fc_norm.* and leaves norm.* out; ours is final_norm either way (vit/model.py).
 TIMM_FC_NORM = {"fc_norm.weight": "norm.weight", "fc_norm.bias": "norm.bias"}
 
-# Hugging Face transformers' ViTForImageClassification (google/vit-base-patch16-224) -> ours.
-# Its attention keeps q, k and v as three Linear layers; ours has one fused qkv Linear, so
-# those three are concatenated (in q, k, v order) into `attention.qkv` by `convert_hf`.
-HF_TO_OURS: dict[str, str] = {
-    "vit.embeddings.patch_embeddings.projection.weight": "patch_embedding.projection.weight",
-    "vit.embeddings.patch_embeddings.projection.bias": "patch_embedding.projection.bias",
-    "vit.embeddings.cls_token": "cls_token",
-    "vit.embeddings.position_embeddings": "position_embedding",
-    "vit.encoder.layer.{i}.layernorm_before.weight": "blocks.{i}.attention_norm.weight",
-    "vit.encoder.layer.{i}.layernorm_before.bias": "blocks.{i}.attention_norm.bias",
-    "vit.encoder.layer.{i}.attention.attention.query.weight": "blocks.{i}.attention.qkv.weight[q]",
-    "vit.encoder.layer.{i}.attention.attention.query.bias": "blocks.{i}.attention.qkv.bias[q]",
-    "vit.encoder.layer.{i}.attention.attention.key.weight": "blocks.{i}.attention.qkv.weight[k]",
-    "vit.encoder.layer.{i}.attention.attention.key.bias": "blocks.{i}.attention.qkv.bias[k]",
-    "vit.encoder.layer.{i}.attention.attention.value.weight": "blocks.{i}.attention.qkv.weight[v]",
-    "vit.encoder.layer.{i}.attention.attention.value.bias": "blocks.{i}.attention.qkv.bias[v]",
-    "vit.encoder.layer.{i}.attention.output.dense.weight": "blocks.{i}.attention.out_proj.weight",
-    "vit.encoder.layer.{i}.attention.output.dense.bias": "blocks.{i}.attention.out_proj.bias",
-    "vit.encoder.layer.{i}.layernorm_after.weight": "blocks.{i}.mlp_norm.weight",
-    "vit.encoder.layer.{i}.layernorm_after.bias": "blocks.{i}.mlp_norm.bias",
-    "vit.encoder.layer.{i}.intermediate.dense.weight": "blocks.{i}.mlp.fc1.weight",
-    "vit.encoder.layer.{i}.intermediate.dense.bias": "blocks.{i}.mlp.fc1.bias",
-    "vit.encoder.layer.{i}.output.dense.weight": "blocks.{i}.mlp.fc2.weight",
-    "vit.encoder.layer.{i}.output.dense.bias": "blocks.{i}.mlp.fc2.bias",
-    "vit.layernorm.weight": "final_norm.weight",
-    "vit.layernorm.bias": "final_norm.bias",
-    "classifier.weight": "head.weight",
-    "classifier.bias": "head.bias",
-}
-
-# transformers' Dinov2Model (facebook/dinov2-*), as its files hold it -> ours. Its mask_token
-# (for masked-image training) has no place in a classifier and is left out.
-HF_DINOV2_TO_OURS: dict[str, str] = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.register_tokens": "register_tokens",  # Dinov2WithRegistersModel
-    "embeddings.position_embeddings": "position_embedding",
-    "embeddings.patch_embeddings.projection.weight": "patch_embedding.projection.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embedding.projection.bias",
-    "encoder.layer.{i}.norm1.weight": "blocks.{i}.attention_norm.weight",
-    "encoder.layer.{i}.norm1.bias": "blocks.{i}.attention_norm.bias",
-    "encoder.layer.{i}.attention.attention.query.weight": "blocks.{i}.attention.qkv.weight[q]",
-    "encoder.layer.{i}.attention.attention.query.bias": "blocks.{i}.attention.qkv.bias[q]",
-    "encoder.layer.{i}.attention.attention.key.weight": "blocks.{i}.attention.qkv.weight[k]",
-    "encoder.layer.{i}.attention.attention.key.bias": "blocks.{i}.attention.qkv.bias[k]",
-    "encoder.layer.{i}.attention.attention.value.weight": "blocks.{i}.attention.qkv.weight[v]",
-    "encoder.layer.{i}.attention.attention.value.bias": "blocks.{i}.attention.qkv.bias[v]",
-    "encoder.layer.{i}.attention.output.dense.weight": "blocks.{i}.attention.out_proj.weight",
-    "encoder.layer.{i}.attention.output.dense.bias": "blocks.{i}.attention.out_proj.bias",
-    "encoder.layer.{i}.layer_scale1.lambda1": "blocks.{i}.attention_scale.gamma",
-    "encoder.layer.{i}.norm2.weight": "blocks.{i}.mlp_norm.weight",
-    "encoder.layer.{i}.norm2.bias": "blocks.{i}.mlp_norm.bias",
-    "encoder.layer.{i}.mlp.fc1.weight": "blocks.{i}.mlp.fc1.weight",
-    "encoder.layer.{i}.mlp.fc1.bias": "blocks.{i}.mlp.fc1.bias",
-    "encoder.layer.{i}.mlp.fc2.weight": "blocks.{i}.mlp.fc2.weight",
-    "encoder.layer.{i}.mlp.fc2.bias": "blocks.{i}.mlp.fc2.bias",
-    "encoder.layer.{i}.layer_scale2.lambda1": "blocks.{i}.mlp_scale.gamma",
-    "layernorm.weight": "final_norm.weight",
-    "layernorm.bias": "final_norm.bias",
-}
-
-# transformers' SiglipVisionModel (the image tower of google/siglip-*) -> ours. Its positions are
-# an nn.Embedding (N, D), ours a (1, N, D) tensor; its pooling head's nn.MultiheadAttention keeps
-# q, k, v in one in_proj (3D, D), split by `convert_hf_siglip` into q (D rows) and kv (2D rows).
-HF_SIGLIP_TO_OURS: dict[str, str] = {
-    "embeddings.patch_embedding.weight": "patch_embedding.projection.weight",
-    "embeddings.patch_embedding.bias": "patch_embedding.projection.bias",
-    "embeddings.position_embedding.weight": "position_embedding",
-    "encoder.layers.{i}.layer_norm1.weight": "blocks.{i}.attention_norm.weight",
-    "encoder.layers.{i}.layer_norm1.bias": "blocks.{i}.attention_norm.bias",
-    "encoder.layers.{i}.self_attn.q_proj.weight": "blocks.{i}.attention.qkv.weight[q]",
-    "encoder.layers.{i}.self_attn.q_proj.bias": "blocks.{i}.attention.qkv.bias[q]",
-    "encoder.layers.{i}.self_attn.k_proj.weight": "blocks.{i}.attention.qkv.weight[k]",
-    "encoder.layers.{i}.self_attn.k_proj.bias": "blocks.{i}.attention.qkv.bias[k]",
-    "encoder.layers.{i}.self_attn.v_proj.weight": "blocks.{i}.attention.qkv.weight[v]",
-    "encoder.layers.{i}.self_attn.v_proj.bias": "blocks.{i}.attention.qkv.bias[v]",
-    "encoder.layers.{i}.self_attn.out_proj.weight": "blocks.{i}.attention.out_proj.weight",
-    "encoder.layers.{i}.self_attn.out_proj.bias": "blocks.{i}.attention.out_proj.bias",
-    "encoder.layers.{i}.layer_norm2.weight": "blocks.{i}.mlp_norm.weight",
-    "encoder.layers.{i}.layer_norm2.bias": "blocks.{i}.mlp_norm.bias",
-    "encoder.layers.{i}.mlp.fc1.weight": "blocks.{i}.mlp.fc1.weight",
-    "encoder.layers.{i}.mlp.fc1.bias": "blocks.{i}.mlp.fc1.bias",
-    "encoder.layers.{i}.mlp.fc2.weight": "blocks.{i}.mlp.fc2.weight",
-    "encoder.layers.{i}.mlp.fc2.bias": "blocks.{i}.mlp.fc2.bias",
-    "post_layernorm.weight": "final_norm.weight",
-    "post_layernorm.bias": "final_norm.bias",
-    "head.probe": "attention_pool.query",
-    "head.attention.in_proj_weight[q]": "attention_pool.q.weight",
-    "head.attention.in_proj_bias[q]": "attention_pool.q.bias",
-    "head.attention.in_proj_weight[kv]": "attention_pool.kv.weight",
-    "head.attention.in_proj_bias[kv]": "attention_pool.kv.bias",
-    "head.attention.out_proj.weight": "attention_pool.out_proj.weight",
-    "head.attention.out_proj.bias": "attention_pool.out_proj.bias",
-    "head.layernorm.weight": "attention_pool.mlp_norm.weight",
-    "head.layernorm.bias": "attention_pool.mlp_norm.bias",
-    "head.mlp.fc1.weight": "attention_pool.mlp.fc1.weight",
-    "head.mlp.fc1.bias": "attention_pool.mlp.fc1.bias",
-    "head.mlp.fc2.weight": "attention_pool.mlp.fc2.weight",
-    "head.mlp.fc2.bias": "attention_pool.mlp.fc2.bias",
-}
-
-
-KEY_MAPS = {"timm": TIMM_READ_TABLE, "hf": HF_TO_OURS, "hf_dinov2": HF_DINOV2_TO_OURS, "hf_siglip": HF_SIGLIP_TO_OURS}
-
-def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
-    """'ours', 'timm', 'hf' (transformers' ViT), 'hf_dinov2' or 'hf_siglip', from the names of
-    the patch embedding and the layer scale."""
-    if "patch_embedding.projection.weight" in state_dict:
-        return "ours"
-    if "patch_embed.proj.weight" in state_dict:
-        return "timm"
-    if any(k.endswith("layer_scale1.lambda1") for k in state_dict):
-        return "hf_dinov2"
-    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state_dict):
-        return "hf"
-    if any(k.endswith("embeddings.patch_embedding.weight") for k in state_dict):
-        return "hf_siglip"
-    shown = ", ".join(list(state_dict)[:5]) or "no tensors at all"
-    raise ValueError(f"not a ViT checkpoint of a known layout (first keys: {shown})")
-
-
 INDICES = ("{i}", "{j}")  # a block's index, then a branch's within it
 
 
@@ -303,24 +183,35 @@ def _fill(pattern: str, indices) -> str:
     return pattern
 
 
-def _rename(key: str, table: dict[str, str]) -> str | None:
-    """Look `key` up in `table`, whose entries may hold a `{i}` block index and a `{j}` branch index."""
-    indices = re.findall(r"\.(\d+)(?=\.)", key)[:2]  # "blocks.3.attns.1.norm.weight" -> ["3", "1"]
-    pattern = key
-    for placeholder, index in zip(INDICES, indices):
-        pattern = pattern.replace(f".{index}.", f".{placeholder}.", 1)
-    target = table.get(pattern)
-    return None if target is None else _fill(target, indices)
+def _pattern(key_pattern: str) -> re.Pattern:
+    """"encoder.layers.encoder_layer_{i}.ln_1.weight" -> a regex whose groups are the indices."""
+    regex = re.escape(key_pattern)
+    for placeholder in INDICES:
+        regex = regex.replace(re.escape(placeholder), r"(\d+)")
+    return re.compile(regex)
 
 
-def _convert(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
+def _skeleton(key: str) -> str:
+    """A key with every number (and every {i}, {j}) as "#": table entries a key may match share it."""
+    return re.sub(r"\{[ij]\}|\d+", "#", key)
+
+
+def rename(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Every key through `table` (theirs -> ours, with `{i}` and `{j}` indices anywhere in a key:
+    "blocks.{i}.", "encoder_layer_{i}.", "encoderblock_{i}/"). A key the table does not know is
+    an error: nothing is dropped silently."""
+    candidates: dict[str, list] = {}  # skeleton -> [(regex, our key pattern)]: a few regexes per key, not all
+    for theirs, ours in table.items():
+        candidates.setdefault(_skeleton(theirs), []).append((_pattern(theirs), ours))
     converted, unknown = {}, []
     for key, tensor in state_dict.items():
-        new_key = _rename(key, table)
-        if new_key is None:
-            unknown.append(key)
+        for pattern, target in candidates.get(_skeleton(key), ()):
+            match = pattern.fullmatch(key)
+            if match:
+                converted[_fill(target, match.groups())] = tensor
+                break
         else:
-            converted[new_key] = tensor
+            unknown.append(key)
     if unknown:
         raise ValueError(f"keys with no place in our ViT: {', '.join(unknown[:10])}")
     return converted
@@ -336,62 +227,22 @@ def timm_table(spellings: tuple[str, ...]) -> dict[str, str]:
     return table
 
 
-def convert_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm `VisionTransformer`, `Eva` or `Beit` state dict -> ours (a renaming; separate q, k, v
-    projections and SwiGLU halves are stacked into our fused tensors, and the parallel blocks'
-    fused projections split into ours)."""
-    table = TIMM_READ_TABLE
-    if any(k.endswith("attn.k_proj.bias") for k in state_dict):  # Sapiens2: q, k and v all have biases
-        table = {**table, **TIMM_SPELLINGS["qkv_biased"]}
-    renamed = {TIMM_FC_NORM.get(k, k): v for k, v in _split_theirs(state_dict).items()}
-    return _fuse_parts(_convert(renamed, table))
+# Our fused tensors, by the module that holds them, and the parts their rows are made of, in
+# order: "qkv.weight[q]" names the query rows of an attention's qkv projection, "fc1.weight[g]"
+# the first half (the gate) of a gated MLP's fc1, "kv.weight[k]" the key rows of the attention
+# pool's kv projection.
+FUSED_PARTS = {"qkv": "qkv", "fc1": "gx", "kv": "kv"}
 
 
-def convert_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `ViTForImageClassification` (or bare `ViTModel`) state dict -> ours."""
-    if not any(k.startswith("vit.") for k in state_dict):  # a ViTModel has no "vit." prefix
-        state_dict = {f"vit.{k}": v for k, v in state_dict.items()}
-    # A ViTModel may carry a pooler that ViTForImageClassification never uses.
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("vit.pooler.")}
-    return _fuse_parts(_convert(state_dict, HF_TO_OURS))
-
-
-def convert_hf_dinov2(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `Dinov2Model` or `Dinov2WithRegistersModel` (or the `dinov2.` part of a
-    classifier) -> ours. With registers, transformers (as the original) adds the first position
-    to the CLS token, where timm's layout (and ours: positions for patches only) has it added
-    once and for all: the CLS token takes it over, as timm's converter does."""
-    state_dict = {k.removeprefix("dinov2."): v for k, v in state_dict.items() if not k.endswith("mask_token")}
-    ours = _fuse_parts(_convert(state_dict, HF_DINOV2_TO_OURS))
-    if "register_tokens" in ours:
-        ours["cls_token"] = ours["cls_token"] + ours["position_embedding"][:, :1]
-        ours["position_embedding"] = ours["position_embedding"][:, 1:]
-    return ours
-
-
-def convert_hf_siglip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `SiglipVisionModel`, or the image tower (`vision_model.`) of a whole
-    `SiglipModel`, whose text tower and logit scale/bias are left out -> ours."""
-    tensors = {k.removeprefix("vision_model."): v for k, v in state_dict.items()
-               if not k.startswith("text_model.") and k not in ("logit_scale", "logit_bias")}
-    for name in ("in_proj_weight", "in_proj_bias"):  # rows [q; k; v] -> q, and k and v together
-        fused = tensors.pop(f"head.attention.{name}", None)
-        if fused is not None:
-            q_rows = fused.shape[0] // 3
-            tensors[f"head.attention.{name}[q]"], tensors[f"head.attention.{name}[kv]"] = fused[:q_rows], fused[q_rows:]
-    converted = _fuse_parts(_convert(tensors, HF_SIGLIP_TO_OURS))
-    converted["position_embedding"] = converted["position_embedding"][None]  # (N, D) -> (1, N, D)
-    return converted
-
-
-# The parts our fused tensors' rows are made of, in order: "[q]" names the query rows of a qkv
-# projection, "[g]" the first half (the gate) of a gated MLP's fc1.
-FUSED_PARTS = ("qkv", "gx")
+def _parts_of(key: str) -> str:
+    """"blocks.0.attention.qkv.weight" -> "qkv", the parts of that fused tensor."""
+    return FUSED_PARTS[key.split(".")[-2]]
 
 
 def _part_rows(state_dict: dict[str, torch.Tensor], key: str, parts: str) -> list[int]:
     """How many rows of our fused tensor `key` each part has: q has D (the width), k and v share
-    the rest (fewer than D with grouped-query attention); a gate and its value half each."""
+    the rest (fewer than D with grouped-query attention); a gate and its value half each, a key
+    and a value each."""
     rows = state_dict[key].shape[0]
     if parts == "qkv":
         width = state_dict[key.rsplit(".", 1)[0] + ".weight"].shape[1]
@@ -411,7 +262,7 @@ def _their_sizes(name: str, tensor: torch.Tensor, width: int) -> list[int]:
     return [width, tensor.shape[1] - width]
 
 
-def _split_theirs(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def split_theirs(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's fused parallel-block tensors -> their parts ("blocks.0.in_proj.weight[mlp]", ...)."""
     split = {}
     for key, tensor in state_dict.items():
@@ -429,7 +280,7 @@ def _split_theirs(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def _join_theirs(converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The reverse of _split_theirs, on a state dict in timm's layout. timm's in_proj has a bias
+    """The reverse of split_theirs, on a state dict in timm's layout. timm's in_proj has a bias
     only when q, k and v have one; else the MLP's bias is its separate mlp_bias."""
     joined = {k: v for k, v in converted.items() if not k.endswith("]")}
     for key in [k for k in converted if k.endswith("[mlp]")]:
@@ -444,14 +295,14 @@ def _join_theirs(converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return joined
 
 
-def _fuse_parts(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fuse_parts(renamed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stack separate parts ("...qkv.weight[q]", "...fc1.weight[g]", ...) into the fused tensor:
-    rows [q; k; v], or [gate; value]."""
+    rows [q; k; v], [gate; value] or [k; v]."""
     converted = {k: v for k, v in renamed.items() if not k.endswith("]")}
-    for parts in FUSED_PARTS:
-        for key in [k for k in renamed if k.endswith(f"[{parts[0]}]")]:
-            base = key[: -len("[q]")]
-            converted[base] = torch.cat([renamed[f"{base}[{part}]"] for part in parts], dim=0)
+    for key in [k for k in renamed if k.endswith("]")]:
+        base = key[: -len("[q]")]
+        if base not in converted:
+            converted[base] = torch.cat([renamed[f"{base}[{part}]"] for part in _parts_of(base)], dim=0)
     return converted
 
 
@@ -463,16 +314,13 @@ def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dic
     for their_pattern, our_pattern in table.items():
         part = our_pattern[-2] if our_pattern.endswith("]") else None
         base = our_pattern[: -len("[q]")] if part else our_pattern
-        regex = re.escape(base)
-        for placeholder in INDICES:
-            regex = regex.replace(re.escape(placeholder), r"(\d+)")
-        regex = re.compile(regex + "$")
+        regex = _pattern(base)
         for key, tensor in state_dict.items():
-            match = regex.match(key)
+            match = regex.fullmatch(key)
             if not match:
                 continue
             if part:  # rows [q; k; v] of the fused projection, or [gate; value] of a gated fc1
-                parts = next(p for p in FUSED_PARTS if part in p)
+                parts = _parts_of(key)
                 tensor = tensor.split(_part_rows(state_dict, key, parts), dim=0)[parts.index(part)]
             converted[_fill(their_pattern, match.groups())] = tensor
             used.add(key)
@@ -480,17 +328,3 @@ def from_ours(state_dict: dict[str, torch.Tensor], table: dict[str, str]) -> dic
     if left:
         raise ValueError(f"keys with no place in that layout: {', '.join(left[:10])}")
     return _join_theirs(converted)
-
-
-def to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Any known layout -> ours."""
-    layout = detect_layout(state_dict)
-    if layout == "timm":
-        return convert_timm(state_dict)
-    if layout == "hf":
-        return convert_hf(state_dict)
-    if layout == "hf_dinov2":
-        return convert_hf_dinov2(state_dict)
-    if layout == "hf_siglip":
-        return convert_hf_siglip(state_dict)
-    return dict(state_dict)

@@ -18,11 +18,12 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from weights.convert import detect_layout, to_ours
+from weights.layouts import detect_layout
 
 
 class WeightsError(Exception):
@@ -35,7 +36,7 @@ class Pretrained:
 
     state_dict: dict[str, torch.Tensor]
     source: str
-    layout: str  # the layout the file was in: "timm", "hf", "hf_dinov2", "hf_siglip" or "ours"
+    layout: str  # the layout the file was in (weights/layouts.py's LAYOUTS: "timm", "torchvision", ...)
     layer_norm_eps: float | None = None  # None: the model's default
     activation: str | None = None  # the MLP's, where a transformers config.json names it; None: the model's
     mean: tuple[float, float, float] | None = None  # None: the file does not say (the model's default)
@@ -48,7 +49,7 @@ def is_none(pretrained) -> bool:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".pth", ".pt"))
+    return spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".npz", *TORCH_SUFFIXES))
 
 
 class HubUnavailable(WeightsError):
@@ -163,15 +164,35 @@ def load_weights_only(path: str | os.PathLike):
         raise WeightsError(f"{path}: truncated or not a PyTorch checkpoint ({type(error).__name__})") from None
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors of a .safetensors or weights-only .pth file, and the .pth's other entries."""
-    if path.suffix in (".pth", ".pt"):
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")  # torch.save's files (a .bin: transformers' and OpenCLIP's older ones)
+
+
+def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    """A JAX/Flax .npz file's arrays, by their paths in the parameter tree ("params/img/..."),
+    as numpy holds them (weights/layouts.py turns them into our tensors). Pickles refused."""
+    try:
+        with np.load(path, allow_pickle=False) as file:
+            return {key: file[key] for key in file.files}
+    except ValueError as error:  # an object array: it would need unpickling
+        raise WeightsError(f"{path}: refused, it holds Python objects other than arrays ({error})") from None
+    except Exception as error:  # not a zip, truncated, ...
+        raise WeightsError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+
+
+def _read_tensors(path: Path) -> tuple[dict, dict]:
+    """Tensors of a .safetensors, .npz or weights-only .pth file, and the .pth's other entries."""
+    if path.suffix == ".npz":
+        return _read_npz(path), {}
+    if path.suffix in TORCH_SUFFIXES:
         checkpoint = load_weights_only(path)
         if not isinstance(checkpoint, dict):
             raise WeightsError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
         tensors = checkpoint.get("state_dict", checkpoint)
         extra = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         return tensors, extra
+    with open(path, "rb") as file:
+        if file.read(4) == b"PK\x03\x04":  # a zip: an .npz or a torch.save file, whatever its name
+            raise WeightsError(f"{path}: a zip archive, not a .safetensors file: name it .npz (JAX) or .pth (PyTorch)")
     try:
         with safe_open(path, framework="pt") as file:
             metadata = file.metadata() or {}
@@ -206,19 +227,20 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     tensors, extra = _read_tensors(path)
     try:
         layout = detect_layout(tensors)
-        state_dict = to_ours(tensors)
-    except ValueError as error:
+        state_dict = layout.to_ours(tensors)
+    except ValueError as error:  # UnknownLayout, or keys the layout's table does not know
         raise WeightsError(f"{path}: {error}") from None
-    result = Pretrained(state_dict=state_dict, source=str(path), layout=layout, extra=extra)
+    result = Pretrained(state_dict=state_dict, source=str(path), layout=layout.name, extra=extra)
 
     config = _read_config(path)
     if "layer_norm_eps" in extra:  # our own .pth checkpoints record it (and converted files, activation too)
         result.layer_norm_eps = float(extra["layer_norm_eps"])
         result.activation = extra.get("activation")
-    elif layout.startswith("hf"):  # transformers' defaults: ViT 1e-12, Dinov2 and SigLIP 1e-6
-        config = config.get("vision_config", config)  # a whole SiglipModel's: its image tower's part
-        result.layer_norm_eps = float(config.get("layer_norm_eps", 1e-12 if layout == "hf" else 1e-6))
-        act = config.get("hidden_act", {"hf_siglip": "gelu_pytorch_tanh"}.get(layout, "gelu"))
+    elif layout.hf_defaults:  # transformers' config.json, or its defaults where it is silent
+        config = config.get("vision_config", config)  # a whole SiglipModel's or CLIPModel's: the image tower's
+        eps, act = layout.hf_defaults
+        result.layer_norm_eps = float(config.get("layer_norm_eps", eps))
+        act = config.get("hidden_act", act)
         result.activation = HF_ACTIVATIONS.get(act)
         if result.activation is None:
             raise WeightsError(f"{path}: activation {act!r} in config.json is not one of {sorted(HF_ACTIVATIONS)}")
@@ -317,6 +339,8 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) ->
             if key in expected:
                 state_dict[key] = expected[key]
 
+    for key in [k for k in state_dict if k not in expected and k.endswith("bias") and not state_dict[k].any()]:
+        del state_dict[key]  # a zero bias where the model has none is the same model (DINOv3's distilled files)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [

@@ -1,0 +1,139 @@
+"""A first look at any checkpoint: which layout, what model its shapes say, which timm names load it.
+
+    python -m weights inspect FILE
+
+A file holds tensors, not a config: the depth is the number of blocks, the width the patch
+projection's rows, the patch its kernel, the prefix tokens and the position table their own
+tensors. The rest (the heads, the pooling, the activation) no shape says, so the names are
+found by shapes: every name of vit/families.py whose model has exactly the file's tensors.
+"""
+
+import math
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from vit.families import MODELS, model_config
+from vit.model import VisionTransformer
+from weights.layouts import LAYOUTS
+from weights.load import Pretrained, load_pretrained
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a checkpoint's tensors say about the ViT that wrote it."""
+
+    source: str
+    layout: str  # LAYOUTS' name
+    tensors: int  # in our layout
+    parameters: int
+    depth: int
+    width: int
+    patch: tuple[int, int]
+    in_channels: int
+    mlp_hidden: int
+    gated_mlp: bool
+    prefix_tokens: tuple[str, ...]  # ("class token", "4 registers", ...)
+    positions: str  # "learned, 14 x 14 patches and the class token (224 px)", or how else
+    head_classes: int | None  # None: no classifier in the file (a backbone)
+    names: tuple[str, ...]  # timm names whose model has exactly these tensors
+    other_size_names: tuple[str, ...]  # names that fit once the position table is resampled
+
+    def lines(self) -> list[str]:
+        """The description as `python -m weights inspect` prints it."""
+        layout = LAYOUTS[self.layout]
+        mlp = f"SwiGLU MLP {self.mlp_hidden}" if self.gated_mlp else f"MLP {self.mlp_hidden}"
+        rows = [
+            ("layout", f"{layout.name}: {layout.code}"),
+            ("tensors", f"{self.tensors} in our layout, {self.parameters / 1e6:.1f} M parameters"),
+            ("blocks", f"{self.depth} blocks of width {self.width}, {mlp}"),
+            ("patches", f"{self.patch[0]} x {self.patch[1]} px, {self.in_channels} channels"),
+            ("tokens", ", ".join(self.prefix_tokens) or "patches only"),
+            ("positions", self.positions),
+            ("head", f"{self.head_classes} classes" if self.head_classes else "none: a backbone (pooled features)"),
+        ]
+        if self.names:
+            heads = model_config(self.names[0]).num_heads
+            rows.append(("timm names", ", ".join(self.names) + f"  ({heads} heads, as the names say: a file does not)"))
+            rows.append(("load it", f"vit.create_model('{self.names[0]}', pretrained='{self.source}')"))
+        elif self.other_size_names:
+            rows.append(("timm names", ", ".join(self.other_size_names) + "  (at another image size: the position "
+                                                                            "table is resampled)"))
+            rows.append(("load it", f"vit.create_model('{self.other_size_names[0]}', pretrained='{self.source}')"))
+        else:
+            rows.append(("timm names", "none has these shapes"))
+        width = max(len(label) for label, _ in rows)
+        return [self.source] + [f"  {label:<{width}}  {text}" for label, text in rows]
+
+
+def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
+    """Read a checkpoint (any layout, path or hub id; or weights already read) and say what it is."""
+    weights = pretrained if isinstance(pretrained, Pretrained) else load_pretrained(pretrained)
+    tensors = weights.state_dict
+    patch_weight = tensors["patch_embedding.projection.weight"]  # (D, C, P, P)
+    width, in_channels, *patch = patch_weight.shape
+    depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+    fc1 = next((v for k, v in tensors.items() if k.endswith("mlp.fc1.weight")), None)
+    gated = fc1 is not None and _is_gated(tensors)
+    mlp_hidden = 0 if fc1 is None else fc1.shape[0] // (2 if gated else 1)
+    prefix = []
+    if "cls_token" in tensors:
+        prefix.append("class token")
+    if "distillation_token" in tensors:
+        prefix.append("distillation token")
+    if "register_tokens" in tensors:
+        prefix.append(f"{tensors['register_tokens'].shape[1]} registers")
+    head = tensors.get("head.weight")
+    names, other_size = _matching_names(tensors, head.shape[0] if head is not None else 0)
+    return Description(
+        source=weights.source, layout=weights.layout, tensors=len(tensors),
+        parameters=sum(v.numel() for v in tensors.values()), depth=depth, width=width, patch=tuple(patch),
+        in_channels=in_channels, mlp_hidden=mlp_hidden, gated_mlp=gated, prefix_tokens=tuple(prefix),
+        positions=_positions(tensors, patch[0], int("cls_token" in tensors) + int("distillation_token" in tensors)),
+        head_classes=None if head is None else head.shape[0], names=names, other_size_names=other_size)
+
+
+def _is_gated(tensors: dict[str, torch.Tensor]) -> bool:
+    """A SwiGLU's fc1 holds the gate and the value: twice the rows fc2 reads."""
+    fc1 = next(v for k, v in tensors.items() if k.endswith("mlp.fc1.weight"))
+    fc2 = next(v for k, v in tensors.items() if k.endswith("mlp.fc2.weight"))
+    return fc1.shape[0] == 2 * fc2.shape[1]
+
+
+def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> str:
+    """How positions enter, from the tensors: a learned table (its grid, whether it covers the
+    class token), a relative bias table, or neither (rotary: computed, not stored)."""
+    table = tensors.get("position_embedding")
+    if table is None:
+        if any(k.endswith("relative_bias.table") for k in tensors):
+            return "relative: a learned bias per offset in every block (BEiT)"
+        return "none stored: rotary (RoPE, computed from each patch's place)"
+    entries = table.shape[1]
+    for covered, what in ((tokens, " and the class token"), (0, "")):
+        side = math.isqrt(entries - covered)
+        if covered <= entries and side * side == entries - covered:
+            return f"learned, {side} x {side} patches{what} ({side * patch} px)"
+    return f"learned, {entries} entries"
+
+
+def _matching_names(tensors: dict[str, torch.Tensor], num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names whose model has the file's tensors exactly, and those that would after the
+    position table is resampled (another image size). Names are screened by depth, width and
+    patch first; only those few are built, on the meta device (shapes, no memory)."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    width, _, patch, _ = shapes["patch_embedding.projection.weight"]
+    depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
+    exact, other_size = [], []
+    for name in MODELS:
+        cfg = model_config(name)
+        if (cfg.depth, cfg.embed_dim, cfg.patch_size) != (depth, width, patch):
+            continue
+        with torch.device("meta"):
+            model = VisionTransformer(replace(cfg, num_classes=num_classes))
+        theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if theirs == shapes:
+            exact.append(name)
+        elif theirs.keys() == shapes.keys() and all(theirs[k] == shapes[k] for k in shapes if k != "position_embedding"):
+            other_size.append(name)
+    return tuple(exact), tuple(other_size)
