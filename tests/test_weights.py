@@ -85,7 +85,7 @@ def test_impossible_download_is_one_line_naming_alternatives(tmp_path):
     assert result.returncode == 1
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message
-    assert "local .safetensors file" in message and "HF_HUB_OFFLINE=1" in message and "as SRC" in message
+    assert "local checkpoint" in message and "HF_HUB_OFFLINE=1" in message and "as SRC" in message
     assert "--pretrained" not in message  # train's flag: convert names its own argument
 
 

@@ -1,8 +1,8 @@
-"""Key maps from other ViT checkpoint layouts to ours, and the conversions that use them.
+"""timm's key maps, and the renaming every layout's conversion uses (weights/layouts.py has the others).
 
-Our names (vit/model.py) say what each tensor is; timm's and Hugging Face's name the same
-tensors differently. The tables below are the whole story: read them to see which tensor goes
-where. `{i}` stands for the block index, `{j}` for a branch within a block (timm's 18x2). A key
+Our names (vit/model.py) say what each tensor is; timm's (and torchvision's, OpenCLIP's, ...)
+name the same tensors differently. The tables are the whole story: read them to see which
+tensor goes where; one table serves both ways (from_ours reads it backwards, for export). `{i}` stands for the block index, `{j}` for a branch within a block (timm's 18x2). A key
 ending in a bracket names one part of a fused tensor: "qkv.weight[k]" is the key rows of our qkv
 projection, "in_proj.weight[mlp]" the MLP rows of timm's parallel block's input projection.
 """

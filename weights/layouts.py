@@ -405,7 +405,10 @@ def _finish_positions_table(ours: Tensors) -> Tensors:
 
 
 def _prepare_hf_clip(tensors: Tensors) -> Tensors:
-    """The image tower: the text tower, its projection and the logit scale left out."""
+    """The image tower: the text tower, its projection and the logit scale left out. (A
+    CLIPVisionModel saved by transformers 5 has no "vision_model." prefix; older ones do.)"""
+    if "embeddings.class_embedding" in tensors:
+        tensors = {k if k == "visual_projection.weight" else f"vision_model.{k}": v for k, v in tensors.items()}
     return {k: v for k, v in tensors.items()
             if (k.startswith("vision_model.") and not k.endswith("position_ids")) or k == "visual_projection.weight"}
 
@@ -527,7 +530,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first t
     Layout("hf", "transformers' ViTModel / ViTForImageClassification", HF_TO_OURS,
            _ends("embeddings.patch_embeddings.projection.weight"), _prepare_hf_vit, hf_defaults=(1e-12, "gelu")),
     Layout("hf_clip", "transformers' CLIPVisionModel / CLIPModel (the image tower)", HF_CLIP_TO_OURS,
-           _has("vision_model.embeddings.class_embedding"), _prepare_hf_clip, _finish_clip,
+           _ends("embeddings.class_embedding"), _prepare_hf_clip, _finish_clip,
            hf_defaults=(1e-5, "quick_gelu")),
     Layout("hf_siglip", "transformers' SiglipVisionModel / SiglipModel (the image tower)", HF_SIGLIP_TO_OURS,
            _ends("embeddings.patch_embedding.weight"), _prepare_hf_siglip, _finish_positions_table,

@@ -2,13 +2,14 @@
 
 A `pretrained` argument is one of:
   - None or "none": no weights;
-  - a path: a `.safetensors` file in timm's, Hugging Face's or our layout, a folder holding
-    `model.safetensors` (and maybe `config.json`), or a `.pth` checkpoint written by `train`;
+  - a path: a `.safetensors`, `.pth`/`.bin` or `.npz` file in any layout weights/layouts.py
+    knows (timm, torchvision, OpenCLIP, transformers, Meta's DINO, the JAX releases, ours), a
+    folder holding `model.safetensors` (and maybe `config.json`), or a `.pth` written by `train`;
   - a Hugging Face hub id such as "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", fetched with
     huggingface_hub (which honours HF_HUB_OFFLINE=1 and HF_HOME / HF_HUB_CACHE).
 
-Nothing here unpickles: safetensors holds only tensors, and `.pth` files are read with
-`torch.load(weights_only=True)`.
+Nothing here unpickles: safetensors holds only tensors, `.npz` files are read by numpy with
+allow_pickle=False, and `.pth` files with `torch.load(weights_only=True)`.
 """
 
 import json
@@ -65,7 +66,7 @@ class HubUnavailable(WeightsError):
         cache = "fill the Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1 here"
         if argument == "SRC":
             return (f"cannot get '{self.repo_id}' from the Hugging Face hub ({self.reason}); give a local "
-                    f".safetensors file or folder (timm's or Hugging Face's) as SRC, or {cache}")
+                    f"checkpoint or folder (any layout python -m weights inspect reads) as SRC, or {cache}")
         if argument == "pretrained=":
             local, none = "pretrained='path/to/model.safetensors'", "pretrained=None"
         else:  # a command's flag

@@ -1,0 +1,327 @@
+"""Checkpoints from other code bases (weights/layouts.py), each against that code base's own model.
+
+Each test builds the other code base's model with random, perturbed weights, saves it the way
+that code base saves its files, loads the file into ours by a timm name, and compares outputs on
+real images with the other model's own forward (never with our own re-reading). Models are 2
+blocks deep where depth does not matter, so each test takes a second or two.
+"""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vit
+from tests.conftest import perturb_, real_images, run_module
+from weights import LAYOUTS, WeightsError, load_pretrained
+from weights.describe import describe
+
+TOLERANCE = 1e-5
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor, tolerance: float = TOLERANCE) -> float:
+    gap = (ours - theirs).abs().max().item()
+    assert gap <= tolerance, f"max |ours - theirs| = {gap:.2e}"
+    return gap
+
+
+# --- torchvision -----------------------------------------------------------------------------
+def torchvision_vit(image_size: int, layers: int = 2, width: int = 768, heads: int = 12):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return perturb_(VisionTransformer(image_size=image_size, patch_size=16, num_layers=layers, num_heads=heads,
+                                      hidden_dim=width, mlp_dim=4 * width)).eval()
+
+
+@pytest.mark.parametrize("name, size, suffix, legacy", [
+    ("vit_base_patch16_224", 224, ".pth", False),  # vit_b_16's ImageNet weights
+    ("vit_base_patch16_384", 384, ".safetensors", True),  # SWAG's 384 px, mlp.linear_1/2 as before torchvision 0.13
+])
+def test_torchvision_file_gives_torchvisions_outputs(name, size, suffix, legacy, tmp_path, cifar_dir):
+    theirs = torchvision_vit(size)
+    tensors = theirs.state_dict()
+    if legacy:
+        tensors = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v for k, v in tensors.items()}
+        assert any("linear_1" in k for k in tensors)
+    path = tmp_path / f"vit_b_16{suffix}"
+    torch.save(tensors, path) if suffix == ".pth" else save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    ours = vit.create_model(name, pretrained=path, depth=2).eval()  # the name's size: SWAG's 384 with no img_size
+    assert ours.cfg.img_size == size and load_pretrained(path).layout == "torchvision"
+    images = real_images(cifar_dir, 2, size)
+    with torch.no_grad():
+        close(ours(images), theirs(images))
+
+
+# --- JAX .npz: the ViT paper's layout and big_vision's ---------------------------------------
+def jax_arrays(timm_state: dict, big_vision: bool, scanned: bool = False) -> dict[str, np.ndarray]:
+    """A timm ViT's tensors written as the JAX releases hold them (the inverse of timm's _n2p):
+    Dense kernels (in, out), attention kernels (D, heads, head_dim), the patch kernel HWIO."""
+    width = timm_state["patch_embed.proj.weight"].shape[0]
+    head_dim = 64
+    heads = width // head_dim
+
+    def attention(prefix: str, q, k, v, q_bias, k_bias, v_bias, out, out_bias) -> dict:
+        arrays = {}
+        for part, weight, bias in (("query", q, q_bias), ("key", k, k_bias), ("value", v, v_bias)):
+            arrays[f"{prefix}{part}/kernel"] = weight.T.reshape(width, heads, head_dim)
+            arrays[f"{prefix}{part}/bias"] = bias.reshape(heads, head_dim)
+        arrays[f"{prefix}out/kernel"] = out.T.reshape(heads, head_dim, width)
+        arrays[f"{prefix}out/bias"] = out_bias
+        return arrays
+
+    mha, ln2, mlp = ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision else \
+        ("MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
+    arrays = {"embedding/kernel": timm_state["patch_embed.proj.weight"].permute(2, 3, 1, 0),
+              "embedding/bias": timm_state["patch_embed.proj.bias"],
+              "Transformer/encoder_norm/scale": timm_state["norm.weight"],
+              "Transformer/encoder_norm/bias": timm_state["norm.bias"]}
+    arrays["pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"] = timm_state["pos_embed"]
+    if "cls_token" in timm_state:
+        arrays["cls"] = timm_state["cls_token"]
+    if "head.weight" in timm_state:
+        arrays["head/kernel"], arrays["head/bias"] = timm_state["head.weight"].T, timm_state["head.bias"]
+    blocks = sorted({int(k.split(".")[1]) for k in timm_state if k.startswith("blocks.")})
+    per_block = []
+    for i in blocks:
+        t = {k.removeprefix(f"blocks.{i}."): v for k, v in timm_state.items() if k.startswith(f"blocks.{i}.")}
+        block = {"LayerNorm_0/scale": t["norm1.weight"], "LayerNorm_0/bias": t["norm1.bias"],
+                 f"{ln2}/scale": t["norm2.weight"], f"{ln2}/bias": t["norm2.bias"],
+                 f"{mlp}/Dense_0/kernel": t["mlp.fc1.weight"].T, f"{mlp}/Dense_0/bias": t["mlp.fc1.bias"],
+                 f"{mlp}/Dense_1/kernel": t["mlp.fc2.weight"].T, f"{mlp}/Dense_1/bias": t["mlp.fc2.bias"]}
+        block.update(attention(f"{mha}/", *t["attn.qkv.weight"].chunk(3), *t["attn.qkv.bias"].chunk(3),
+                               t["attn.proj.weight"], t["attn.proj.bias"]))
+        per_block.append(block)
+    for key in per_block[0]:
+        if scanned:  # one array per tensor, the blocks along a leading axis
+            arrays[f"Transformer/encoderblock/{key}"] = torch.stack([block[key] for block in per_block])
+        else:
+            arrays.update({f"Transformer/encoderblock_{i}/{key}": block[key] for i, block in zip(blocks, per_block)})
+    if "attn_pool.latent" in timm_state:  # SigLIP's MAP head
+        t = {k.removeprefix("attn_pool."): v for k, v in timm_state.items() if k.startswith("attn_pool.")}
+        arrays.update({"MAPHead_0/probe": t["latent"], "MAPHead_0/LayerNorm_0/scale": t["norm.weight"],
+                       "MAPHead_0/LayerNorm_0/bias": t["norm.bias"],
+                       "MAPHead_0/MlpBlock_0/Dense_0/kernel": t["mlp.fc1.weight"].T,
+                       "MAPHead_0/MlpBlock_0/Dense_0/bias": t["mlp.fc1.bias"],
+                       "MAPHead_0/MlpBlock_0/Dense_1/kernel": t["mlp.fc2.weight"].T,
+                       "MAPHead_0/MlpBlock_0/Dense_1/bias": t["mlp.fc2.bias"]})
+        arrays.update(attention("MAPHead_0/MultiHeadDotProductAttention_0/", t["q.weight"], *t["kv.weight"].chunk(2),
+                                t["q.bias"], *t["kv.bias"].chunk(2), t["proj.weight"], t["proj.bias"]))
+    return {k: v.detach().numpy() for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("name, layout, prefix, scanned", [
+    ("vit_base_patch16_224", "jax_vit", "", False),  # the paper's release (imagenet21k+imagenet2012)
+    ("vit_base_patch16_224", "jax_vit", "opt/target/", False),  # its checkpoints with the optimiser's tree
+    ("vit_base_patch16_224", "big_vision", "params/", True),  # big_vision's ViT, scanned blocks
+    ("vit_base_patch16_siglip_224", "big_vision", "params/img/", True),  # SigLIP: MAP head, a text tower
+])
+def test_npz_file_gives_what_timms_npz_reader_gives(name, layout, prefix, scanned, tmp_path, cifar_dir):
+    import timm
+
+    torch.manual_seed(0)
+    source = perturb_(timm.create_model(name, depth=2)).eval()
+    arrays = {prefix + k: v for k, v in jax_arrays(source.state_dict(), layout == "big_vision", scanned).items()}
+    if prefix == "params/img/":
+        arrays["params/txt/Embed_0/embedding"] = np.ones((10, 4), np.float32)  # the text tower: not ours to load
+    path = tmp_path / "checkpoint.npz"
+    np.savez(path, **arrays)
+    theirs = timm.create_model(name, depth=2).eval()
+    theirs.load_pretrained(str(path))  # timm's own .npz reader (timm.models.vision_transformer._load_weights)
+    ours = vit.create_model(name, pretrained=path, depth=2).eval()
+    assert load_pretrained(path).layout == layout
+    images = real_images(cifar_dir, 2, 224)
+    with torch.no_grad():
+        close(ours(images), theirs(images))
+        close(ours(images), source(images))  # and the round trip lost nothing
+
+
+# --- OpenCLIP --------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
+def test_openclip_file_gives_encode_image(suffix, tmp_path, cifar_dir):
+    import open_clip
+
+    torch.manual_seed(0)
+    # ViT-B-16's image tower, 2 blocks deep; a small text tower (its tensors are in the file, and ignored).
+    clip = open_clip.CLIP(embed_dim=512, vision_cfg=open_clip.CLIPVisionCfg(layers=2, width=768, patch_size=16,
+                                                                            image_size=224),
+                          text_cfg=open_clip.CLIPTextCfg(context_length=8, vocab_size=64, width=64, heads=1, layers=1))
+    clip = perturb_(clip).eval()
+    tensors = clip.state_dict()
+    assert any(k.startswith("transformer.") for k in tensors)  # the text tower rides along
+    path = tmp_path / f"open_clip_model{suffix}"
+    torch.save(tensors, path) if suffix == ".bin" else save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    ours = vit.create_model("vit_base_patch16_clip_224", pretrained=path, depth=2).eval()  # num_classes None: CLIP's projection
+    assert ours.cfg.num_classes == 512 and load_pretrained(path).layout == "openclip"
+    images = real_images(cifar_dir, 2, 224)
+    with torch.no_grad():
+        close(ours(images), clip.encode_image(images))
+
+
+# --- Meta's DINOv2 and DINOv3 releases, against timm's own conversion of them ------------------
+def meta_dinov2_file(timm_state: dict, swiglu: bool = False) -> dict:
+    """A timm DINOv2 as Meta's release holds it (the inverse of timm's _convert_dinov2): a mask
+    token, registers called register_tokens with the CLS token's position back in the table,
+    ViT-g's SwiGLU as w12 / w3."""
+    meta = dict(timm_state)
+    if swiglu:
+        meta = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3."): v for k, v in meta.items()}
+    width = timm_state["cls_token"].shape[-1]
+    meta["mask_token"] = torch.zeros(1, width)
+    if "reg_token" in meta:
+        cls_position = torch.randn(1, 1, width) * 0.02
+        meta["register_tokens"] = meta.pop("reg_token")
+        meta["pos_embed"] = torch.cat([cls_position, meta["pos_embed"]], dim=1)
+        meta["cls_token"] = meta["cls_token"] - cls_position
+    return meta
+
+
+def meta_dinov3_file(timm_state: dict, swiglu: bool = False) -> dict:
+    """A timm DINOv3 as Meta's release holds it (the inverse of timm's eva.py checkpoint_filter_fn):
+    storage_tokens, ls1/ls2, one qkv.bias with a bias_mask (its key rows nonzero here: Meta's
+    forward masks them, and so must a reader), SwiGLU as w1 / w2 / w3, a mask token, RoPE periods."""
+    renames = {"reg_token": "storage_tokens", ".gamma_1": ".ls1.gamma", ".gamma_2": ".ls2.gamma",
+               ".mlp.fc1_g.": ".mlp.w1.", ".mlp.fc1_x.": ".mlp.w2.", ".mlp.fc2.": ".mlp.w3."}
+    meta = {}
+    for key, tensor in timm_state.items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        meta[key] = tensor
+    width = timm_state["cls_token"].shape[-1]
+    for i in sorted({int(k.split(".")[1]) for k in meta if k.startswith("blocks.")}):
+        q = meta.pop(f"blocks.{i}.attn.q_bias", torch.zeros(width))
+        v = meta.pop(f"blocks.{i}.attn.v_bias", torch.zeros(width))
+        k = torch.randn(width) if q.any() else torch.zeros(width)  # distilled files: all zero
+        meta[f"blocks.{i}.attn.qkv.bias"] = torch.cat([q, k, v])
+        meta[f"blocks.{i}.attn.qkv.bias_mask"] = torch.cat([torch.ones(width), torch.zeros(width), torch.ones(width)])
+    meta["mask_token"] = torch.zeros(1, width)
+    meta["rope_embed.periods"] = torch.arange(16, dtype=torch.float32)
+    return meta
+
+
+@pytest.mark.parametrize("name, img_size, depth, to_meta, layout", [
+    ("vit_small_patch14_dinov2", 56, 2, meta_dinov2_file, "meta_dinov2"),
+    ("vit_small_patch14_reg4_dinov2", 56, 2, meta_dinov2_file, "meta_dinov2"),  # registers
+    ("vit_giant_patch14_dinov2", 28, 1, meta_dinov2_file, "meta_dinov2"),  # SwiGLU as w12, w3
+    ("vit_small_patch16_dinov3_qkvb", 64, 2, meta_dinov3_file, "meta_dinov3"),  # q and v biases
+    ("vit_small_plus_patch16_dinov3", 64, 2, meta_dinov3_file, "meta_dinov3"),  # SwiGLU as w1, w2, w3; zero biases
+])
+def test_meta_release_gives_what_timms_conversion_gives(name, img_size, depth, to_meta, layout, tmp_path, cifar_dir):
+    import timm
+
+    torch.manual_seed(0)
+    source = perturb_(timm.create_model(name, depth=depth, img_size=img_size)).eval()
+    path = tmp_path / "meta.pth"
+    torch.save(to_meta(source.state_dict(), swiglu="giant" in name), path)
+    theirs = timm.create_model(name, depth=depth, img_size=img_size).eval()
+    module = __import__(type(theirs).__module__, fromlist=["checkpoint_filter_fn"])  # vision_transformer or eva
+    theirs.load_state_dict(module.checkpoint_filter_fn(torch.load(path, weights_only=True), theirs))
+    ours = vit.create_model(name, pretrained=path, depth=depth, img_size=img_size).eval()
+    assert load_pretrained(path).layout == layout
+    images = real_images(cifar_dir, 2, img_size)
+    with torch.no_grad():
+        close(ours(images), theirs(images))
+
+
+# --- transformers' CLIP ----------------------------------------------------------------------
+@pytest.mark.parametrize("whole", [True, False])
+def test_transformers_clip_gives_its_image_features(whole, tmp_path, cifar_dir):
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=12,
+                  image_size=224, patch_size=16)  # hidden_act: transformers' default, quick_gelu
+    if whole:
+        theirs = CLIPModel(CLIPConfig(vision_config=vision, projection_dim=512,
+                                      text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                                       num_attention_heads=1, vocab_size=64)))
+    else:
+        theirs = CLIPVisionModel(CLIPVisionConfig(**vision))
+    theirs = perturb_(theirs).eval()
+    theirs.save_pretrained(tmp_path / "clip")
+    ours = vit.create_model("vit_base_patch16_clip_224", pretrained=tmp_path / "clip", depth=2).eval()
+    assert ours.cfg.activation == "quick_gelu"  # from its config.json
+    images = real_images(cifar_dir, 2, 224)
+    with torch.no_grad():
+        if whole:
+            features = theirs.get_image_features(pixel_values=images)
+            expected = getattr(features, "pooler_output", features)
+        else:
+            expected = theirs(pixel_values=images).pooler_output
+        close(ours(images), expected, 1e-4)
+
+
+# --- inspect, convert --to timm, and what is not a checkpoint ----------------------------------
+@pytest.fixture(scope="module")
+def torchvision_tiny(tmp_path_factory):
+    """A whole ViT-Ti/16 in torchvision's layout (no torchvision name has it, but its class builds it)."""
+    model = torchvision_vit(224, layers=12, width=192, heads=3)
+    path = tmp_path_factory.mktemp("tv") / "vit_ti_16.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def test_inspect_names_the_layout_the_model_and_the_timm_names(torchvision_tiny):
+    _, path = torchvision_tiny
+    result = run_module("-m", "weights", "inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "torchvision" in text and "12 blocks of width 192" in text and "16 x 16 px" in text
+    assert "14 x 14 patches and the class token (224 px)" in text and "1000 classes" in text
+    assert "vit_tiny_patch16_224" in text and "3 heads" in text
+    found = describe(path)
+    assert found.names[0] == "vit_tiny_patch16_224" and found.depth == 12 and found.prefix_tokens == ("class token",)
+
+
+def test_describe_reads_every_layouts_facts(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_small_patch14_reg4_dinov2", depth=2, img_size=56)
+    torch.save(meta_dinov2_file(source.state_dict()), tmp_path / "meta.pth")
+    found = describe(tmp_path / "meta.pth")
+    assert found.layout == "meta_dinov2" and found.depth == 2 and found.width == 384 and found.patch == (14, 14)
+    assert found.prefix_tokens == ("class token", "4 registers") and found.head_classes is None
+    assert found.positions == "learned, 4 x 4 patches (56 px)"
+    assert found.names == () and found.other_size_names == ()  # no name is 2 blocks deep
+
+
+def test_convert_to_timm_writes_what_timm_loads(torchvision_tiny, tmp_path, cifar_dir):
+    import timm
+
+    model, path = torchvision_tiny
+    out = tmp_path / "timm.safetensors"
+    result = run_module("-m", "weights", "convert", str(path), str(out), "--to", "timm")
+    assert result.returncode == 0, result.stderr
+    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(out), num_classes=1000)).eval()
+    images = real_images(cifar_dir, 2, 224)
+    with torch.no_grad():
+        close(theirs(images), model(images))
+
+
+def test_files_that_are_not_checkpoints_get_one_line(tmp_path):
+    np.savez(tmp_path / "weights.npz", **{"params/embedding/kernel": np.ones((2, 2, 3, 4), np.float32)})
+    (tmp_path / "renamed.safetensors").write_bytes((tmp_path / "weights.npz").read_bytes())
+    with pytest.raises(WeightsError, match=r"a zip archive, not a \.safetensors file: name it \.npz"):
+        load_pretrained(tmp_path / "renamed.safetensors")  # an .npz is never read as safetensors
+    np.savez(tmp_path / "pickled.npz", evil=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(WeightsError, match="refused, it holds Python objects"):
+        load_pretrained(tmp_path / "pickled.npz")
+    np.savez(tmp_path / "other.npz", x=np.ones(3, np.float32))
+    with pytest.raises(WeightsError, match="not a ViT checkpoint of a known layout") as error:
+        load_pretrained(tmp_path / "other.npz")
+    assert all(name in str(error.value) for name in LAYOUTS) and "first keys: x" in str(error.value)
+    result = run_module("-m", "weights", "inspect", str(tmp_path / "other.npz"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_fine_tuned_checkpoint_builds_at_its_own_size(tiny_run):
+    from infer import Classifier
+
+    path = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    model = vit.create_model("vit_tiny_patch16_224", pretrained=path).eval()  # no img_size: the checkpoint's 32
+    assert model.cfg.img_size == 32 and model.cfg.num_classes == 10
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(images), Classifier(path, device="cpu").model(images))
