@@ -271,6 +271,10 @@ def test_inspect_names_the_layout_the_model_and_the_timm_names(torchvision_tiny)
     assert "vit_tiny_patch16_224" in text and "3 heads" in text
     found = describe(path)
     assert found.names[0] == "vit_tiny_patch16_224" and found.depth == 12 and found.prefix_tokens == ("class token",)
+    torch.save(torchvision_vit(288, layers=12, width=192, heads=3).state_dict(), path.with_name("288.pth"))
+    found = describe(path.with_name("288.pth"))  # no name is built at 288 px: those that fit once resampled
+    assert found.names == () and "vit_tiny_patch16_224" in found.other_size_names and found.img_size == 288
+    assert "img_size=288" in found.lines()[-1]
 
 
 def test_describe_reads_every_layouts_facts(tmp_path):

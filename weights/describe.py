@@ -36,6 +36,7 @@ class Description:
     gated_mlp: bool
     prefix_tokens: tuple[str, ...]  # ("class token", "4 registers", ...)
     positions: str  # "learned, 14 x 14 patches and the class token (224 px)", or how else
+    img_size: int | None  # the side its position table was learned for (None: no table)
     head_classes: int | None  # None: no classifier in the file (a backbone)
     names: tuple[str, ...]  # timm names whose model has exactly these tensors
     other_size_names: tuple[str, ...]  # names that fit once the position table is resampled
@@ -58,9 +59,9 @@ class Description:
             rows.append(("timm names", ", ".join(self.names) + f"  ({heads} heads, as the names say: a file does not)"))
             rows.append(("load it", f"vit.create_model('{self.names[0]}', pretrained='{self.source}')"))
         elif self.other_size_names:
-            rows.append(("timm names", ", ".join(self.other_size_names) + "  (at another image size: the position "
-                                                                            "table is resampled)"))
-            rows.append(("load it", f"vit.create_model('{self.other_size_names[0]}', pretrained='{self.source}')"))
+            rows.append(("timm names", ", ".join(self.other_size_names) + f"  (built at {self.img_size} px)"))
+            rows.append(("load it", f"vit.create_model('{self.other_size_names[0]}', img_size={self.img_size}, "
+                                    f"pretrained='{self.source}')"))
         else:
             rows.append(("timm names", "none has these shapes"))
         width = max(len(label) for label, _ in rows)
@@ -86,11 +87,12 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
         prefix.append(f"{tensors['register_tokens'].shape[1]} registers")
     head = tensors.get("head.weight")
     names, other_size = _matching_names(tensors, head.shape[0] if head is not None else 0)
+    positions, img_size = _positions(tensors, patch[0], int("cls_token" in tensors) + int("distillation_token" in tensors))
     return Description(
         source=weights.source, layout=weights.layout, tensors=len(tensors),
         parameters=sum(v.numel() for v in tensors.values()), depth=depth, width=width, patch=tuple(patch),
         in_channels=in_channels, mlp_hidden=mlp_hidden, gated_mlp=gated, prefix_tokens=tuple(prefix),
-        positions=_positions(tensors, patch[0], int("cls_token" in tensors) + int("distillation_token" in tensors)),
+        positions=positions, img_size=img_size,
         head_classes=None if head is None else head.shape[0], names=names, other_size_names=other_size)
 
 
@@ -101,20 +103,21 @@ def _is_gated(tensors: dict[str, torch.Tensor]) -> bool:
     return fc1.shape[0] == 2 * fc2.shape[1]
 
 
-def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> str:
+def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> tuple[str, int | None]:
     """How positions enter, from the tensors: a learned table (its grid, whether it covers the
-    class token), a relative bias table, or neither (rotary: computed, not stored)."""
+    class token, the image side it was learned for), a relative bias table, or neither (rotary:
+    computed, not stored)."""
     table = tensors.get("position_embedding")
     if table is None:
         if any(k.endswith("relative_bias.table") for k in tensors):
-            return "relative: a learned bias per offset in every block (BEiT)"
-        return "none stored: rotary (RoPE, computed from each patch's place)"
+            return "relative: a learned bias per offset in every block (BEiT)", None
+        return "none stored: rotary (RoPE, computed from each patch's place)", None
     entries = table.shape[1]
     for covered, what in ((tokens, " and the class token"), (0, "")):
         side = math.isqrt(entries - covered)
         if covered <= entries and side * side == entries - covered:
-            return f"learned, {side} x {side} patches{what} ({side * patch} px)"
-    return f"learned, {entries} entries"
+            return f"learned, {side} x {side} patches{what} ({side * patch} px)", side * patch
+    return f"learned, {entries} entries", None
 
 
 def _matching_names(tensors: dict[str, torch.Tensor], num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
