@@ -3,6 +3,8 @@
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,11 +87,37 @@ def make_timm_file(name: str, path: Path, img_size: int = 224, seed: int = 0, **
 
 def run_module(*args, cwd=REPO, env=None, timeout=600):
     """Run `python -m ...` (or any python args) as a real subprocess, capturing its output."""
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def run_cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` run in this process, through the command's own main(argv): the
+    same exit status (a SystemExit's code, as the interpreter would exit with), stdout and stderr,
+    without a fresh interpreter importing torch again (2 s a launch). For tests where the process
+    boundary is not what is checked; signals, the README's commands as written and environment
+    read at import time keep run_module."""
+    import contextlib
+    import importlib
+    import importlib.util
+    import io
+
+    package = importlib.util.find_spec(module).submodule_search_locations is not None
+    main = importlib.import_module(f"{module}.__main__" if package else module).main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    try:
+        os.chdir(cwd or REPO)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(args)) or 0
+            except SystemExit as exit:  # argparse's usage errors, sys.exit("message")
+                code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess([module, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def make_subset(cifar_dir: Path, root: Path, train_per_class: int, test_per_class: int) -> Path:
@@ -122,9 +150,6 @@ def tiny_run(cifar_dir, tmp_path_factory):
 def start_training(args: list[str], until: str):
     """Start `python -m train ARGS` and return the running process once it has printed a line
     starting with `until` (an epoch's summary line, say), so a test can signal it mid-run."""
-    import subprocess
-    import sys
-
     process = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     for line in process.stdout:

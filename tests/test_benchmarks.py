@@ -2,11 +2,11 @@
 
 import re
 
-from tests.conftest import DATA, run_module
+from tests.conftest import DATA, run_cli
 
 
 def test_job_benchmark_prints_the_phase_table_and_the_wall_time():
-    result = run_module("-m", "benchmarks.job", "--data", str(DATA), "--tiny")
+    result = run_cli("benchmarks.job", "--data", str(DATA), "--tiny")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = dict(re.findall(r"^ *(\w+) +(\d+\.\d) ", result.stdout, re.M))
     assert {"startup", "weights", "data", "compile", "train", "eval", "save", "other", "total", "wall"} <= set(rows)
@@ -15,7 +15,7 @@ def test_job_benchmark_prints_the_phase_table_and_the_wall_time():
 
 
 def test_levers_benchmark_measures_each_lever_beside_its_alternative():
-    result = run_module("-m", "benchmarks.levers", "--data", str(DATA), "--device", "cpu", "--model",
+    result = run_cli("benchmarks.levers", "--data", str(DATA), "--device", "cpu", "--model",
                         "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "32",
                         "--max-train-samples", "256", "--max-eval-samples", "128")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tests.conftest import CLASSES, TINY_TRAIN_ARGS, run_module
+from tests.conftest import CLASSES, TINY_TRAIN_ARGS, run_cli
 from train import TrainConfig
 from train.datasets import DataError, load_dataset, read_cifar_batch
 
@@ -23,13 +23,13 @@ def test_folder_of_large_images_trains_through_the_dataloader(cifar_dir, tmp_pat
     cfg = TrainConfig(data=str(root), img_size=32, batch_size=8)
     data = load_dataset(cfg)
     assert data.train.images is None and len(data.train.files) == 32 and data.source_size is None
-    result = run_module("-m", "train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+    result = run_cli("train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
                         *TINY_TRAIN_ARGS, "--batch-size", "8")
     assert result.returncode == 0, result.stderr[-3000:]
     card = torch.load(tmp_path / "out" / "vit_pets_finetuned.pth", weights_only=True)
     assert card["class_names"] == ["cat", "dog"] and card["source_size"] is None
     assert card["metrics"]["train_acc"] is not None
-    predicted = run_module("-m", "infer", "--checkpoint", str(tmp_path / "out" / "vit_pets_finetuned.pth"),
+    predicted = run_cli("infer", "--checkpoint", str(tmp_path / "out" / "vit_pets_finetuned.pth"),
                            "--data", str(root / "val"))
     assert predicted.returncode == 0 and f"top-1: {100 * card['metrics']['test_acc']:.2f}%" in predicted.stdout
 

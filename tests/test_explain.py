@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import vit
-from tests.conftest import make_timm_file, real_images, run_module
+from tests.conftest import make_timm_file, real_images, run_cli
 from vit.explain import attention_maps, attention_rollout, cls_attention
 
 
@@ -106,12 +106,12 @@ def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
     Image.open(source).resize((96, 96)).save(tmp_path / "a" / "cat.png")
     Image.open(source).save(tmp_path / "b" / "cat.png")
     checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
-    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"), str(tmp_path / "b"),
+    result = run_cli("infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"), str(tmp_path / "b"),
                         "--explain", str(tmp_path / "explained"))
     assert result.returncode == 0, result.stderr[-2000:]
     written = sorted(p.name for p in (tmp_path / "explained").iterdir())
     assert written == ["cat-2.png", "cat.png"]
-    again = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"), str(tmp_path / "b"),
+    again = run_cli("infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"), str(tmp_path / "b"),
                        "--explain", str(tmp_path / "explained"))
     assert again.returncode == 0 and sorted(p.name for p in (tmp_path / "explained").iterdir()) == written
     for name in written:
@@ -119,7 +119,7 @@ def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
             assert picture.format == "PNG" and picture.size[0] >= 600 and picture.size[1] >= 200
     assert result.stdout.count("cat.png: ") == 2 and "explained" in result.stdout
     (tmp_path / "a-file").write_text("not a folder")
-    blocked = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"),
+    blocked = run_cli("infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a"),
                          "--explain", str(tmp_path / "a-file" / "out"))
     assert blocked.returncode == 1 and "Traceback" not in blocked.stderr
     assert blocked.stderr.strip().splitlines() == [f"error: cannot write {tmp_path / 'a-file' / 'out'} (Not a directory)"]
@@ -154,7 +154,7 @@ def test_paper_figures_follow_their_formulas():
 
 def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
     make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
-    result = run_module("-m", "vit.figures", str(tmp_path / "figures"), "--model", "vit_tiny_patch16_224",
+    result = run_cli("vit.figures", str(tmp_path / "figures"), "--model", "vit_tiny_patch16_224",
                         "--pretrained", str(tmp_path / "model.safetensors"), "--images", str(cifar_dir / "test"),
                         "--num-images", "6")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -163,11 +163,11 @@ def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
     for name, size in expected.items():
         with Image.open(tmp_path / "figures" / name) as picture:
             assert picture.format == "PNG" and picture.size == size, (name, picture.size)
-    missing = run_module("-m", "vit.figures", str(tmp_path / "f2"), "--model", "vit_tiny_patch16_224",
+    missing = run_cli("vit.figures", str(tmp_path / "f2"), "--model", "vit_tiny_patch16_224",
                          "--pretrained", "none", "--images", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no folder of images" in missing.stderr and "Traceback" not in missing.stderr
     (tmp_path / "a-file").write_text("not a folder")
-    blocked = run_module("-m", "vit.figures", str(tmp_path / "a-file" / "out"), "--model", "vit_tiny_patch16_224",
+    blocked = run_cli("vit.figures", str(tmp_path / "a-file" / "out"), "--model", "vit_tiny_patch16_224",
                          "--pretrained", "none", "--images", str(cifar_dir / "test"), "--num-images", "2")
     assert blocked.returncode == 1 and blocked.stderr.strip().splitlines() == [
         f"error: cannot write {tmp_path / 'a-file' / 'out'} (Not a directory)"]

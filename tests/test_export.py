@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import timm_arguments, real_images, run_module
+from tests.conftest import real_images, run_cli, timm_arguments
 from vit.checkpoint import load_model
 
 
@@ -20,7 +20,7 @@ def finetuned(tiny_run):
 
 
 def export(checkpoint, fmt, out):
-    result = run_module("-m", "weights", "export", str(checkpoint), "--format", fmt, str(out))
+    result = run_cli("weights", "export", str(checkpoint), "--format", fmt, str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -83,15 +83,15 @@ def test_onnx_export_runs_in_onnxruntime_and_in_infer_with_the_same_outputs(fine
 
 def test_bad_exports_are_one_line(tmp_path, finetuned):
     (tmp_path / "cut.pth").write_bytes(finetuned[0].read_bytes()[:5000])
-    result = run_module("-m", "weights", "export", str(tmp_path / "cut.pth"), "--format", "onnx", str(tmp_path / "x.onnx"))
+    result = run_cli("weights", "export", str(tmp_path / "cut.pth"), "--format", "onnx", str(tmp_path / "x.onnx"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {tmp_path / 'cut.pth'}: truncated or not a PyTorch checkpoint")
     assert not (tmp_path / "x.onnx").exists()
-    result = run_module("-m", "weights", "export", str(finetuned[0]), "--format", "tflite", str(tmp_path / "x"))
+    result = run_cli("weights", "export", str(finetuned[0]), "--format", "tflite", str(tmp_path / "x"))
     assert result.returncode == 2 and "invalid choice: 'tflite'" in result.stderr
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    result = run_module("-m", "infer", "--checkpoint", str(tmp_path / "junk.onnx"), "--image", str(finetuned[0]))
+    result = run_cli("infer", "--checkpoint", str(tmp_path / "junk.onnx"), "--image", str(finetuned[0]))
     assert result.returncode == 1 and "not an ONNX model exported by this project" in result.stderr
 
 
@@ -181,7 +181,7 @@ def test_every_file_the_project_writes_gets_the_mode_open_gives(finetuned, tiny_
         export_model(checkpoint, "timm", tmp_path / "timm.safetensors")
         export_model(checkpoint, "hf", tmp_path / "hf")
         export_model(checkpoint, "onnx", tmp_path / "model.onnx")
-        result = run_module("-m", "weights", "convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "ours.safetensors"))
+        result = run_cli("weights", "convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "ours.safetensors"))
         assert result.returncode == 0, result.stderr
     finally:
         os.umask(previous)

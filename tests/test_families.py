@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vit
-from tests.conftest import make_timm_file, real_images, timm_arguments
+from tests.conftest import make_timm_file, real_images, run_cli, timm_arguments
 from tests.test_parity import TOLERANCE, max_diff, stage_diffs
 from vit.export import timm_state_dict
 from vit.families import LEFT_OUT, MODELS, model_config
@@ -310,11 +310,9 @@ def test_a_tagged_name_downloads_that_tags_weights_and_normalisation(tmp_path):
 
 
 def test_train_cli_checks_family_names_and_their_patch_sizes():
-    from tests.conftest import run_module
-
-    result = run_module("-m", "train", "--model", "vit_small_patch14_dinov2", "--img-size", "32", "--data", "/tmp")
+    result = run_cli("train", "--model", "vit_small_patch14_dinov2", "--img-size", "32", "--data", "/tmp")
     assert result.returncode == 2 and "not a multiple of vit_small_patch14_dinov2's patch size 14 (e.g. 28)" in result.stderr
-    result = run_module("-m", "train", "--model", "vit_small_patch14_dinov3", "--data", "/tmp")
+    result = run_cli("train", "--model", "vit_small_patch14_dinov3", "--data", "/tmp")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "unknown model 'vit_small_patch14_dinov3'; similar: vit_small_patch16_dinov3, vit_small_patch14_dinov2" in result.stderr
 
@@ -370,9 +368,7 @@ def test_transformers_dinov2_and_siglip_files_load_with_their_outputs(name, layo
 
 
 def test_python_m_vit_lists_every_name_with_its_family_size_and_weights(capsys):
-    from tests.conftest import run_module
-
-    result = run_module("-m", "vit")
+    result = run_cli("vit")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == list(MODELS)

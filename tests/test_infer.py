@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from infer import Classifier, ImageError, load_image
-from tests.conftest import run_module
+from tests.conftest import run_cli
 from train.batches import make_batches
 from train.datasets import decode_to_tensor, list_image_folder
 from train.config import TrainConfig
@@ -105,7 +105,7 @@ def test_training_decodes_every_image_kind_as_inference_does(photo, tmp_path):
 
 def test_infer_data_reproduces_the_accuracy_training_reported(tiny_run):
     reported = torch.load(tiny_run["out"] / "vit_cifar10_finetuned.pth", weights_only=True)["metrics"]["test_acc"]
-    result = run_module("-m", "infer", "--checkpoint", str(tiny_run["out"] / "vit_cifar10_finetuned.pth"),
+    result = run_cli("infer", "--checkpoint", str(tiny_run["out"] / "vit_cifar10_finetuned.pth"),
                         "--data", str(tiny_run["data"]))  # finds data/test itself
     assert result.returncode == 0, result.stderr
     assert f"top-1: {100 * reported:.2f}%" in result.stdout
@@ -117,11 +117,11 @@ def test_cli_prints_class_and_confidence_per_image(tiny_run, photo, tmp_path):
     photo.save(tmp_path / "a.jpg")
     photo.save(tmp_path / "b.png")
     checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
-    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path))
+    result = run_cli("infer", "--checkpoint", checkpoint, "--image", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and all(re.fullmatch(r".*[ab]\.(jpg|png): \w+ \(\d+\.\d%\)", l) for l in lines)
-    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a.jpg"), "--topk", "3", "--json")
+    result = run_cli("infer", "--checkpoint", checkpoint, "--image", str(tmp_path / "a.jpg"), "--topk", "3", "--json")
     record = json.loads(result.stdout)[0]
     assert len(record["predictions"]) == 3 and record["path"].endswith("a.jpg")
 
@@ -141,7 +141,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_classified(tiny_run, photo
     bad = write_bad_inputs(tmp_path, photo)
     paths = [str(tmp_path / "good.jpg")] + [str(tmp_path / name) for name in bad]
     checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
-    result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", *paths)
+    result = run_cli("infer", "--checkpoint", checkpoint, "--image", *paths)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = result.stderr.strip().splitlines()
@@ -150,7 +150,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_classified(tiny_run, photo
                                   "decompression bomb", "no such file"]):
         assert any(name in line and reason in line for line in errors), (name, errors)
     assert result.stdout.count(": ") == 1 and "good.jpg" in result.stdout
-    as_json = json.loads(run_module("-m", "infer", "--checkpoint", checkpoint, "--image", *paths, "--json").stdout)
+    as_json = json.loads(run_cli("infer", "--checkpoint", checkpoint, "--image", *paths, "--json").stdout)
     assert [("error" in r) for r in as_json] == [False] + [True] * len(bad)
 
 
@@ -164,7 +164,7 @@ def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
 
     torch.save({"state_dict": {}, "model_name": Payload()}, tmp_path / "evil.pth")
     (tmp_path / "x.jpg").write_bytes(b"")
-    result = run_module("-m", "infer", "--checkpoint", str(tmp_path / "evil.pth"), "--image", str(tmp_path / "x.jpg"))
+    result = run_cli("infer", "--checkpoint", str(tmp_path / "evil.pth"), "--image", str(tmp_path / "x.jpg"))
     assert result.returncode == 1 and "refused" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
 
@@ -178,7 +178,7 @@ def test_truncated_or_mismatched_checkpoints_are_clear_errors(tiny_run, tmp_path
     expectations = {"cut.pth": "truncated or not a PyTorch checkpoint", "classes.pth": "do not fit",
                     "arch.pth": "do not fit vit_small_patch16_224"}
     for name, message in expectations.items():
-        result = run_module("-m", "infer", "--checkpoint", str(tmp_path / name), "--image", str(source))
+        result = run_cli("infer", "--checkpoint", str(tmp_path / name), "--image", str(source))
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import vit
-from tests.conftest import perturb_, real_images, run_module
+from tests.conftest import perturb_, real_images, run_cli
 from weights import LAYOUTS, WeightsError, load_pretrained
 from weights.describe import describe
 
@@ -263,7 +263,7 @@ def torchvision_tiny(tmp_path_factory):
 
 def test_inspect_names_the_layout_the_model_and_the_timm_names(torchvision_tiny):
     _, path = torchvision_tiny
-    result = run_module("-m", "weights", "inspect", str(path))
+    result = run_cli("weights", "inspect", str(path))
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "torchvision" in text and "12 blocks of width 192" in text and "16 x 16 px" in text
@@ -295,7 +295,7 @@ def test_convert_to_timm_writes_what_timm_loads(torchvision_tiny, tmp_path, cifa
 
     model, path = torchvision_tiny
     out = tmp_path / "timm.safetensors"
-    result = run_module("-m", "weights", "convert", str(path), str(out), "--to", "timm")
+    result = run_cli("weights", "convert", str(path), str(out), "--to", "timm")
     assert result.returncode == 0, result.stderr
     theirs = timm.create_model("vit_tiny_patch16_224", pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(out), num_classes=1000)).eval()
@@ -316,7 +316,7 @@ def test_files_that_are_not_checkpoints_get_one_line(tmp_path):
     with pytest.raises(WeightsError, match="not a ViT checkpoint of a known layout") as error:
         load_pretrained(tmp_path / "other.npz")
     assert all(name in str(error.value) for name in LAYOUTS) and "first keys: x" in str(error.value)
-    result = run_module("-m", "weights", "inspect", str(tmp_path / "other.npz"))
+    result = run_cli("weights", "inspect", str(tmp_path / "other.npz"))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
 
 

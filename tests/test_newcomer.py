@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CLASSES, DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module
+from tests.conftest import CLASSES, DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_cli, run_module
 from tests.fake_hub import FakeHub
 from vit.images import load_image
 
@@ -51,7 +51,7 @@ def test_readme_quick_start_runs_offline_on_cpu(tmp_path):
     command = re.search(r"^(python -m infer --checkpoint runs/quick/\S+ --image \S+ --topk 3)\n# (.*)$", readme, re.M)
     args = shlex.split(command.group(1).replace("runs/quick", str(tmp_path / "out")).replace(
         "../shared/data/cifar10-jpg", str(DATA)))[1:]
-    answer = run_module(*args)
+    answer = run_cli(*args[1:])  # args: -m infer ...
     assert answer.returncode == 0, answer.stderr[-2000:]
     form = r"^(\S+): (\w+) \(\d+\.\d%\), (\w+) \(\d+\.\d%\), (\w+) \(\d+\.\d%\)$"
     said, shown = re.match(form, answer.stdout.strip()), re.match(form, command.group(2))
@@ -156,14 +156,14 @@ def test_hub_advice_names_each_entry_points_own_argument(tmp_path):
     ("infer", ["--checkpoint", "x.pth", "--image", "x.jpg", "--topk", "0"], "argument --topk: 0 is not a positive number"),
 ])
 def test_flag_errors_are_argparse_lines_with_exit_2(module, args, fragment):
-    message = one_line(run_module("-m", module, *args), 2)
+    message = one_line(run_cli(module, *args), 2)
     assert fragment in message and "img_size" not in message
 
 
 def test_topk_beyond_the_classes_is_a_flag_error(tiny_run):
     checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
     image = str(tiny_run["data"] / "test" / "cat" / "0000.jpg")
-    message = one_line(run_module("-m", "infer", "--checkpoint", checkpoint, "--image", image, "--topk", "20"), 2)
+    message = one_line(run_cli("infer", "--checkpoint", checkpoint, "--image", image, "--topk", "20"), 2)
     assert "argument --topk: choose 1 to 10" in message
 
 
@@ -259,7 +259,7 @@ def test_empty_folder_given_to_infer_is_an_error_naming_it(tiny_run, tmp_path):
     (tmp_path / "notes" / "readme.txt").write_text("no images here")
     checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
     for folder in ("empty", "notes"):
-        result = run_module("-m", "infer", "--checkpoint", checkpoint, "--image", str(tmp_path / folder))
+        result = run_cli("infer", "--checkpoint", checkpoint, "--image", str(tmp_path / folder))
         assert result.returncode == 1 and result.stdout == ""
         assert f"{tmp_path / folder}: is a folder with no image files" in result.stderr
 
@@ -272,11 +272,11 @@ def test_hidden_folders_are_ignored_by_training_and_by_infer_data(tiny_run, tmp_
         (hidden / "0000-checkpoint.jpg").symlink_to(cifar_dir / "test" / "cat" / "0000.jpg")
     (data / "test" / "cat" / ".thumbs").mkdir()
     (data / "test" / "cat" / ".thumbs" / "x.jpg").write_bytes(b"not an image")
-    trained = run_module("-m", "train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+    trained = run_cli("train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
                          "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "4")
     assert trained.returncode == 0, trained.stderr[-2000:]
     checkpoint = str(tiny_run["out"] / "vit_cifar10_finetuned.pth")
-    evaluated = run_module("-m", "infer", "--checkpoint", checkpoint, "--data", str(data / "test"))
+    evaluated = run_cli("infer", "--checkpoint", checkpoint, "--data", str(data / "test"))
     assert evaluated.returncode == 0, evaluated.stderr
     assert "(20 images)" in evaluated.stdout
 
@@ -324,12 +324,12 @@ def test_unreadable_large_images_are_reported_before_training(cifar_dir, tmp_pat
     root = large_image_folder(cifar_dir, tmp_path / "pets")
     (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
-    args = ["-m", "train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+    args = ["train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
             *TINY_TRAIN_ARGS, "--batch-size", "4"]
-    message = one_line(run_module(*args), 1)
+    message = one_line(run_cli(*args), 1)
     assert "2 unreadable image(s)" in message and "broken.png" in message and "--skip-bad-images" in message
     assert not (tmp_path / "out").exists()
-    skipped = run_module(*args, "--skip-bad-images")
+    skipped = run_cli(*args, "--skip-bad-images")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert "skipped 2 unreadable image(s)" in skipped.stdout
 
@@ -371,6 +371,6 @@ def test_every_cli_calls_a_device_it_cannot_use_a_usage_error(module, capsys):
 ], ids=["train", "infer", "weights-export", "weights-convert"])
 def test_every_cli_ends_a_runtime_failure_with_exit_status_1(args):
     """...and what fails at run time (no such data, checkpoint or file) is exit status 1, one line."""
-    result = run_module("-m", *args)
+    result = run_cli(*args)
     assert result.returncode == 1 and result.stderr.startswith("error: ")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_module, start_training
+from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_cli, run_module, start_training
 from train import TrainConfig
 from vit.checkpoint import CheckpointError, atomic_save, safe_load
 
@@ -23,7 +23,7 @@ def long_run_args(data, tmp_path) -> list[str]:
 
 
 def train_cli(data, tmp_path, *extra):
-    return run_module("-m", "train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+    return run_cli("train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
                       "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "8", *extra)
 
 
@@ -61,10 +61,10 @@ def test_broken_data_folders_are_refused_before_training(cifar_dir, tmp_path, br
 
 
 def test_impossible_downloads_are_one_line(tmp_path):
-    cifar = run_module("-m", "train", "--data", "cifar10", "--data-root", str(tmp_path), "--device", "cpu",
+    cifar = run_cli("train", "--data", "cifar10", "--data-root", str(tmp_path), "--device", "cpu",
                        "--pretrained", "none", "--output-dir", str(tmp_path / "out"))
     one_line_error(cifar, "cannot download CIFAR-10", "--data an ImageFolder root", "cifar-10-batches-py")
-    missing = run_module("-m", "train", "--data", "/nonexistent/folder", "--device", "cpu",
+    missing = run_cli("train", "--data", "/nonexistent/folder", "--device", "cpu",
                          "--output-dir", str(tmp_path / "out"))
     one_line_error(missing, "--data /nonexistent/folder: not 'cifar10' and not a folder")
     assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind
@@ -76,15 +76,15 @@ def test_unavailable_pretrained_weights_are_one_line(cifar_dir, tmp_path):
                         "--device", "cpu", "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
                         env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
     one_line_error(result, "cannot get 'timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k'", "--pretrained none")
-    result = run_module("-m", "train", "--model", "vit_giant", "--data", str(data), "--device", "cpu",
+    result = run_cli("train", "--model", "vit_giant", "--data", str(data), "--device", "cpu",
                         "--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "o"))
     assert result.returncode == 2 and "unknown model 'vit_giant'" in result.stderr  # a flag error (argparse)
 
 
 def test_bad_flags_are_one_line():
-    result = run_module("-m", "train", "--amp", "fp8", "--data", "/tmp")
+    result = run_cli("train", "--amp", "fp8", "--data", "/tmp")
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    result = run_module("-m", "train", "--batch-size", "many")
+    result = run_cli("train", "--batch-size", "many")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_TRAIN_ARGS, make_subset, make_timm_file, run_module, start_training
+from tests.conftest import TINY_TRAIN_ARGS, make_subset, make_timm_file, run_cli, start_training
 from train import TrainConfig, train
 from train.batches import TensorBatches, random_crop_flip
 from train.datasets import Split, dataset_name
@@ -73,7 +73,7 @@ def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "cifar10-small", 40, 5)
     common = ["-m", "train", "--data", str(data), "--epochs", "2", "--cache-dir", str(tmp_path / "cache"),
               *TINY_TRAIN_ARGS, "--batch-size", "16"]
-    whole = run_module(*common, "--output-dir", str(tmp_path / "whole"))
+    whole = run_cli(*common[1:], "--output-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     process = start_training([*common[2:], "--output-dir", str(tmp_path / "cut")], until="epoch 1/2:")
@@ -84,7 +84,7 @@ def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
     last = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert (1, 0) <= (last["epoch"], last["step"]) < (2, 0)
 
-    resumed = run_module(*common, "--output-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
+    resumed = run_cli(*common[1:], "--output-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = torch.load(tmp_path / "whole" / "vit_cifar10_finetuned.pth", weights_only=True)
     b = torch.load(tmp_path / "cut" / "vit_cifar10_finetuned.pth", weights_only=True)
@@ -95,7 +95,7 @@ def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
 
 
 def test_resume_refuses_changed_settings(tiny_run, tmp_path):
-    result = run_module("-m", "train", "--data", str(tiny_run["data"]), "--epochs", "6", *TINY_TRAIN_ARGS,
+    result = run_cli("train", "--data", str(tiny_run["data"]), "--epochs", "6", *TINY_TRAIN_ARGS,
                         "--lr", "5e-4", "--output-dir", str(tmp_path), "--cache-dir", str(tmp_path / "c"),
                         "--resume", str(tiny_run["out"] / "last.pt"))
     assert result.returncode == 1
@@ -138,7 +138,7 @@ def test_compiled_training_matches_eager(cifar_dir, tmp_path):
     runs = {}
     for mode in ("--compile", "--no-compile"):
         out = tmp_path / mode.strip("-")
-        result = run_module("-m", "train", "--data", str(data), "--epochs", "1", "--output-dir", str(out),
+        result = run_cli("train", "--data", str(data), "--epochs", "1", "--output-dir", str(out),
                             "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN_ARGS, "--batch-size", "10", mode)
         assert result.returncode == 0, result.stderr[-3000:]
         assert (", compiled" in result.stdout) == (mode == "--compile")

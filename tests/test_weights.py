@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import vit
-from tests.conftest import PLAIN_VITS, REPO, make_timm_file, perturb_, real_images
+from tests.conftest import PLAIN_VITS, REPO, make_timm_file, perturb_, real_images, run_cli
 from weights import LAYOUTS, WeightsError, load_pretrained
 
 
@@ -38,7 +38,7 @@ def test_key_map_covers_every_timm_tensor(name):
 
 def test_convert_cli_roundtrip(tiny_file, tmp_path, cifar_dir):
     timm_model, path = tiny_file
-    result = run("-m", "weights", "convert", str(path), str(tmp_path / "ours.safetensors"))
+    result = run_cli("weights", "convert", str(path), str(tmp_path / "ours.safetensors"))
     assert result.returncode == 0, result.stderr
     ours = vit.create_model("vit_tiny_patch16_224", pretrained=tmp_path / "ours.safetensors").eval()
     images = real_images(cifar_dir, 2, 224)
@@ -48,11 +48,11 @@ def test_convert_cli_roundtrip(tiny_file, tmp_path, cifar_dir):
 
 
 def test_keymap_command_prints_the_table():
-    result = run("-m", "weights", "keymap")
+    result = run_cli("weights", "keymap")
     assert result.returncode == 0
     assert "blocks.{i}.attn.proj.weight" in result.stdout and "attention.out_proj.weight" in result.stdout
     assert len(result.stdout.splitlines()) == len(LAYOUTS["timm"].table)
-    result = run("-m", "weights", "keymap", "--layout", "hf_siglip")
+    result = run_cli("weights", "keymap", "--layout", "hf_siglip")
     assert result.returncode == 0 and "head.attention.in_proj_weight[kv]" in result.stdout
 
 
