@@ -69,10 +69,11 @@ def test_pretrained_local_file_really_initialises_the_weights(cifar_dir, tmp_pat
 
 def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
     """Kill a run with SIGINT partway (in its second epoch), resume it, and compare with an
-    uninterrupted run."""
+    uninterrupted run: the weights, and the EMA of the weights, with stochastic depth drawing
+    random numbers and layer-wise learning rates in the optimiser."""
     data = make_subset(cifar_dir, tmp_path / "cifar10-small", 40, 5)
     common = ["-m", "train", "--data", str(data), "--epochs", "2", "--cache-dir", str(tmp_path / "cache"),
-              *TINY_TRAIN_ARGS, "--batch-size", "16"]
+              *TINY_TRAIN_ARGS, "--batch-size", "16", "--ema", "0.9", "--drop-path", "0.1", "--layer-decay", "0.75"]
     whole = run_cli(*common[1:], "--output-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
@@ -86,12 +87,19 @@ def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
 
     resumed = run_cli(*common[1:], "--output-dir", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = torch.load(tmp_path / "whole" / "vit_cifar10_finetuned.pth", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "vit_cifar10_finetuned.pth", weights_only=True)
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    timing = ("train_img_per_s",)
-    assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
-        {k: v for k, v in b["metrics"].items() if k not in timing}
+    for name in ("vit_cifar10_finetuned.pth", "vit_cifar10_finetuned_ema.pth"):
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)
+        b = torch.load(tmp_path / "cut" / name, weights_only=True)
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), name
+        timing = ("train_img_per_s",)
+        assert {k: v for k, v in a["metrics"].items() if k not in timing} == \
+            {k: v for k, v in b["metrics"].items() if k not in timing}
+    epochs = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    averaged = torch.load(tmp_path / "whole" / "vit_cifar10_finetuned_ema.pth", weights_only=True)
+    assert [r for r in epochs if r["kind"] == "epoch"][-1]["test_acc_ema"] == averaged["metrics"]["test_acc"]
+    from infer import Classifier
+
+    assert Classifier(tmp_path / "whole" / "vit_cifar10_finetuned_ema.pth", device="cpu").card.num_classes == 10
 
 
 def test_resume_refuses_changed_settings(tiny_run, tmp_path):
@@ -222,3 +230,36 @@ def test_blocks_compiled_ahead_need_no_compilation_and_leave_the_random_state():
     loss.backward()
     assert counters["stats"]["unique_graphs"] == graphs  # the blocks found compile_ahead's graphs
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_recipe_flags_reach_the_model_the_optimiser_and_the_average(cifar_dir, tmp_path):
+    """--drop-path, --layer-decay and --ema, as prepare builds the run from them."""
+    from train.loop import prepare
+    from vit.model import DropPath
+
+    data = make_subset(cifar_dir, tmp_path / "data", 2, 1)
+    cfg = TrainConfig(data=str(data), model="vit_tiny_patch16_224", pretrained="none", img_size=32, batch_size=4,
+                      device="cpu", num_workers=1, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"),
+                      drop_path=0.2, layer_decay=0.5, ema=0.99)
+    run = prepare(cfg)
+    assert isinstance(run.model.blocks[-1].drop_path, DropPath) and run.model.blocks[-1].drop_path.p == pytest.approx(0.2)
+    scales = sorted({group["lr_scale"] for group in run.optimizer.param_groups})
+    assert scales == [0.5 ** k for k in range(13, -1, -1)]  # 12 blocks: the embeddings at 0.5^13 ... the head at 1
+    assert all(group["lr"] == pytest.approx(cfg.lr * group["lr_scale"]) for group in run.optimizer.param_groups)
+    assert run.ema.decay == 0.99 and run.ema.model is not run.model
+    assert all(torch.equal(a, b) for a, b in zip(run.ema.state_dict().values(), run.model.state_dict().values()))
+
+
+def test_ema_is_the_moving_average_of_the_weights_after_each_step():
+    from train.ema import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.75)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(3):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param))
+        ema.update(model)
+        expected = {k: 0.75 * expected[k] + 0.25 * v for k, v in model.state_dict().items()}
+    assert all(torch.allclose(ema.state_dict()[k], expected[k], atol=1e-6) for k in expected)

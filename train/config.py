@@ -1,39 +1,76 @@
-"""Every setting of a fine-tuning run, in one visible place."""
+"""Every setting of a fine-tuning run, in one visible place: its default, its flag's help, and
+whether a resumed run must keep it. `python -m train` makes one flag per field from this table."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+
+
+def setting(default, help: str, *, must_match: bool = False, positive: bool = False, kind=None):
+    """A TrainConfig field. help: what `--flag` means and what its default does (the help text);
+    must_match: a run resumed from last.pt must have the same value (it changes the trajectory);
+    positive: an int >= 1; kind: the flag's type where the default (None) does not say it."""
+    return field(default=default, metadata=dict(help=help, must_match=must_match, positive=positive, kind=kind))
 
 
 @dataclass
 class TrainConfig:
     # What to train on, and from where
-    data: str = "cifar10"  # "cifar10" (download), an ImageFolder root, or a cifar-10-batches-py folder
-    data_root: str = "data"  # where "cifar10" is downloaded to
-    model: str = "vit_base_patch16_224"
-    pretrained: str = "default"  # timm's ImageNet weights for `model`; a hub id, a path, or "none"
-    img_size: int = 224  # CIFAR-10's 32 px images are resized to this on the device
-    # Optimisation: AdamW, linear warmup then cosine decay to 0, label smoothing, clipping
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.05  # not on norms, biases, layer scales, learned tokens (CLS, ...), positions
-    warmup_fraction: float = 0.05  # of all steps
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0
-    crop_padding: int = 4  # random crop with this padding, plus horizontal flips (small images)
+    data: str = setting("cifar10", "'cifar10' (downloaded into --data-root), an ImageFolder root with train/ and test/ "
+                        "(or val/), or an extracted cifar-10-batches-py folder (default: cifar10)", must_match=True)
+    data_root: str = setting("data", "where --data cifar10 is downloaded to (default: data)")
+    model: str = setting("vit_base_patch16_224", "a timm model name, optionally with a weights tag (name.tag); "
+                         "python -m vit lists them (default: vit_base_patch16_224)", must_match=True)
+    pretrained: str = setting("default", "'default' (timm's ImageNet weights for --model, from the Hugging Face hub or "
+                              "its cache), a hub id, a local checkpoint in any layout python -m weights inspect reads, "
+                              "or 'none' for random weights (default: default)")
+    img_size: int = setting(224, "side of the model's input in pixels, a multiple of the patch size; CIFAR-10's 32 px "
+                            "images are resized to it on the device (default: 224)", must_match=True, positive=True)
+    # Optimisation: AdamW (train/optim.py), linear warmup then cosine decay to 0, label smoothing, clipping
+    epochs: int = setting(3, "passes over the training set (default: 3)", must_match=True, positive=True)
+    batch_size: int = setting(128, "images per step (default: 128)", must_match=True, positive=True)
+    lr: float = setting(1e-4, "peak learning rate of AdamW (default: 1e-4)", must_match=True)
+    weight_decay: float = setting(0.05, "AdamW weight decay, not applied to norms, biases, layer scales, learned tokens "
+                                  "and positions (default: 0.05)", must_match=True)
+    layer_decay: float | None = setting(None, "layer-wise learning-rate decay: block i learns at lr * LAYER_DECAY ** "
+                                        "(depth - i), the head at lr (BEiT, MAE, EVA, DINOv2 fine-tune with 0.65-0.9) "
+                                        "(default: off, every layer at lr)", must_match=True, kind=float)
+    drop_path: float = setting(0.0, "stochastic depth: the last block's residual branches are skipped for this "
+                               "fraction of the samples in training, earlier blocks' less, linearly (default: 0)",
+                               must_match=True)
+    ema: float | None = setting(None, "keep an exponential moving average of the weights with this decay (e.g. 0.999), "
+                                "evaluated beside them every epoch and saved as its own fine-tuned checkpoint "
+                                "(default: off)", must_match=True, kind=float)
+    warmup_fraction: float = setting(0.05, "fraction of all steps spent warming the learning rate up from 0 "
+                                     "(default: 0.05)", must_match=True)
+    label_smoothing: float = setting(0.1, "cross-entropy label smoothing (default: 0.1)", must_match=True)
+    grad_clip: float = setting(1.0, "clip the gradients' global norm to this (default: 1.0)", must_match=True)
+    crop_padding: int = setting(4, "random-crop padding in pixels for small images (default: 4)", must_match=True)
     # Hardware
-    device: str = "auto"  # auto, cpu, cuda
-    amp: str | None = None  # bf16, fp16, none; None: bf16 on a GPU, none on CPU
-    compile: bool | None = None  # torch.compile; None: on for a GPU
-    eval_batch_size: int | None = None  # None: 2 x batch_size
-    num_workers: int = min(16, os.cpu_count() or 1)  # decoding processes (and DataLoader workers): one per core
+    device: str = setting("auto", "auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N (default: auto)")
+    amp: str | None = setting(None, "autocast precision: bf16, fp16 or none (default: bf16 on a GPU, none (fp32) on CPU)",
+                              must_match=True)
+    compile: bool | None = setting(None, "torch.compile the model (default: on for a GPU, off on CPU)")
+    eval_batch_size: int | None = setting(None, "images per evaluation batch (default: twice --batch-size)", positive=True)
+    num_workers: int = setting(min(16, os.cpu_count() or 1), "processes decoding images (and DataLoader workers for "
+                               "large images) (default: one per CPU core, at most 16)")
     # Bookkeeping
-    output_dir: str = "runs/cifar10"
-    name: str | None = None  # data set name in vit_<name>_finetuned.pth; None: from --data
-    seed: int = 0
-    max_train_samples: int | None = None  # a seeded random subset, for quick runs
-    max_eval_samples: int | None = None
-    resume: str | None = None  # a last.pt to continue from
-    cache_dir: str | None = None  # decoded-image cache; None: $XDG_CACHE_HOME or ~/.cache, /vit-from-scratch
-    skip_bad_images: bool = False  # skip unreadable training images instead of stopping
-    log_every: int = 25  # steps between progress-bar updates (each one waits for the GPU)
+    output_dir: str = setting("runs/cifar10", "where the model, last.pt, metrics.jsonl and plots go "
+                              "(default: runs/cifar10)")
+    name: str | None = setting(None, "data set name in vit_<name>_finetuned.pth (default: from --data, 'cifar10' for "
+                               "any CIFAR-10 copy)")
+    seed: int = setting(0, "seed for initialisation, data order and augmentation (default: 0)", must_match=True)
+    max_train_samples: int | None = setting(None, "train on a seeded random subset of this many images (default: all)",
+                                            must_match=True, positive=True)
+    max_eval_samples: int | None = setting(None, "evaluate on a seeded random subset of this many images (default: all)",
+                                           positive=True)
+    resume: str | None = setting(None, "a last.pt to continue from, with the flags of the run that wrote it "
+                                 "(default: start afresh)")
+    cache_dir: str | None = setting(None, "where decoded small images are cached (default: $XDG_CACHE_HOME/"
+                                    "vit-from-scratch, else ~/.cache/vit-from-scratch)")
+    skip_bad_images: bool = setting(False, "skip unreadable training images (default: stop and list them)")
+    log_every: int = setting(25, "steps between progress-bar updates; each one waits for the GPU (default: 25)",
+                             positive=True)
+
+
+# The settings a resumed run must share with the run that wrote its last.pt.
+RESUME_MUST_MATCH = tuple(f.name for f in fields(TrainConfig) if f.metadata["must_match"])

@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 import vit
 from train.batches import make_batches
-from train.config import TrainConfig
+from train.config import RESUME_MUST_MATCH, TrainConfig
+from train.ema import EMA
+from train.optim import build_optimizer
 from train.datasets import Dataset, data_folder, load_dataset
 from train.stop import StopRequest
 from train.timing import PhaseTimer, timing_line
@@ -37,9 +39,6 @@ from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
 from vit.model import EncoderBlock, ViTConfig
 
-# Fields that must not change between a run and its resumption.
-RESUME_MUST_MATCH = ("data", "model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "warmup_fraction",
-                     "label_smoothing", "grad_clip", "crop_padding", "seed", "max_train_samples", "amp")
 QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000"
 
 
@@ -101,6 +100,13 @@ class Run:
     steps_done: int = 0  # in this process
     first_step_seconds: float | None = None  # this process's first step, compilation included
     saver: BackgroundSaver = field(default_factory=BackgroundSaver)  # writes the epochs' last.pt while training goes on
+    ema: EMA | None = None  # --ema: the moving average of the weights
+
+    def stateful(self) -> dict:
+        """What last.pt saves and a resumed run loads back, beside the weights: each object's
+        state_dict() under its name."""
+        things = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        return {**things, "ema": self.ema} if self.ema else things
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -199,17 +205,6 @@ def epoch_warning(seconds_per_image: float, images: int) -> str | None:
             f"about {hours:.1f} h; for a first run of about a minute: {QUICK_START}")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on the matrices only: not on norms, biases, layer scales, the learned
-    tokens (CLS, distillation, registers) or positions."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        no_wd = param.ndim <= 1 or name in ("cls_token", "distillation_token", "register_tokens", "position_embedding")
-        (no_decay if no_wd else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
-
-
 def warmup_cosine(total_steps: int, warmup_steps: int):
     """Learning-rate multiplier: 0 -> 1 linearly over warmup_steps, then a cosine down to 0."""
     def multiplier(step: int) -> float:
@@ -287,7 +282,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
             data = loading.result()
     with timer.phase("weights"):
         model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size,
-                                 pretrained=pretrained)
+                                 pretrained=pretrained, drop_path_rate=cfg.drop_path)
         if resume_from:
             model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
                                         std=tuple(resume_from.get("std", vit.DEFAULT_STD)))
@@ -302,7 +297,8 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
                             f"{f' per rank ({world_size} ranks)' if world_size > 1 else ''}; lower --batch-size")
 
     total_steps = cfg.epochs * len(train_batches)
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, fused=device.type == "cuda")
+    ema = EMA(model, cfg.ema) if cfg.ema else None  # before compiling: the average is evaluated eagerly
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -314,7 +310,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     return Run(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
                scaler=scaler, device=device, amp=amp, use_compile=use_compile, train_batches=train_batches,
                test_batches=test_batches, seconds_per_image=seconds_per_image, rank=rank, world_size=world_size,
-               resume_from=resume_from)
+               resume_from=resume_from, ema=ema)
 
 
 # ---------------------------------------------------------------- one epoch of training, one evaluation
@@ -342,6 +338,8 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         run.scheduler.step()
+        if run.ema:
+            run.ema.update(model)
         stop.step_finished()
         run.steps_done += 1
 
@@ -417,9 +415,7 @@ def save_last(run: Run, epoch: int, step: int, progress: EpochProgress, backgrou
     sums = progress.to("cpu")
     state = {
         "state_dict": run.model.state_dict(), **run.card().to_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
+        **{name: thing.state_dict() for name, thing in run.stateful().items()},
         "epoch": epoch, "step": step,
         "progress": {"loss_sum": sums.loss_sum, "correct": sums.correct, "non_finite": sums.non_finite,
                      "seen": sums.seen},
@@ -441,18 +437,17 @@ def restore(run: Run) -> tuple[int, int, EpochProgress]:
     checkpoint, path = run.resume_from, run.cfg.resume
     if "optimizer" not in checkpoint:
         raise CheckpointError(f"{path}: a final model, not a resumable last.pt")
-    saved = checkpoint.get("config", {})
+    saved = {**asdict(TrainConfig()), **checkpoint.get("config", {})}  # a setting older runs lacked: its default
     changed = [f"{k}: {saved.get(k)!r} -> {getattr(run.cfg, k)!r}"
                for k in RESUME_MUST_MATCH if saved.get(k) != getattr(run.cfg, k)]
     if changed:
         raise CheckpointError(f"{path}: resume with the settings of the original run; changed: {'; '.join(changed)}")
     try:
         run.model.load_state_dict(checkpoint["state_dict"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        for name, thing in run.stateful().items():
+            thing.load_state_dict(checkpoint[name])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: does not fit this model ({first_line(error)[:200]})") from None
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
     run.history[:] = checkpoint.get("history", [])
     torch.set_rng_state(checkpoint["rng"])
     progress = EpochProgress(**checkpoint["progress"]).to(run.device)
@@ -462,29 +457,95 @@ def restore(run: Run) -> tuple[int, int, EpochProgress]:
 # ---------------------------------------------------------------- the run
 
 
+def announce(run: Run) -> None:
+    """The run's first lines: what trains on what, and a warning if it will be slow."""
+    cfg, data = run.cfg, run.data
+    precision = "fp32" if run.amp == "none" else run.amp
+    extras = (", compiled" if run.use_compile else "") + (f", {run.world_size} ranks" if run.world_size > 1 else "")
+    extras += f", EMA {cfg.ema}" if run.ema else ""
+    tqdm.write(f"{cfg.model} @ {cfg.img_size}px on {run.device} ({precision}{extras}), {len(data.train.labels)} train / "
+               f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
+               f"weights: {run.model.pretrained_cfg['source'] or 'random init'}")
+    warning = epoch_warning(run.seconds_per_image, len(run.train_batches) * cfg.batch_size)
+    if warning:
+        tqdm.write(warning)
+
+
+def evaluate_epoch(run: Run, epoch: int, train_stats: dict) -> dict:
+    """The epoch's record: its training figures, the test split's (and the EMA's, as *_ema)."""
+    classes = len(run.data.class_names)
+    run.model.eval()
+    with eager():
+        record = {"kind": "epoch", "epoch": epoch + 1, **train_stats,
+                  **evaluate(run.model, run.test_batches, classes, run.amp_dtype, run.is_main),
+                  "epoch_seconds": train_stats["train_seconds"], "lr": run.scheduler.get_last_lr()[0]}
+        if run.ema:
+            averaged = evaluate(run.ema.model, run.test_batches, classes, run.amp_dtype, run.is_main, desc="eval EMA")
+            record.update({f"{k}_ema": v for k, v in averaged.items() if k != "test_images"})
+    return record
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """`epoch 2/3: train loss ... acc ... | test loss ... acc ... [| EMA acc ...] | img/s, s`."""
+    ema = f" | EMA acc {record['test_acc_ema']:.2%}" if "test_acc_ema" in record else ""
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%} | "
+            f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}{ema} | "
+            f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
+
+
+FINAL_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")
+
+
+def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
+    """The end of a run (on the main process): the fine-tuned model (and the EMA's), the final
+    last.pt, the plots, the timing, and what was written. Returns the final metrics."""
+    cfg, data, output_dir = run.cfg, run.data, Path(run.cfg.output_dir)
+    final = {k: record.get(k) for k in FINAL_METRICS}
+    if not record and cfg.resume:  # resumed a run that had already finished
+        final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
+    final_path = output_dir / f"vit_{data.name}_finetuned.pth"
+    written = [f"{final_path.name} (the fine-tuned model)"]
+    with timer.phase("save"):
+        save_model(final_path, run.model, run.card(), metrics=final, confusion=record.get("confusion"),
+                   config=asdict(cfg))
+        if run.ema:  # the average is a model of its own: infer and export read it like any other
+            averaged = {k: record.get(f"{k}_ema", record.get(k)) for k in FINAL_METRICS}
+            ema_path = output_dir / f"vit_{data.name}_finetuned_ema.pth"
+            save_model(ema_path, run.ema.model, run.card(), metrics=averaged, confusion=record.get("confusion_ema"),
+                       config=asdict(cfg))
+            written.append(f"{ema_path.name} (the EMA of the weights, test accuracy "
+                           f"{averaged.get('test_acc') or float('nan'):.2%})")
+        if record:  # then the final last.pt: should the disk fill up, the model is safe already
+            save_last(run, cfg.epochs, 0, EpochProgress.zeros(run.device))
+        from train.plots import save_plots
+
+        save_plots(run.history, record.get("confusion"), data.class_names, output_dir)
+    timing = timer.record()
+    with open(output_dir / "metrics.jsonl", "a") as file:
+        file.write(json.dumps(timing) + "\n")
+    tqdm.write(timing_line(timing))
+    tqdm.write(f"saved {final_path} (test accuracy {final.get('test_acc') or float('nan'):.2%})\n"
+               f"wrote in {output_dir}: {', '.join(written)}, last.pt (to --resume or extend), "
+               "metrics.jsonl, curves.png, confusion_matrix.png\n"
+               f"next: python -m infer --checkpoint {final_path} --image IMAGE_OR_FOLDER"
+               + (f"   (or --data {cfg.data} to evaluate a labelled folder)" if Path(cfg.data).is_dir() else ""))
+    return final
+
+
 def train(cfg: TrainConfig, started: float | None = None) -> dict:
     """Fine-tune as `cfg` says; return the final metrics. Writes into cfg.output_dir:
-    metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth, curves.png, confusion_matrix.png.
-    started: the time.time() the run's timing counts from (python -m train: the process's start)."""
+    metrics.jsonl, last.pt (each epoch), vit_<name>_finetuned.pth (and _ema.pth with --ema),
+    curves.png, confusion_matrix.png. started: the time.time() the run's timing counts from
+    (python -m train: the process's start)."""
     timer = PhaseTimer(started)
     run = prepare(cfg, timer)
-    data, model, output_dir = run.data, run.model, Path(cfg.output_dir)
-
     start_epoch, start_step, progress = 0, 0, EpochProgress.zeros(run.device)
     if cfg.resume:
         start_epoch, start_step, progress = restore(run)
-    say = tqdm.write if run.is_main else (lambda *_: None)
-    precision = "fp32" if run.amp == "none" else run.amp
-    extras = (", compiled" if run.use_compile else "") + (f", {run.world_size} ranks" if run.world_size > 1 else "")
-    say(f"{cfg.model} @ {cfg.img_size}px on {run.device} ({precision}{extras}), {len(data.train.labels)} train / "
-        f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
-        f"weights: {model.pretrained_cfg['source'] or 'random init'}")
-    warning = epoch_warning(run.seconds_per_image, len(run.train_batches) * cfg.batch_size)
-    if warning:
-        say(warning)
+    if run.is_main:
+        announce(run)
 
     stop = StopRequest(first_step_estimate=run.seconds_per_image * cfg.batch_size)
-    metrics_file = output_dir / "metrics.jsonl"
     record = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -493,49 +554,24 @@ def train(cfg: TrainConfig, started: float | None = None) -> dict:
             if run.use_compile and epoch == start_epoch and run.first_step_seconds is not None:
                 steps = len(run.train_batches) - start_step
                 timer.move(compile_seconds(run.first_step_seconds, train_stats["train_seconds"], steps), "train", "compile")
-            model.eval()
-            with timer.phase("eval"), eager():
-                eval_stats = evaluate(model, run.test_batches, len(data.class_names), run.amp_dtype, run.is_main)
-            record = {"kind": "epoch", "epoch": epoch + 1, **train_stats, **eval_stats,
-                      "epoch_seconds": train_stats["train_seconds"], "lr": run.scheduler.get_last_lr()[0]}
+            with timer.phase("eval"):
+                record = evaluate_epoch(run, epoch, train_stats)
+            summary = {k: v for k, v in record.items() if not k.startswith("confusion")}
+            run.history.append(summary)
             if run.is_main:
-                with open(metrics_file, "a") as file:
-                    file.write(json.dumps({k: v for k, v in record.items() if k != "confusion"}) + "\n")
-            run.history.append({k: v for k, v in record.items() if k != "confusion"})
-            say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%} | "
-                f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | "
-                f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
+                with open(Path(cfg.output_dir) / "metrics.jsonl", "a") as file:
+                    file.write(json.dumps(summary) + "\n")
+                tqdm.write(epoch_line(record, cfg.epochs))
             start_step, progress = 0, EpochProgress.zeros(run.device)
             if epoch + 1 < cfg.epochs or stop.signum is not None:  # (the final one: after the model, below)
                 with timer.phase("save"):  # the copy to the CPU; the disk write overlaps the next epoch
                     save_last(run, epoch + 1, 0, progress, background=True)
             if stop.signum is not None:
-                raise Interrupted(stop.signum, output_dir / "last.pt")
+                raise Interrupted(stop.signum, Path(cfg.output_dir) / "last.pt")
     finally:
         with timer.phase("save"):  # the last last.pt reaches the disk (also when stopping)
             run.saver.wait()
         stop.restore()
-
-    final = {k: record.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")}
-    if not record and cfg.resume:  # resumed a run that had already finished
-        final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
-    if run.is_main:
-        final_path = output_dir / f"vit_{data.name}_finetuned.pth"
-        with timer.phase("save"):
-            save_model(final_path, model, run.card(), metrics=final, confusion=record.get("confusion"),
-                       config=asdict(cfg))
-            if record:  # then the final last.pt: should the disk fill up, the model is safe already
-                save_last(run, cfg.epochs, 0, EpochProgress.zeros(run.device))
-            from train.plots import save_plots
-
-            save_plots(run.history, record.get("confusion"), data.class_names, output_dir)
-        timing = timer.record()
-        with open(metrics_file, "a") as file:
-            file.write(json.dumps(timing) + "\n")
-        say(timing_line(timing))
-        say(f"saved {final_path} (test accuracy {final.get('test_acc', float('nan')):.2%})\n"
-            f"wrote in {output_dir}: {final_path.name} (the fine-tuned model), last.pt (to --resume or extend), "
-            "metrics.jsonl, curves.png, confusion_matrix.png\n"
-            f"next: python -m infer --checkpoint {final_path} --image IMAGE_OR_FOLDER"
-            + (f"   (or --data {cfg.data} to evaluate a labelled folder)" if Path(cfg.data).is_dir() else ""))
-    return final
+    if not run.is_main:
+        return {k: record.get(k) for k in FINAL_METRICS}
+    return save_final(run, record, timer)

@@ -135,6 +135,10 @@ class ViTConfig:
     #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
     full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
     layer_scale_mlp: bool = True  # False: layer scale on the attention branch only (Sapiens2) [attn_only_layer_scale]
+    # --- Training only: identity at evaluation, so no checkpoint records it.
+    drop_path_rate: float = 0.0  # stochastic depth (Huang et al. 2016): in training, each residual branch is
+    #                              skipped for a random subset of the samples, block i with probability
+    #                              drop_path_rate * i / (depth - 1), rising to this at the last block [drop_path_rate]
 
     def __post_init__(self):
         if min(self.image_shape) < self.patch_size:
@@ -160,6 +164,8 @@ class ViTConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of kv_heads {self.kv_heads}")
         if self.parallel and (self.branches > 1 or self.post_norm):
             raise ValueError("a parallel block has one attention and one MLP, pre-norm")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate is a probability below 1, not {self.drop_path_rate}")
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -518,11 +524,30 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, a residual branch's output is zeroed for each sample with
+    probability p, and the kept ones are scaled by 1 / (1 - p) so its expected value is unchanged;
+    at evaluation, the identity. A deep model trains as an ensemble of shallower ones."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(1.0 - self.p).div_(1.0 - self.p)  # (B, 1, 1): 0 or 1/(1-p)
+        return x * keep
+
+
 class EncoderBlock(nn.Module):
     """Pre-norm Transformer block: normalise, transform, add back (the residual stream)."""
 
     def __init__(self, cfg: ViTConfig, index: int = 0):
         super().__init__()
+        # Stochastic depth's rate rises linearly over the blocks: 0 at the first, drop_path_rate at the last.
+        rate = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu")[index].item()  # as timm computes it
+        self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
         self.attention_norm = make_norm(cfg, cfg.embed_dim)  # parallel: the one norm both branches read
         self.attention = MultiHeadSelfAttention(cfg, index)
         self.mlp_norm = make_norm(cfg, cfg.embed_dim) if not cfg.parallel else nn.Identity()
@@ -536,20 +561,20 @@ class EncoderBlock(nn.Module):
 
     def attend(self, x: torch.Tensor, rope=None, rotation=None) -> torch.Tensor:
         """The attention branch, (B, T, D) -> (B, T, D): tokens exchange information."""
-        return self.attention_scale(self.attention(self.attention_norm(x), rope, rotation))
+        return self.drop_path(self.attention_scale(self.attention(self.attention_norm(x), rope, rotation)))
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP branch, (B, T, D) -> (B, T, D): each token is transformed on its own."""
-        return self.mlp_scale(self.mlp(self.mlp_norm(x)))
+        return self.drop_path(self.mlp_scale(self.mlp(self.mlp_norm(x))))
 
     def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
         # (B, T, D) -> (B, T, D); rope and its rotation only where the model rotates q and k
         if self.post_norm:  # the norms on the branches' outputs instead
-            x = x + self.attention_norm(self.attention(x, rope, rotation))
-            return x + self.mlp_norm(self.mlp(x))
+            x = x + self.drop_path(self.attention_norm(self.attention(x, rope, rotation)))
+            return x + self.drop_path(self.mlp_norm(self.mlp(x)))
         if self.parallel:  # ViT-22B: both branches read the same normed x, their sum is added once
             h = self.attention_norm(x)
-            return x + self.attention_scale(self.attention(h, rope, rotation) + self.mlp(h))
+            return x + self.drop_path(self.attention_scale(self.attention(h, rope, rotation) + self.mlp(h)))
         x = x + self.attend(x, rope, rotation)
         return x + self.transform(x)
 

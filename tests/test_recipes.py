@@ -1,0 +1,93 @@
+"""Fine-tuning recipes (issue 21): layer-wise learning-rate decay and weight decay against timm's
+optimizer factory, stochastic depth against timm's DropPath, the EMA of the weights."""
+
+import pytest
+import torch
+
+import vit
+from weights.layouts import LAYOUTS
+from weights.load import fit_to_model
+
+# One name per kind of parameter layout: plain, layer scale, distillation token, a backbone (no
+# head: the final norm is the top layer), registers with
+# fc_norm, BEiT's relative bias tables, EVA-02's RoPE and SwiGLU, learned RoPE frequencies,
+# SigLIP's attention pool, a res-post-norm block, 18x2's branches, a parallel block.
+NAMES = ["vit_small_patch16_224", "deit3_small_patch16_224", "deit_tiny_distilled_patch16_224",
+         "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", "vit_base_patch16_reg4_gap_256", "beit_base_patch16_224",
+         "eva02_tiny_patch14_224", "vit_small_patch16_rope_mixed_224", "vit_base_patch16_siglip_224",
+         "vit_base_patch16_rpn_224", "vit_small_patch16_18x2_224", "vit_pwee_patch16_reg1_gap_256"]
+
+
+def twin(name: str, **fields):
+    """timm's model and ours, 3 blocks deep at 64 px, with the same weights."""
+    import timm
+
+    torch.manual_seed(0)
+    theirs = timm.create_model(name, depth=3, img_size=64, **fields)
+    ours = vit.create_model(name, depth=3, img_size=64, **fields)
+    ours.load_state_dict(fit_to_model(LAYOUTS["timm"].to_ours(theirs.state_dict()), ours))
+    return theirs, ours
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_groups_give_every_parameter_timms_lr_scale_and_weight_decay(name):
+    import timm.optim
+
+    from train.optim import param_groups
+
+    theirs, ours = twin(name)
+    # Which of timm's parameters each of ours is made of: convert a state dict whose every tensor
+    # holds its own number (timm's fused tensors split, ours fused: the numbers say which went where).
+    their_names = [n for n, _ in theirs.named_parameters()]
+    numbered = {n: torch.full_like(p, float(i)) for i, (n, p) in enumerate(theirs.named_parameters())}
+    made_of = {k: {their_names[int(i)] for i in v.unique()} for k, v in LAYOUTS["timm"].to_ours(numbered).items()}
+    for layer_decay in (None, 0.65):
+        optimizer = timm.optim.create_optimizer_v2(theirs, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=layer_decay)
+        timms = {}  # timm's parameter name -> (lr_scale, weight_decay)
+        by_id = {id(p): n for n, p in theirs.named_parameters()}
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                timms[by_id[id(param)]] = (group.get("lr_scale", 1.0), group["weight_decay"])
+        expected = {k: {timms[n] for n in names} for k, names in made_of.items()}
+        got = {}
+        for group in param_groups(ours, weight_decay=0.05, layer_decay=layer_decay):
+            for param in group["params"]:
+                got[param] = (group["lr_scale"], group["weight_decay"])
+        ours_by_name = {n: got[p] for n, p in ours.named_parameters()}
+        assert {n: {v} for n, v in ours_by_name.items()} == expected, name
+
+
+def test_layer_decay_reaches_the_optimizer_and_the_schedule_keeps_its_ratios():
+    from train.loop import warmup_cosine
+    from train.optim import build_optimizer
+
+    model = vit.create_model("vit_tiny_patch16_224", depth=2, img_size=32, num_classes=10)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10, 2))
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    rates = {group["lr_scale"]: group["lr"] for group in optimizer.param_groups}
+    assert sorted(rates) == [0.125, 0.25, 0.5, 1.0]  # embeddings, block 0, block 1 (+ final norm), head
+    top = rates[1.0]
+    assert all(abs(rate - scale * top) < 1e-12 for scale, rate in rates.items())
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "deit3_small_patch16_224", "eva02_tiny_patch14_224",
+                                  "vit_base_patch16_rpn_224", "vit_small_patch16_18x2_224",
+                                  "vit_pwee_patch16_reg1_gap_256"])
+def test_drop_path_is_timms_in_training_and_the_identity_at_evaluation(name):
+    theirs, ours = twin(name, drop_path_rate=0.3)
+    images = torch.randn(8, 3, 64, 64)
+    theirs.train(), ours.train()
+    torch.manual_seed(1)
+    expected = theirs(images)
+    torch.manual_seed(1)
+    assert (ours(images) - expected).abs().max() <= 1e-5  # the same samples dropped in the same branches
+    rates = [block.drop_path.p for block in ours.blocks[1:]] if not ours.cfg.branches > 1 else \
+        [block.branches[0].drop_path.p for block in ours.blocks[1:]]
+    assert rates == pytest.approx([0.15, 0.3])  # rising linearly to the rate at the last block
+    theirs.eval(), ours.eval()
+    with torch.no_grad():
+        assert (ours(images) - theirs(images)).abs().max() <= 1e-5
+        assert torch.equal(ours(images), ours(images))  # nothing random at evaluation
