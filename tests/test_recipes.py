@@ -1,10 +1,13 @@
 """Fine-tuning recipes (issue 21): layer-wise learning-rate decay and weight decay against timm's
-optimizer factory, stochastic depth against timm's DropPath, the EMA of the weights."""
+optimizer factory, stochastic depth against timm's DropPath; frozen-feature probes (kNN, linear)."""
+
+import json
 
 import pytest
 import torch
 
 import vit
+from tests.conftest import make_subset, run_cli
 from weights.layouts import LAYOUTS
 from weights.load import fit_to_model
 
@@ -91,3 +94,66 @@ def test_drop_path_is_timms_in_training_and_the_identity_at_evaluation(name):
     with torch.no_grad():
         assert (ours(images) - theirs(images)).abs().max() <= 1e-5
         assert torch.equal(ours(images), ours(images))  # nothing random at evaluation
+
+
+def test_knn_probe_is_dinos_weighted_vote():
+    """Against the rule written out neighbour by neighbour: cosine similarity, the k most similar
+    training features vote for their class with weight exp(similarity / T), the heaviest class wins."""
+    import math
+
+    from train.probe import knn_top1
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=generator)
+    train_labels = torch.arange(200) % 4
+    train = centres[train_labels] + 1.5 * torch.randn(200, 16, generator=generator)
+    test_labels = torch.arange(60) % 4
+    test = centres[test_labels] + 1.5 * torch.randn(60, 16, generator=generator)
+    for k in (1, 5, 20):
+        correct = 0
+        for feature, label in zip(test, test_labels):
+            similarities = [(torch.dot(feature, other) / (feature.norm() * other.norm())).item() for other in train]
+            nearest = sorted(range(len(train)), key=lambda i: -similarities[i])[:k]
+            votes = [0.0] * 4
+            for i in nearest:
+                votes[train_labels[i]] += math.exp(similarities[i] / 0.07)
+            correct += max(range(4), key=lambda c: votes[c]) == label
+        assert knn_top1(train, train_labels, test, test_labels, 4, k=k) == pytest.approx(correct / len(test))
+
+
+def test_probes_read_cached_features_and_the_linear_probe_is_a_checkpoint_infer_reads(cifar_dir, tmp_path):
+    data = make_subset(cifar_dir, tmp_path / "data", 20, 5)
+    common = ["--data", str(data), "--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img-size", "32",
+              "--device", "cpu", "--num-workers", "1", "--output-dir", str(tmp_path / "out"),
+              "--cache-dir", str(tmp_path / "cache")]
+    knn = run_cli("train", "--probe", "knn", "--knn-k", "10", *common)
+    assert knn.returncode == 0, knn.stderr[-2000:]
+    assert "knn probe of vit_tiny_patch16_224 @ 32px (k = 10, T = 0.07): top-1" in knn.stdout and "computed" in knn.stdout
+    linear = run_cli("train", "--probe", "linear", *common)
+    assert linear.returncode == 0, linear.stderr[-2000:]
+    assert "from the cache" in linear.stdout  # the features were computed once
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["method"], r["train_images"], r["test_images"]) for r in records] == [
+        ("probe", "knn", 200, 50), ("probe", "linear", 200, 50)]
+    checkpoint = tmp_path / "out" / "vit_data_linear_probe.pth"
+    assert records[1]["checkpoint"] == str(checkpoint) and records[1]["top1"] > 0.1  # random features, 10 classes
+    # infer, preparing the images its own way, reproduces the probe's accuracy: the features are the ones it sees
+    evaluated = run_cli("infer", "--checkpoint", str(checkpoint), "--data", str(data / "test"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"top-1: {records[1]['top1']:.2%}" in evaluated.stdout
+    assert run_cli("train", "--probe", "svm", *common).returncode == 2
+
+
+def test_linear_probe_reads_raw_features_with_its_standardisation_folded_in():
+    """Features far from zero and of unequal scales (as a backbone's are): the returned layer,
+    applied to the raw features, separates classes a linear model can separate."""
+    from train.probe import fit_linear
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 32, generator=generator)
+    labels = torch.arange(500) % 5
+    scale = torch.logspace(-1, 1, 32)  # 0.1 ... 10 per dimension
+    raw = (centres[labels] + 0.3 * torch.randn(500, 32, generator=generator)) * scale + 7.0
+    layer = fit_linear(raw, labels, 5)
+    with torch.no_grad():
+        assert (layer(raw).argmax(1) == labels).float().mean() >= 0.98

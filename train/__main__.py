@@ -14,11 +14,11 @@ import torch
 from train.config import TrainConfig
 from train.datasets import DataError
 from train.loop import Interrupted, TrainingError, train
+from train.probe import probe
 from train.timing import process_start
 from weights.load import HubUnavailable, WeightsError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
-from vit.device import AMP_DTYPES
 from vit.families import model_config, model_spec
 
 def build_parser() -> ArgumentParser:
@@ -33,8 +33,8 @@ def build_parser() -> ArgumentParser:
             parser.add_argument("--no-compile", dest="compile", action="store_false", help="do not torch.compile, even on a GPU")
         elif isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=meta["help"])
-        elif field.name == "amp":
-            parser.add_argument(flag, choices=list(AMP_DTYPES), default=None, help=meta["help"])
+        elif meta["choices"]:
+            parser.add_argument(flag, choices=meta["choices"], default=default, help=meta["help"])
         else:
             kind = meta["kind"] or {int: int, float: float}.get(type(default), str)
             if meta["positive"]:
@@ -72,6 +72,9 @@ def main(argv=None) -> int:
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         torch.distributed.init_process_group(backend)
     try:
+        if cfg.probe:
+            probe(cfg)
+            return 0
         train(cfg, started=process_start())
         if distributed:
             gc.collect()  # free the DDP wrapper (reference cycles) before gloo's threads are torn down

@@ -4,12 +4,16 @@ whether a resumed run must keep it. `python -m train` makes one flag per field f
 import os
 from dataclasses import dataclass, field, fields
 
+from vit.device import AMP_DTYPES
 
-def setting(default, help: str, *, must_match: bool = False, positive: bool = False, kind=None):
+
+def setting(default, help: str, *, must_match: bool = False, positive: bool = False, kind=None, choices=None):
     """A TrainConfig field. help: what `--flag` means and what its default does (the help text);
     must_match: a run resumed from last.pt must have the same value (it changes the trajectory);
-    positive: an int >= 1; kind: the flag's type where the default (None) does not say it."""
-    return field(default=default, metadata=dict(help=help, must_match=must_match, positive=positive, kind=kind))
+    positive: an int >= 1; kind: the flag's type where the default (None) does not say it;
+    choices: the values the flag takes, if only a few."""
+    return field(default=default, metadata=dict(help=help, must_match=must_match, positive=positive, kind=kind,
+                                                 choices=choices))
 
 
 @dataclass
@@ -45,10 +49,15 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing (default: 0.1)", must_match=True)
     grad_clip: float = setting(1.0, "clip the gradients' global norm to this (default: 1.0)", must_match=True)
     crop_padding: int = setting(4, "random-crop padding in pixels for small images (default: 4)", must_match=True)
+    # Frozen-feature evaluation instead of fine-tuning (train/probe.py)
+    probe: str | None = setting(None, "evaluate the frozen backbone instead of fine-tuning it: knn (DINO's weighted "
+                                "k-NN on its features) or linear (a linear classifier on them, saved as a checkpoint "
+                                "infer reads) (default: off, fine-tune)", choices=("knn", "linear"))
+    knn_k: int = setting(20, "neighbours that vote in --probe knn (default: 20, DINO's)", positive=True)
     # Hardware
     device: str = setting("auto", "auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N (default: auto)")
     amp: str | None = setting(None, "autocast precision: bf16, fp16 or none (default: bf16 on a GPU, none (fp32) on CPU)",
-                              must_match=True)
+                              must_match=True, choices=tuple(AMP_DTYPES))
     compile: bool | None = setting(None, "torch.compile the model (default: on for a GPU, off on CPU)")
     eval_batch_size: int | None = setting(None, "images per evaluation batch (default: twice --batch-size)", positive=True)
     num_workers: int = setting(min(16, os.cpu_count() or 1), "processes decoding images (and DataLoader workers for "
