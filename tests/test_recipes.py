@@ -7,27 +7,44 @@ import pytest
 import torch
 
 import vit
-from tests.conftest import make_subset, run_cli
+from tests.conftest import make_subset, run_cli, timm_arguments
 from weights.layouts import LAYOUTS
 from weights.load import fit_to_model
 
-# One name per kind of parameter layout: plain, layer scale, distillation token, a backbone (no
-# head: the final norm is the top layer), registers with
-# fc_norm, BEiT's relative bias tables, EVA-02's RoPE and SwiGLU, learned RoPE frequencies,
-# SigLIP's attention pool, a res-post-norm block, 18x2's branches, a parallel block.
-NAMES = ["vit_small_patch16_224", "deit3_small_patch16_224", "deit_tiny_distilled_patch16_224",
-         "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", "vit_base_patch16_reg4_gap_256", "beit_base_patch16_224",
-         "eva02_tiny_patch14_224", "vit_small_patch16_rope_mixed_224", "vit_base_patch16_siglip_224",
-         "vit_base_patch16_rpn_224", "vit_small_patch16_18x2_224", "vit_pwee_patch16_reg1_gap_256"]
+def smallest_of_each_family() -> list[str]:
+    """One name per family of vit/families.py (its narrowest), so every family's parameter layout
+    is checked: layer scale, distillation and register tokens, fc_norm, BEiT's relative bias tables,
+    RoPE (learned frequencies too), attention pools, post-norm, branched and parallel blocks, ..."""
+    from vit.families import MODELS
+
+    chosen: dict[str, str] = {}
+    for name, spec in MODELS.items():
+        if spec.family not in chosen or spec.config["embed_dim"] < MODELS[chosen[spec.family]].config["embed_dim"]:
+            chosen[spec.family] = name
+    return sorted(chosen.values())
 
 
-def twin(name: str, **fields):
-    """timm's model and ours, 3 blocks deep at 64 px, with the same weights."""
+NAMES = sorted({*smallest_of_each_family(), "vit_pwee_patch16_reg1_gap_256", "vit_dpwee_patch16_reg1_gap_256"})
+
+
+def extra_fields(name: str) -> dict:
+    """Where a shallower model needs the name's per-block settings said again: Sapiens2's key/value heads,
+    a per-block list in timm (its default is as long as the name's depth)."""
+    from vit.families import model_config, model_spec
+
+    cfg = model_config(name)
+    if model_spec(name).family != "sapiens2":
+        return {}
+    return {"kv_heads": cfg.kv_heads or cfg.num_heads, "full_attention_ends": 1, "num_heads": cfg.num_heads}
+
+
+def twin(name: str, depth: int = 3, **fields):
+    """timm's model and ours, `depth` blocks deep at 64 px, with the same weights."""
     import timm
 
     torch.manual_seed(0)
-    theirs = timm.create_model(name, depth=3, img_size=64, **fields)
-    ours = vit.create_model(name, depth=3, img_size=64, **fields)
+    theirs = timm.create_model(name, **timm_arguments(dict(depth=depth, img_size=64, **extra_fields(name), **fields)))
+    ours = vit.create_model(name, depth=depth, img_size=64, **extra_fields(name), **fields)
     ours.load_state_dict(fit_to_model(LAYOUTS["timm"].to_ours(theirs.state_dict()), ours))
     return theirs, ours
 
@@ -38,7 +55,7 @@ def test_param_groups_give_every_parameter_timms_lr_scale_and_weight_decay(name)
 
     from train.optim import param_groups
 
-    theirs, ours = twin(name)
+    theirs, ours = twin(name, depth=2)  # two blocks: layer ids 0, 1, 2 (+ the top) are all there
     # Which of timm's parameters each of ours is made of: convert a state dict whose every tensor
     # holds its own number (timm's fused tensors split, ours fused: the numbers say which went where).
     their_names = [n for n, _ in theirs.named_parameters()]
