@@ -45,6 +45,13 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+FRACTIONS = {  # flags that are fractions, and which ends they may reach
+    "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),  # 1: every layer at lr
+    "drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),  # 0: off
+    "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
 def parse_args(argv=None) -> TrainConfig:
     """Flags -> TrainConfig; a bad flag is one line on stderr and exit status 2."""
     parser = build_parser()
@@ -53,10 +60,9 @@ def parse_args(argv=None) -> TrainConfig:
         model_spec(args.model)
     except ValueError as error:
         parser.error(f"argument --model: {error}")
-    for name, low, high in (("layer_decay", 0.0, 1.0), ("drop_path", 0.0, 1.0), ("ema", 0.0, 1.0)):
+    for name, (allowed, bounds) in FRACTIONS.items():
         value = getattr(args, name)
-        if value is not None and not (low < value <= high if name == "layer_decay" else low <= value < high):
-            bounds = "in (0, 1]" if name == "layer_decay" else "in [0, 1)"
+        if value is not None and not allowed(value):
             parser.error(f"argument --{name.replace('_', '-')}: {value} is not {bounds}")
     patch = model_config(args.model).patch_size
     if args.img_size % patch:

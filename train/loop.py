@@ -117,11 +117,16 @@ class Run:
         return self.rank == 0
 
     def card(self) -> ModelCard:
-        """What inference needs besides the weights (vit/checkpoint.py)."""
-        return ModelCard(model_name=self.cfg.model, img_size=self.cfg.img_size, class_names=tuple(self.data.class_names),
-                         mean=tuple(self.model.pretrained_cfg["mean"]), std=tuple(self.model.pretrained_cfg["std"]),
-                         source_size=self.data.source_size, layer_norm_eps=self.model.cfg.layer_norm_eps,
-                         activation=self.model.cfg.activation, eval_amp=self.amp)
+        return model_card(self.cfg, self.data, self.model, self.amp)
+
+
+def model_card(cfg: TrainConfig, data: Dataset, model: vit.VisionTransformer, amp: str) -> ModelCard:
+    """What inference needs besides the weights (vit/checkpoint.py), for a model trained (or
+    probed) on `data` as `cfg` says."""
+    return ModelCard(model_name=cfg.model, img_size=cfg.img_size, class_names=tuple(data.class_names),
+                     mean=tuple(model.pretrained_cfg["mean"]), std=tuple(model.pretrained_cfg["std"]),
+                     source_size=data.source_size, layer_norm_eps=model.cfg.layer_norm_eps,
+                     activation=model.cfg.activation, eval_amp=amp)
 
 
 def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:

@@ -34,8 +34,8 @@ import vit
 from train.batches import make_batches
 from train.config import TrainConfig
 from train.datasets import default_cache_dir, load_dataset
-from train.loop import check_output_dir, eager, resolve_hardware
-from vit.checkpoint import ModelCard, atomic_save, save_model
+from train.loop import check_output_dir, eager, model_card, resolve_hardware
+from vit.checkpoint import atomic_save, save_model
 from vit.device import AMP_DTYPES
 from weights.load import load_weights_only
 
@@ -144,11 +144,10 @@ def probe(cfg: TrainConfig) -> dict:
             record["top1"] = (head(test_features).argmax(1) == test_labels).sum().item() / len(test_labels)
         model = vit.VisionTransformer(replace(backbone.cfg, num_classes=classes))
         model.load_state_dict({**backbone.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}})
-        card = ModelCard(model_name=cfg.model, img_size=cfg.img_size, class_names=tuple(data.class_names),
-                         mean=tuple(mean), std=tuple(std), source_size=data.source_size,
-                         layer_norm_eps=model.cfg.layer_norm_eps, activation=model.cfg.activation, eval_amp=amp)
+        model.pretrained_cfg.update(backbone.pretrained_cfg)  # the normalisation the features were made with
         path = Path(cfg.output_dir) / f"vit_{data.name}_linear_probe.pth"
-        save_model(path, model, card, metrics={"test_acc": record["top1"], "probe": "linear"}, config=asdict(cfg))
+        save_model(path, model, model_card(cfg, data, model, amp), metrics={"test_acc": record["top1"], "probe": "linear"},
+                   config=asdict(cfg))
         record["checkpoint"] = str(path)
         how = f"logistic regression, L-BFGS, L2 {LINEAR_L2}"
     with open(Path(cfg.output_dir) / "metrics.jsonl", "a") as file:

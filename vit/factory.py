@@ -39,7 +39,7 @@ def create_model(
         model = VisionTransformer(model_config(architecture, **fields, **_classes(num_classes)))
         model.pretrained_cfg.update(mean=spec.mean, std=spec.std)
         return model
-    weights = load_pretrained(default_weights(name) if str(pretrained) == "default" else pretrained)
+    weights = load_pretrained(_weights_meant(name, pretrained))
     if img_size is None and "img_size" in weights.extra:  # a fine-tuned .pth: the size it was trained at
         fields["img_size"] = weights.extra["img_size"]
     if num_classes is None:  # the weights' own classifier, or none (a backbone's file)
@@ -66,6 +66,9 @@ def locate_pretrained(name: str, pretrained: str | os.PathLike | None) -> str:
     Face cache) now. `train` calls this before decoding any data, so missing weights fail in seconds."""
     if is_none(pretrained):
         return "none"
-    if str(pretrained) == "default":
-        pretrained = default_weights(name)
-    return str(resolve(pretrained))
+    return str(resolve(_weights_meant(name, pretrained)))
+
+
+def _weights_meant(name: str, pretrained: str | os.PathLike):
+    """"default" is timm's hub id for the name (or its tag); anything else is itself."""
+    return default_weights(name) if str(pretrained) == "default" else pretrained

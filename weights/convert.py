@@ -2,7 +2,8 @@
 
 Our names (vit/model.py) say what each tensor is; timm's (and torchvision's, OpenCLIP's, ...)
 name the same tensors differently. The tables are the whole story: read them to see which
-tensor goes where; one table serves both ways (from_ours reads it backwards, for export). `{i}` stands for the block index, `{j}` for a branch within a block (timm's 18x2). A key
+tensor goes where; one table serves both ways (from_ours reads it backwards, for export).
+`{i}` stands for the block index, `{j}` for a branch within a block (timm's 18x2). A key
 ending in a bracket names one part of a fused tensor: "qkv.weight[k]" is the key rows of our qkv
 projection, "in_proj.weight[mlp]" the MLP rows of timm's parallel block's input projection.
 """
@@ -166,7 +167,8 @@ TIMM_SPELLING_REPLACES: dict[str, tuple[str, ...]] = {
                   "blocks.{i}.mlp_out_proj.bias"),
 }
 # Reading, every spelling is known: a timm file says by its keys which one it uses (q_proj's bias
-# goes to q_bias, EVA's, unless the file has a k_proj bias too: Sapiens2's, see convert_timm).
+# goes to q_bias, EVA's, unless the file has a k_proj bias too: Sapiens2's, which weights/layouts.py's
+# _prepare_timm stacks into one qkv bias first).
 TIMM_READ_TABLE = {**TIMM_TO_OURS, **{k: v for kind, table in TIMM_SPELLINGS.items() if kind != "qkv_biased"
                                       for k, v in table.items()}}
 # Where the final LayerNorm follows the pooling (timm's fc_norm: GAP ViTs with registers), timm

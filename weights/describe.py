@@ -75,8 +75,9 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
     patch_weight = tensors["patch_embedding.projection.weight"]  # (D, C, P, P)
     width, in_channels, *patch = patch_weight.shape
     depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
-    fc1 = next((v for k, v in tensors.items() if k.endswith("mlp.fc1.weight")), None)
-    gated = fc1 is not None and _is_gated(tensors)
+    fc1 = next((v for k, v in tensors.items() if k.endswith("mlp.fc1.weight")), None)  # (hidden, D)
+    fc2 = next((v for k, v in tensors.items() if k.endswith("mlp.fc2.weight")), None)  # (D, hidden)
+    gated = fc1 is not None and fc1.shape[0] == 2 * fc2.shape[1]  # a SwiGLU's fc1: gate and value rows
     mlp_hidden = 0 if fc1 is None else fc1.shape[0] // (2 if gated else 1)
     prefix = []
     if "cls_token" in tensors:
@@ -86,7 +87,7 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
     if "register_tokens" in tensors:
         prefix.append(f"{tensors['register_tokens'].shape[1]} registers")
     head = tensors.get("head.weight")
-    names, other_size = _matching_names(tensors, head.shape[0] if head is not None else 0)
+    names, other_size = _matching_names(tensors, depth, width, patch[0], head.shape[0] if head is not None else 0)
     positions, img_size = _positions(tensors, patch[0], int("cls_token" in tensors) + int("distillation_token" in tensors))
     return Description(
         source=weights.source, layout=weights.layout, tensors=len(tensors),
@@ -94,13 +95,6 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
         in_channels=in_channels, mlp_hidden=mlp_hidden, gated_mlp=gated, prefix_tokens=tuple(prefix),
         positions=positions, img_size=img_size,
         head_classes=None if head is None else head.shape[0], names=names, other_size_names=other_size)
-
-
-def _is_gated(tensors: dict[str, torch.Tensor]) -> bool:
-    """A SwiGLU's fc1 holds the gate and the value: twice the rows fc2 reads."""
-    fc1 = next(v for k, v in tensors.items() if k.endswith("mlp.fc1.weight"))
-    fc2 = next(v for k, v in tensors.items() if k.endswith("mlp.fc2.weight"))
-    return fc1.shape[0] == 2 * fc2.shape[1]
 
 
 def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> tuple[str, int | None]:
@@ -120,13 +114,12 @@ def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> tup
     return f"learned, {entries} entries", None
 
 
-def _matching_names(tensors: dict[str, torch.Tensor], num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _matching_names(tensors: dict[str, torch.Tensor], depth: int, width: int, patch: int,
+                    num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The names whose model has the file's tensors exactly, and those that would after the
     position table is resampled (another image size). Names are screened by depth, width and
     patch first; only those few are built, on the meta device (shapes, no memory)."""
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    width, _, patch, _ = shapes["patch_embedding.projection.weight"]
-    depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
     exact, other_size = [], []
     for name in MODELS:
         cfg = model_config(name)

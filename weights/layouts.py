@@ -240,8 +240,7 @@ META_DINOV2_TO_OURS: dict[str, str] = {
 META_DINOV3_TO_OURS: dict[str, str] = {
     **TIMM_TO_OURS,
     "storage_tokens": "register_tokens",  # (1, 4, D): DINOv3's name for registers
-    "blocks.{i}.attn.q_bias": "blocks.{i}.attention.q_bias",  # split from its qkv.bias (see _prepare_meta)
-    "blocks.{i}.attn.v_bias": "blocks.{i}.attention.v_bias",
+    # (its qkv.bias is split into timm's q_bias and v_bias first: _prepare_meta_dinov3)
     "blocks.{i}.mlp.w1.weight": "blocks.{i}.mlp.fc1.weight[g]",  # SwiGLU (ViT-S+, H+, 7B): gate,
     "blocks.{i}.mlp.w1.bias": "blocks.{i}.mlp.fc1.bias[g]",
     "blocks.{i}.mlp.w2.weight": "blocks.{i}.mlp.fc1.weight[x]",  # value,
@@ -364,10 +363,15 @@ def _finish_registers(ours: Tensors) -> Tensors:
 
 
 def _prepare_meta(tensors: Tensors) -> Tensors:
-    """Meta's DINO files: what has no place in the model left out; DINOv3's qkv.bias split into q
-    and v biases (Meta's forward multiplies it by bias_mask, zero on the key rows)."""
-    tensors = {k: v for k, v in tensors.items() if k not in META_DROPPED and not k.endswith("bias_mask")}
-    for key in [k for k in tensors if k.endswith("attn.qkv.bias") and "storage_tokens" in tensors]:
+    """Meta's DINO files: what has no place in the model left out."""
+    return {k: v for k, v in tensors.items() if k not in META_DROPPED and not k.endswith("bias_mask")}
+
+
+def _prepare_meta_dinov3(tensors: Tensors) -> Tensors:
+    """As _prepare_meta, and each qkv.bias split into q and v biases, timm's names: Meta's forward
+    multiplies it by bias_mask, zero on the key rows, so those rows are not part of the model."""
+    tensors = _prepare_meta(tensors)
+    for key in [k for k in tensors if k.endswith("attn.qkv.bias")]:
         q, _, v = tensors.pop(key).chunk(3)
         tensors[key.replace("qkv.bias", "q_bias")], tensors[key.replace("qkv.bias", "v_bias")] = q, v
     return tensors
@@ -416,8 +420,8 @@ def _prepare_hf_clip(tensors: Tensors) -> Tensors:
 def _finish_clip(ours: Tensors) -> Tensors:
     """CLIP's class token (D,) and positions (1+N, D) as ours; its bias-free projection a head
     with a zero bias."""
+    ours = _finish_positions_table(ours)
     ours["cls_token"] = ours["cls_token"].reshape(1, 1, -1)
-    ours["position_embedding"] = ours["position_embedding"][None]
     if "head.weight" in ours:
         ours["head.bias"] = torch.zeros(ours["head.weight"].shape[0], dtype=ours["head.weight"].dtype)
     return ours
@@ -512,7 +516,7 @@ def _ends(*suffixes: str) -> Callable[[set[str]], bool]:
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first that recognises a file wins
     Layout("ours", "this project (vit/model.py)", None, _has("patch_embedding.projection.weight")),
     Layout("meta_dinov3", "Meta's DINOv3 release (facebookresearch/dinov3)", META_DINOV3_TO_OURS,
-           lambda keys: "storage_tokens" in keys and "patch_embed.proj.weight" in keys, _prepare_meta),
+           lambda keys: "storage_tokens" in keys and "patch_embed.proj.weight" in keys, _prepare_meta_dinov3),
     Layout("meta_dinov2", "Meta's DINOv2 release (facebookresearch/dinov2)", META_DINOV2_TO_OURS,
            lambda keys: "mask_token" in keys and "patch_embed.proj.weight" in keys, _prepare_meta, _finish_registers),
     Layout("timm", "timm's VisionTransformer, Eva and Beit (the hub's timm/ files)", TIMM_READ_TABLE,

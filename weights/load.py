@@ -64,14 +64,15 @@ class HubUnavailable(WeightsError):
 
     def advice(self, argument: str) -> str:
         cache = "fill the Hugging Face cache on a machine with network and set HF_HUB_OFFLINE=1 here"
+        readable = "any layout python -m weights inspect reads"
         if argument == "SRC":
             return (f"cannot get '{self.repo_id}' from the Hugging Face hub ({self.reason}); give a local "
-                    f"checkpoint or folder (any layout python -m weights inspect reads) as SRC, or {cache}")
+                    f"checkpoint or folder ({readable}) as SRC, or {cache}")
         if argument == "pretrained=":
             local, none = "pretrained='path/to/model.safetensors'", "pretrained=None"
         else:  # a command's flag
             local, none = f"{argument} path/to/model.safetensors", f"{argument} none"
-        ways = (f"use {local} (a local .safetensors file, timm's or Hugging Face's), {cache}, "
+        ways = (f"use {local} (a local checkpoint, {readable}), {cache}, "
                 f"or {none} to start from random weights")
         return f"cannot get '{self.repo_id}' from the Hugging Face hub ({self.reason}); {ways}"
 
@@ -168,7 +169,7 @@ def load_weights_only(path: str | os.PathLike):
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")  # torch.save's files (a .bin: transformers' and OpenCLIP's older ones)
 
 
-def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """A JAX/Flax .npz file's arrays, by their paths in the parameter tree ("params/img/..."),
     as numpy holds them (weights/layouts.py turns them into our tensors). Pickles refused."""
     try:
