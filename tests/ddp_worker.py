@@ -1,7 +1,6 @@
 """Run by tests/test_distributed.py under torchrun (gloo, CPU): one real epoch of the training loop
 on each rank, then report which samples each rank saw and a checksum of its weights."""
 
-import gc
 import json
 import sys
 
@@ -9,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from train.config import TrainConfig
+from train.distributed import leave
 from train.loop import EpochProgress, prepare, train_one_epoch
 from train.stop import StopRequest
 
@@ -30,6 +30,4 @@ dist.all_gather_object(gathered, report)
 if dist.get_rank() == 0:
     print(json.dumps(gathered), flush=True)
 del run, batches
-gc.collect()  # free the DDP wrapper (reference cycles) before gloo's threads are torn down, as train's CLI does
-dist.barrier()  # leave together: a rank tearing gloo down while the other still talks can abort
-dist.destroy_process_group()
+leave(finished=True)  # as train's CLI ends

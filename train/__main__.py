@@ -4,7 +4,7 @@ Every flag maps to a field of train.config.TrainConfig. Expected failures (bad d
 downloads, bad checkpoints, out of memory) end with one line on stderr and a non-zero exit.
 """
 
-import gc
+import os
 import signal
 import sys
 from dataclasses import fields
@@ -13,6 +13,8 @@ import torch
 
 from train.config import TrainConfig
 from train.datasets import DataError
+from train.distributed import leave
+from train.lora import parse_targets
 from train.loop import Interrupted, TrainingError, train
 from train.probe import probe
 from train.timing import process_start
@@ -64,6 +66,20 @@ def parse_args(argv=None) -> TrainConfig:
         value = getattr(args, name)
         if value is not None and not allowed(value):
             parser.error(f"argument --{name.replace('_', '-')}: {value} is not {bounds}")
+    try:
+        parse_targets(args.lora_targets)
+    except ValueError as error:
+        parser.error(f"argument --lora-targets: {error}")
+    if args.lora_alpha is not None and not args.lora:
+        parser.error("argument --lora-alpha: needs --lora RANK")
+    if args.fsdp and "RANK" not in os.environ:
+        parser.error("argument --fsdp: shards over the processes torchrun starts: "
+                     "torchrun --nproc_per_node N -m train ... --fsdp")
+    if args.fsdp and args.amp == "fp16":
+        parser.error("argument --fsdp: with --amp bf16 or none (fp16's loss scaling is not sharded)")
+    if args.probe and (args.fsdp or args.lora or args.grad_checkpointing):
+        parser.error("argument --probe: evaluates the frozen backbone in one process; --fsdp, --lora and "
+                     "--grad-checkpointing are for fine-tuning")
     patch = model_config(args.model).patch_size
     if args.img_size % patch:
         parser.error(f"argument --img-size: {args.img_size} is not a multiple of {args.model}'s patch size {patch} "
@@ -73,18 +89,17 @@ def parse_args(argv=None) -> TrainConfig:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    distributed = "RANK" in __import__("os").environ  # started by torchrun
+    distributed = "RANK" in os.environ  # started by torchrun
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         torch.distributed.init_process_group(backend)
+    finished = False  # under torchrun: whether every rank got to the end (train/distributed.leave)
     try:
         if cfg.probe:
             probe(cfg)
             return 0
         train(cfg, started=process_start())
-        if distributed:
-            gc.collect()  # free the DDP wrapper (reference cycles) before gloo's threads are torn down
-            torch.distributed.barrier()  # all ranks finish before any tears the process group down
+        finished = True
         return 0
     except Interrupted as stop:
         print(stop, file=sys.stderr)
@@ -106,7 +121,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         if distributed:
-            torch.distributed.destroy_process_group()
+            leave(finished)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,21 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing (default: 0.1)", must_match=True)
     grad_clip: float = setting(1.0, "clip the gradients' global norm to this (default: 1.0)", must_match=True)
     crop_padding: int = setting(4, "random-crop padding in pixels for small images (default: 4)", must_match=True)
+    # Giants: memory per device (train/memory.py prints the plan before any data is decoded)
+    fsdp: bool = setting(False, "under torchrun, shard the weights, gradients and AdamW state over the processes with "
+                         "PyTorch's FSDP2 (fully_shard, each block a unit) instead of DDP's whole copy per process; "
+                         "the saved files are a one-process run's (default: off)")
+    grad_checkpointing: bool = setting(False, "keep only each block's input in the forward pass and recompute the "
+                                       "rest in backward: activations shrink ~depth times for ~1/3 more compute "
+                                       "(default: off)")
+    lora: int | None = setting(None, "train rank-LORA low-rank adapters on the frozen model (and the new head) instead "
+                               "of every weight; the saved model has them merged in, a plain ViT (default: off, full "
+                               "fine-tuning)", must_match=True, positive=True, kind=int)
+    lora_alpha: float | None = setting(None, "the adapters' update is scaled by LORA_ALPHA / LORA (default: LORA, "
+                                       "scale 1)", must_match=True, kind=float)
+    lora_targets: str = setting("qkv", "which projections get adapters, comma-separated: q, k, v (rows of the fused "
+                                "qkv), qkv (all three), out (attention output), fc1, fc2, mlp (both) (default: qkv)",
+                                must_match=True)
     # Frozen-feature evaluation instead of fine-tuning (train/probe.py)
     probe: str | None = setting(None, "evaluate the frozen backbone instead of fine-tuning it: knn (DINO's weighted "
                                 "k-NN on its features) or linear (a linear classifier on them, saved as a checkpoint "

@@ -12,6 +12,8 @@ import copy
 
 import torch
 
+from train.distributed import full_state_dict, load_model_state
+
 
 class EMA:
     """The averaged copy of a model: `update(model)` after each step, `model` to evaluate it."""
@@ -22,13 +24,13 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        averaged, current = self.model.state_dict(), model.state_dict()  # same keys, the same order
+        averaged, current = self.model.state_dict(), model.state_dict()  # same keys, the same order (FSDP: shards)
         floats = [k for k, v in averaged.items() if v.is_floating_point()]
         # ema += (1 - decay) * (weights - ema), all tensors in one call (timm's ModelEmaV3 does the same)
         torch._foreach_lerp_([averaged[k] for k in floats], [current[k] for k in floats], 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
+        return full_state_dict(self.model)  # under FSDP (the average is sharded like the model): gathered
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict)
+        load_model_state(self.model, state_dict)

@@ -10,6 +10,7 @@ together. Nothing in a training step waits for the GPU: losses and accuracies ar
 device and read only every `log_every` steps.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,11 @@ from tqdm import tqdm
 import vit
 from train.batches import make_batches
 from train.config import RESUME_MUST_MATCH, TrainConfig
+from train.distributed import (StopAgreement, full_state_dict, load_model_state, load_optimizer_state,
+                               optimizer_state, rank_and_world, shard)
 from train.ema import EMA
+from train.lora import add_lora, count_parameters, merged_state_dict, parse_targets
+from train.memory import TrainingShape, plan_memory, size
 from train.optim import build_optimizer
 from train.datasets import Dataset, data_folder, load_dataset
 from train.stop import StopRequest
@@ -83,7 +88,7 @@ class Run:
     cfg: TrainConfig
     data: Dataset
     model: vit.VisionTransformer
-    forward: torch.nn.Module  # the model as trained: wrapped by DDP and/or torch.compile
+    forward: torch.nn.Module  # the model as trained: wrapped by DDP (FSDP shards the model itself)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -101,11 +106,13 @@ class Run:
     first_step_seconds: float | None = None  # this process's first step, compilation included
     saver: BackgroundSaver = field(default_factory=BackgroundSaver)  # writes the epochs' last.pt while training goes on
     ema: EMA | None = None  # --ema: the moving average of the weights
+    stop_agreement: StopAgreement = field(default_factory=StopAgreement)  # ranks stop after the same step
 
     def stateful(self) -> dict:
-        """What last.pt saves and a resumed run loads back, beside the weights: each object's
+        """What last.pt saves and a resumed run loads back, beside the weights and the optimiser
+        (whose state, under FSDP, is gathered and sharded by train/distributed.py): each object's
         state_dict() under its name."""
-        things = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        things = {"scheduler": self.scheduler, "scaler": self.scaler}
         return {**things, "ema": self.ema} if self.ema else things
 
     @property
@@ -259,13 +266,72 @@ def eager():
         yield
 
 
+def training_shape(cfg: TrainConfig, amp: str, world_size: int) -> TrainingShape:
+    """The options of `cfg` that change a step's memory (train/memory.py)."""
+    return TrainingShape(batch_size=cfg.batch_size, amp_dtype=AMP_DTYPES[amp], lora_rank=cfg.lora,
+                         lora_targets=parse_targets(cfg.lora_targets), grad_checkpointing=cfg.grad_checkpointing,
+                         shards=world_size if cfg.fsdp else 1)
+
+
+def memory_advice(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, free: int) -> str:
+    """Which one change makes the plan fit `free` bytes: the options this run does not use yet,
+    then the largest batch; each with its plan."""
+    options = []
+    if not shape.grad_checkpointing:
+        options.append(("--grad-checkpointing", dataclasses.replace(shape, grad_checkpointing=True)))
+    if not shape.lora_rank:
+        options.append(("--lora 8", dataclasses.replace(shape, lora_rank=8)))
+    if shape.shards == 1:
+        for n in (2, 4, 8):
+            options.append((f"torchrun --nproc_per_node {n} -m train ... --fsdp", dataclasses.replace(shape, shards=n)))
+    fitting = []
+    for flag, changed in options:
+        total = plan_memory(model_cfg, changed, device).total
+        if total <= free and not (flag.startswith("torchrun") and any(f.startswith("torchrun") for f, _ in fitting)):
+            fitting.append((flag, total))
+    batch = shape.batch_size // 2
+    while batch >= 1 and plan_memory(model_cfg, dataclasses.replace(shape, batch_size=batch), device).total > free:
+        batch //= 2
+    if batch >= 1:
+        fitting.append((f"--batch-size {batch}", plan_memory(model_cfg, dataclasses.replace(shape, batch_size=batch),
+                                                             device).total))
+    if not fitting:
+        return "no single change fits: combine --grad-checkpointing, --lora and --fsdp over more devices"
+    return "each of these fits: " + "; ".join(f"{flag} (about {size(total)})" for flag, total in fitting)
+
+
+def check_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, is_main: bool) -> None:
+    """Print the memory plan; fail, before any data is decoded, if it will not fit the device."""
+    plan = plan_memory(model_cfg, shape, device)
+    where = "GPU" if device.type == "cuda" else "CPU process"
+    if is_main:
+        tqdm.write(plan.line(where))
+    if not plan.fits:
+        raise TrainingError(f"the memory plan needs about {size(plan.total)} per {where}, {size(plan.free)} is free; "
+                            f"{memory_advice(model_cfg, shape, device, plan.free)} (plans come within "
+                            "about 25% of measured peaks: benchmarks/README.md)")
+
+
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: str, device: torch.device, amp: str) -> vit.VisionTransformer:
+    """The model as it trains: pretrained weights and a new head, adapters (--lora), activation
+    checkpointing, on the device, sharded (--fsdp)."""
+    model = vit.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, pretrained=pretrained,
+                             drop_path_rate=cfg.drop_path)
+    if cfg.lora:
+        add_lora(model, cfg.lora, cfg.lora_alpha, parse_targets(cfg.lora_targets))
+    model.grad_checkpointing = cfg.grad_checkpointing
+    if not cfg.fsdp:
+        model.to(device)  # (fully_shard moves each block's shard there itself)
+    return model
+
+
 def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
-    """Data, model, optimiser, schedule, scaler, (DDP and compile) wrapping: the run's objects.
-    Everything that can fail in seconds (settings, output folder, checkpoint, weights, download)
-    is checked before the data, whose first decoding can take a minute."""
+    """Data, model, optimiser, schedule, scaler, (DDP or FSDP, compile) wrapping: the run's objects.
+    Everything that can fail in seconds (settings, output folder, checkpoint, weights, download,
+    memory) is checked before the data, whose first decoding can take a minute."""
     timer = timer or PhaseTimer()
     device, amp, use_compile = resolve_hardware(cfg)
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world_size = rank_and_world()
     model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
     check_output_dir(cfg.output_dir)
     check_free_space(cfg.output_dir, model_cfg)
@@ -273,12 +339,13 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     resume_from = safe_load(cfg.resume) if cfg.resume else None
     with timer.phase("weights"):  # on resume they come from last.pt: nothing to fetch
         pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
+    check_memory(model_cfg, training_shape(cfg, amp, world_size), device, rank == 0)
     seconds_per_image = forecast_seconds_per_image(model_cfg, device, AMP_DTYPES[amp])
     torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
 
     with ThreadPoolExecutor(1, thread_name_prefix="data") as background:  # decoding runs in worker processes
         loading = background.submit(load_dataset, cfg)
-        if use_compile:  # meanwhile, compile here
+        if use_compile and not cfg.lora:  # meanwhile, compile here (LoRA's blocks compile at their first step)
             if rank == 0:
                 tqdm.write("compiling the encoder block (torch.compile) while the images decode")
             with timer.phase("compile"):
@@ -286,12 +353,10 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
         with timer.phase("data"):  # what the data took beyond that
             data = loading.result()
     with timer.phase("weights"):
-        model = vit.create_model(cfg.model, num_classes=len(data.class_names), img_size=cfg.img_size,
-                                 pretrained=pretrained, drop_path_rate=cfg.drop_path)
+        model = build_model(cfg, len(data.class_names), pretrained, device, amp)
         if resume_from:
             model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
                                         std=tuple(resume_from.get("std", vit.DEFAULT_STD)))
-        model.to(device)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)  # only once data and weights are in hand
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     with timer.phase("data"):  # small images move to the device here
@@ -301,21 +366,25 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
         raise TrainingError(f"{len(data.train.labels)} training images make no full batch of {cfg.batch_size}"
                             f"{f' per rank ({world_size} ranks)' if world_size > 1 else ''}; lower --batch-size")
 
-    total_steps = cfg.epochs * len(train_batches)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, fused=device.type == "cuda")
     ema = EMA(model, cfg.ema) if cfg.ema else None  # before compiling: the average is evaluated eagerly
+    if cfg.fsdp:  # the average is sharded like the model
+        for module in (model, ema.model) if ema else (model,):
+            shard(module, AMP_DTYPES[amp])
+    total_steps = cfg.epochs * len(train_batches)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay,
+                                fused=device.type == "cuda" and not cfg.fsdp)  # (foreach for FSDP's sharded tensors)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if use_compile:  # the graphs compile_ahead made serve every block
         compile_blocks(model)
     forward = model
-    if world_size > 1:  # gradients are averaged across ranks during backward
+    if world_size > 1 and not cfg.fsdp:  # DDP: gradients are averaged across ranks during backward
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
                scaler=scaler, device=device, amp=amp, use_compile=use_compile, train_batches=train_batches,
                test_batches=test_batches, seconds_per_image=seconds_per_image, rank=rank, world_size=world_size,
-               resume_from=resume_from, ema=ema)
+               resume_from=resume_from, ema=ema, stop_agreement=StopAgreement.for_run())
 
 
 # ---------------------------------------------------------------- one epoch of training, one evaluation
@@ -366,10 +435,10 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
                                 "loss": running_loss})
             if first_of_run:  # the .item() above waited for the GPU: the first step is really done
                 run.first_step_seconds, first_of_run = time.perf_counter() - started, False
-        if stop.signum is not None and not last_step:
+        if run.stop_agreement.after_step(stop.signum is not None) and not last_step:  # every rank at the same step
             bar.close()
             path = save_last(run, epoch, step + 1, progress)
-            raise Interrupted(stop.signum, path)
+            raise Interrupted(stop.signum or signal.SIGTERM, path)
     bar.close()
     seconds = time.perf_counter() - started
     return {"train_loss": progress.loss_sum.item() / max(1, progress.seen),
@@ -415,17 +484,22 @@ def save_last(run: Run, epoch: int, step: int, progress: EpochProgress, backgrou
     the epoch's running sums, the history and the settings. background: return once the state
     is copied to the CPU and write it while training goes on (`run.saver.wait()` finishes it)."""
     path = Path(run.cfg.output_dir) / "last.pt"
-    if not run.is_main:
+    weights = full_state_dict(run.model)  # under FSDP every rank takes part in gathering them...
+    optimizer = optimizer_state(run.model, run.optimizer)
+    stateful = {name: thing.state_dict() for name, thing in run.stateful().items()}
+    if not run.is_main:  # ...and rank 0 writes them
+        if not background:
+            dist.barrier()  # (below)
         return path
     sums = progress.to("cpu")
     state = {
-        "state_dict": run.model.state_dict(), **run.card().to_dict(),
-        **{name: thing.state_dict() for name, thing in run.stateful().items()},
+        "state_dict": weights, **run.card().to_dict(), "optimizer": optimizer, **stateful,
         "epoch": epoch, "step": step,
         "progress": {"loss_sum": sums.loss_sum, "correct": sums.correct, "non_finite": sums.non_finite,
                      "seen": sums.seen},
         "history": run.history,
-        "rng": torch.get_rng_state(),
+        "rng": torch.get_rng_state(),  # (every rank draws alike: rank 0's serves all)
+        **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),  # drop path's
         "config": asdict(run.cfg),
     }
     if background:
@@ -433,6 +507,8 @@ def save_last(run: Run, epoch: int, step: int, progress: EpochProgress, backgrou
     else:
         run.saver.wait()  # never two writers of one file
         atomic_save(state, path)
+        if run.world_size > 1:
+            dist.barrier()  # every rank leaves with the file whole: a run resumed next reads all of it
     return path
 
 
@@ -448,13 +524,16 @@ def restore(run: Run) -> tuple[int, int, EpochProgress]:
     if changed:
         raise CheckpointError(f"{path}: resume with the settings of the original run; changed: {'; '.join(changed)}")
     try:
-        run.model.load_state_dict(checkpoint["state_dict"])
+        load_model_state(run.model, checkpoint["state_dict"])
+        load_optimizer_state(run.model, run.optimizer, checkpoint["optimizer"])
         for name, thing in run.stateful().items():
             thing.load_state_dict(checkpoint[name])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: does not fit this model ({first_line(error)[:200]})") from None
     run.history[:] = checkpoint.get("history", [])
     torch.set_rng_state(checkpoint["rng"])
+    if "cuda_rng" in checkpoint and run.device.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"], run.device)
     progress = EpochProgress(**checkpoint["progress"]).to(run.device)
     return checkpoint["epoch"], checkpoint["step"], progress
 
@@ -467,10 +546,17 @@ def announce(run: Run) -> None:
     cfg, data = run.cfg, run.data
     precision = "fp32" if run.amp == "none" else run.amp
     extras = (", compiled" if run.use_compile else "") + (f", {run.world_size} ranks" if run.world_size > 1 else "")
+    extras += ", FSDP" if cfg.fsdp else ""
+    extras += ", activation checkpointing" if cfg.grad_checkpointing else ""
     extras += f", EMA {cfg.ema}" if run.ema else ""
     tqdm.write(f"{cfg.model} @ {cfg.img_size}px on {run.device} ({precision}{extras}), {len(data.train.labels)} train / "
                f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
                f"weights: {run.model.pretrained_cfg['source'] or 'random init'}")
+    if cfg.lora:
+        trainable, total = count_parameters(run.model)  # (a sharded parameter counts whole)
+        tqdm.write(f"LoRA rank {cfg.lora} on {cfg.lora_targets}: training {trainable:,} of {total:,} parameters "
+                   f"({trainable / total:.2%}); "
+                   "the adapters are merged into the saved model")
     warning = epoch_warning(run.seconds_per_image, len(run.train_batches) * cfg.batch_size)
     if warning:
         tqdm.write(warning)
@@ -501,9 +587,16 @@ def epoch_line(record: dict, epochs: int) -> str:
 FINAL_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")
 
 
+def plain_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a fine-tuned checkpoint holds: whole (gathered under FSDP: every rank calls
+    this, rank 0 gets them), LoRA's adapters merged in: a plain ViT's state_dict."""
+    return merged_state_dict(model, full_state_dict(model))
+
+
 def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
-    """The end of a run (on the main process): the fine-tuned model (and the EMA's), the final
-    last.pt, the plots, the timing, and what was written. Returns the final metrics."""
+    """The end of a run: the fine-tuned model (and the EMA's), the final last.pt, the plots,
+    the timing, and what was written (under torchrun every rank gathers, rank 0 writes).
+    Returns the final metrics."""
     cfg, data, output_dir = run.cfg, run.data, Path(run.cfg.output_dir)
     final = {k: record.get(k) for k in FINAL_METRICS}
     if not record and cfg.resume:  # resumed a run that had already finished
@@ -511,12 +604,19 @@ def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
     final_path = output_dir / f"vit_{data.name}_finetuned.pth"
     written = [f"{final_path.name} (the fine-tuned model)"]
     with timer.phase("save"):
-        save_model(final_path, run.model, run.card(), metrics=final, confusion=record.get("confusion"),
+        weights = plain_weights(run.model)
+        ema_weights = plain_weights(run.ema.model) if run.ema else None
+    if not run.is_main:
+        if record:
+            save_last(run, cfg.epochs, 0, EpochProgress.zeros(run.device))  # its gathering, with rank 0's below
+        return final
+    with timer.phase("save"):
+        save_model(final_path, weights, run.card(), metrics=final, confusion=record.get("confusion"),
                    config=asdict(cfg))
         if run.ema:  # the average is a model of its own: infer and export read it like any other
             averaged = {k: record.get(f"{k}_ema", record.get(k)) for k in FINAL_METRICS}
             ema_path = output_dir / f"vit_{data.name}_finetuned_ema.pth"
-            save_model(ema_path, run.ema.model, run.card(), metrics=averaged, confusion=record.get("confusion_ema"),
+            save_model(ema_path, ema_weights, run.card(), metrics=averaged, confusion=record.get("confusion_ema"),
                        config=asdict(cfg))
             written.append(f"{ema_path.name} (the EMA of the weights, test accuracy "
                            f"{averaged.get('test_acc') or float('nan'):.2%})")
@@ -568,15 +668,15 @@ def train(cfg: TrainConfig, started: float | None = None) -> dict:
                     file.write(json.dumps(summary) + "\n")
                 tqdm.write(epoch_line(record, cfg.epochs))
             start_step, progress = 0, EpochProgress.zeros(run.device)
-            if epoch + 1 < cfg.epochs or stop.signum is not None:  # (the final one: after the model, below)
+            stopping = run.stop_agreement.settle(stop.signum is not None)  # the same answer on every rank
+            if epoch + 1 < cfg.epochs or stopping:  # (the final one: after the model, below)
                 with timer.phase("save"):  # the copy to the CPU; the disk write overlaps the next epoch
-                    save_last(run, epoch + 1, 0, progress, background=True)
-            if stop.signum is not None:
-                raise Interrupted(stop.signum, Path(cfg.output_dir) / "last.pt")
+                    save_last(run, epoch + 1, 0, progress, background=not stopping)
+            if stopping:
+                raise Interrupted(stop.signum or signal.SIGTERM, Path(cfg.output_dir) / "last.pt")
     finally:
         with timer.phase("save"):  # the last last.pt reaches the disk (also when stopping)
             run.saver.wait()
+        run.stop_agreement.close()
         stop.restore()
-    if not run.is_main:
-        return {k: record.get(k) for k in FINAL_METRICS}
     return save_final(run, record, timer)

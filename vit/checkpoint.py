@@ -200,10 +200,11 @@ def safe_load(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
-def save_model(path: str | os.PathLike, model: VisionTransformer, card: ModelCard, **extra) -> None:
-    """Write a fine-tuned checkpoint: the weights, the card, and `extra` (metrics, confusion,
-    config: plain types)."""
-    atomic_save({"state_dict": model.state_dict(), **card.to_dict(), **extra}, path)
+def save_model(path: str | os.PathLike, model: VisionTransformer | dict, card: ModelCard, **extra) -> None:
+    """Write a fine-tuned checkpoint: the weights (a model, or its state_dict as gathered
+    elsewhere), the card, and `extra` (metrics, confusion, config: plain types)."""
+    weights = model if isinstance(model, dict) else model.state_dict()
+    atomic_save({"state_dict": weights, **card.to_dict(), **extra}, path)
 
 
 def not_a_fine_tuned_model(path: Path) -> str | None:

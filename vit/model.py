@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 # The input normalisation timm's ViT weights expect (x - 0.5) / 0.5 per channel; other weights
@@ -653,6 +654,10 @@ class VisionTransformer(nn.Module):
         if cfg.distillation_token:
             self.head_distillation = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.reset_parameters()
+        # Activation checkpointing (train --grad-checkpointing): in training, each block keeps only
+        # its input for backward and recomputes the rest there. Memory per block falls from all
+        # its intermediate tensors to one (B, T, D) tensor, for about a third more compute.
+        self.grad_checkpointing = False
         # Where the weights came from, and the normalisation their inputs need (timm's name for
         # this record); vit.create_model fills it in when it loads pretrained weights.
         self.pretrained_cfg = {"source": None, "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
@@ -709,7 +714,11 @@ class VisionTransformer(nn.Module):
         rotation = self.rope.rotation(grid) if self.rope is not None else None  # RoPE's (cos, sin), once
         for i, block in enumerate(self.blocks):
             block_rotation = tuple(t[i] for t in rotation) if self.cfg.rope == "mixed" else rotation  # mixed: its own
-            x = block(x, self.rope, block_rotation)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                # backward re-runs the block; the random state is replayed, so drop path drops the same
+                x = checkpoint(block, x, self.rope, block_rotation, use_reentrant=False)
+            else:
+                x = block(x, self.rope, block_rotation)
         return x if self.cfg.norm_after_pool else self.final_norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
