@@ -2,6 +2,7 @@
 
     python -m benchmarks.memory --data ../shared/data/cifar10-jpg           # ~4 min on 2 CPU cores
     python -m benchmarks.memory --data ../shared/data/cifar10-jpg --only 0  # one configuration
+    python -m benchmarks.memory --checkpointing-cost                         # its price in time (~1 min)
 
 Each configuration runs in a fresh process (under torchrun for FSDP): the training loop's own
 `prepare` and a few of its steps (`train_one_epoch`), so that every allocation the loop makes is
@@ -124,9 +125,38 @@ def run_case(case: Case, data: str, work: Path, malloc: str = "fixed") -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def checkpointing_cost(model: str = "vit_small_patch16_224", batch_size: int = 32, rounds: int = 3) -> dict[bool, float]:
+    """Seconds per training step without and with activation checkpointing (median of `rounds`,
+    alternating, so that drift hits both alike)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    import vit
+    from train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    net = vit.create_model(model, num_classes=10, pretrained="none").train()
+    optimizer = build_optimizer(net, 1e-4, 0.05)
+    images, labels = torch.randn(batch_size, 3, 224, 224), torch.randint(0, 10, (batch_size,))
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for checkpointing in (False, True):
+            net.grad_checkpointing = checkpointing
+            start = time.perf_counter()
+            F.cross_entropy(net(images), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds[checkpointing].append(time.perf_counter() - start)
+    return {k: sorted(v)[len(v) // 2] for k, v in seconds.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="an ImageFolder root (CIFAR-10's JPEG copy)")
+    parser.add_argument("--data", help="an ImageFolder root (CIFAR-10's JPEG copy)")
+    parser.add_argument("--checkpointing-cost", action="store_true",
+                        help="time a ViT-S/16 step (batch 32) without and with --grad-checkpointing instead")
     parser.add_argument("--work", default="/tmp/vit-memory-benchmark", help="scratch folder (default: %(default)s)")
     parser.add_argument("--only", type=int, action="append", help="run only CASES[i] (repeatable)")
     parser.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
@@ -137,6 +167,14 @@ def main(argv=None) -> int:
         print(json.dumps(measure(Case(**json.loads(args.measure)), args.data, args.work)), flush=True)
         return 0
     from vit.device import cpu_kind
+
+    if args.checkpointing_cost:
+        plain, checkpointed = checkpointing_cost().values()
+        print(f"CPU: {cpu_kind()}; ViT-S/16 training step, batch 32, fp32: {plain:.2f} s, with activation "
+              f"checkpointing {checkpointed:.2f} s ({checkpointed / plain - 1:+.0%})")
+        return 0
+    if not args.data:
+        parser.error("--data is required (or --checkpointing-cost)")
 
     print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; fp32 unless said; measured = peak RSS during "
           f"prepare + {STEPS} steps - RSS before; malloc: {args.malloc}")

@@ -42,7 +42,7 @@ from train.timing import PhaseTimer, timing_line
 from vit.checkpoint import BackgroundSaver, CheckpointError, ModelCard, atomic_save, safe_load, save_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
-from vit.model import EncoderBlock, ViTConfig
+from vit.model import DropPath, EncoderBlock, ViTConfig
 
 QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000"
 
@@ -231,7 +231,14 @@ def compile_blocks(model: vit.VisionTransformer) -> None:
     """Regional compilation: torch.compile each encoder block, in place, instead of the whole
     model. The blocks share one forward, so Dynamo traces it and Inductor compiles it once for
     all of them: on an H200 the first ViT-B/16 step took 7 s instead of 21 s, at the same steady
-    speed (benchmarks/README.md). In place (Module.compile), so the state_dict keys stay ours."""
+    speed (benchmarks/README.md). In place (Module.compile), so the state_dict keys stay ours.
+
+    Not with drop path: each block has its own rate, a constant of its graph, so Dynamo would
+    compile the forward once per block, and past its recompile limit (8) run the rest eagerly.
+    Then the whole model is compiled as one graph instead, as timm's users do."""
+    if any(isinstance(m, DropPath) for m in model.modules()):
+        model.compile()
+        return
     for block in model.blocks:
         block.compile()
 
@@ -345,7 +352,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
 
     with ThreadPoolExecutor(1, thread_name_prefix="data") as background:  # decoding runs in worker processes
         loading = background.submit(load_dataset, cfg)
-        if use_compile and not cfg.lora:  # meanwhile, compile here (LoRA's blocks compile at their first step)
+        if use_compile and not cfg.lora and not cfg.drop_path:  # meanwhile, compile the block here (compile_blocks)
             if rank == 0:
                 tqdm.write("compiling the encoder block (torch.compile) while the images decode")
             with timer.phase("compile"):

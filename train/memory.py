@@ -146,9 +146,12 @@ def plan_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device
     b, tokens, width = shape.batch_size, model_cfg.num_tokens, model_cfg.embed_dim
     residual = 4 * b * tokens * width  # one (B, T, D) fp32 tensor: the stream between blocks
     stem_and_head = b * 3 * model_cfg.img_size**2 * 4 + 3 * residual  # the images, the embedding's and the head's few
+    # `fixed` is mostly autocast's low-precision copies of the block's weights; under FSDP the
+    # gathered weights are already in that precision (and counted above), so no block adds it
+    fixed_per_block = fixed if shape.shards == 1 else 0
     if shape.grad_checkpointing:  # each block's input, and one block recomputed whole at a time
         activations = model_cfg.depth * residual + fixed + b * per_image + stem_and_head
     else:
-        activations = model_cfg.depth * (fixed + b * per_image) + stem_and_head
+        activations = model_cfg.depth * (fixed_per_block + b * per_image) + stem_and_head
     return MemoryPlan(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
                       update_copy=gradients, free=device_free_bytes(device))
