@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
@@ -29,15 +30,16 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def shard(model: torch.nn.Module, amp_dtype: torch.dtype | None) -> None:
+def shard(model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> None:
     """FSDP2, in place: each encoder block a unit, then the rest (embeddings, final norm, head)
     as the root's. Parameters move to this rank's device as they are sharded (one block at a
     time, so a giant never has to fit one device whole). With autocast (--amp bf16) the
     gathered weights are bf16, halving the traffic; gradients are reduced in fp32."""
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # the ranks, on the training device's kind
     policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32 if amp_dtype else None)
     for block in model.blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

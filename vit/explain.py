@@ -22,6 +22,7 @@ row read is the mean of the patch tokens' rows.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -29,21 +30,39 @@ from einops import rearrange
 from vit.model import ViTConfig, VisionTransformer
 
 
+@dataclass
+class Look:
+    """One forward pass, seen from inside: every block's attention maps, the final tokens, and
+    the logits (what the model outputs: class scores, or pooled features without a head)."""
+
+    maps: list[torch.Tensor]  # per block, (B, heads, T, T) float32
+    tokens: torch.Tensor  # (B, T, D): forward_features, the normed final tokens
+    logits: torch.Tensor  # (B, num_classes), or (B, D) for a backbone
+
+
 @torch.no_grad()
-def attention_maps(model: VisionTransformer, images: torch.Tensor) -> list[torch.Tensor]:
-    """One float32 tensor per encoder block, (B, heads, T, T): the attention weights that block
-    applied to `images` (B, 3, S, S), from the model's own attention (vit/model.py); a block of
+def look(model: VisionTransformer, images: torch.Tensor) -> Look:
+    """Run `model` once on `images` (B, 3, S, S), each block's attention keeping its weights (the
+    module docstring): the maps, from the model's own attention (vit/model.py); a block of
     several attentions side by side (BranchedBlock) gives all their heads, branch after branch."""
     per_block = [block.attentions for block in model.blocks]
     attentions = [attention for block in per_block for attention in block]
     for attention in attentions:
         attention.keep_weights = True
     try:
-        model(images)
-        return [torch.cat([attention.weights for attention in block], dim=1) for block in per_block]
+        tokens = model.forward_features(images)
+        logits = model.forward_head(tokens)
+        maps = [torch.cat([attention.weights for attention in block], dim=1) for block in per_block]
+        return Look(maps=maps, tokens=tokens.float(), logits=logits.float())
     finally:
         for attention in attentions:
             attention.keep_weights, attention.weights = False, None
+
+
+def attention_maps(model: VisionTransformer, images: torch.Tensor) -> list[torch.Tensor]:
+    """One float32 tensor per encoder block, (B, heads, T, T): the attention weights that block
+    applied to `images` (B, 3, S, S)."""
+    return look(model, images).maps
 
 
 def rollout(maps: list[torch.Tensor], cfg: ViTConfig = ViTConfig()) -> torch.Tensor:
@@ -67,13 +86,46 @@ def last_cls_attention(maps: list[torch.Tensor], cfg: ViTConfig = ViTConfig()) -
     return _read_row(maps[-1], cfg)  # from (B, H, T, T)
 
 
+def token_attention(maps: list[torch.Tensor], cfg: ViTConfig, layer: int, token: int | None = None) -> torch.Tensor:
+    """(B, heads, grid, grid): where one token looks in block `layer`, head by head. token: an
+    index into the patches (row-major), or None for the token the classifier reads (the CLS
+    token; without one, the mean of the patch tokens' rows)."""
+    if token is None:
+        return _read_row(maps[layer], cfg)
+    return _to_grid(maps[layer][..., cfg.num_prefix_tokens + token, cfg.num_prefix_tokens:])
+
+
+def patch_pca(tokens: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """(B, grid, grid, 3) in [0, 1]: each patch's final token projected on the first three
+    principal components of the image's patch tokens, as RGB, each scaled to its range (the
+    picture of DINOv2's Figure 1: parts of one kind share a colour)."""
+    patches = tokens[:, cfg.num_prefix_tokens:].float()  # (B, N, D)
+    centred = patches - patches.mean(dim=1, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v: (B, min(N, D), D), rows the components
+    components = centred @ v[:, :3].transpose(1, 2)  # (B, N, 3)
+    low, high = components.amin(dim=1, keepdim=True), components.amax(dim=1, keepdim=True)
+    return _to_grid(((components - low) / (high - low).clamp_min(1e-8)).transpose(1, 2)).permute(0, 2, 3, 1)
+
+
+def patch_similarity(tokens: torch.Tensor, cfg: ViTConfig, patch: int) -> torch.Tensor:
+    """(B, grid, grid) in [-1, 1]: the cosine similarity of every patch's final token to patch
+    `patch`'s (row-major index)."""
+    patches = torch.nn.functional.normalize(tokens[:, cfg.num_prefix_tokens:].float(), dim=-1)  # (B, N, D)
+    return _to_grid((patches @ patches[:, patch].unsqueeze(-1)).squeeze(-1))  # (B, N, D) @ (B, D, 1)
+
+
+def _to_grid(row: torch.Tensor) -> torch.Tensor:
+    """(..., N) over the patches -> (..., grid, grid), row-major."""
+    grid = math.isqrt(row.shape[-1])
+    return rearrange(row, "... (gh gw) -> ... gh gw", gh=grid, gw=grid)
+
+
 def _read_row(matrix: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     """(..., T, T) -> (..., grid, grid): the row of the token the classifier reads (the CLS
     token; without one, the mean of the patch tokens' rows), over the patch columns only."""
     prefix = cfg.num_prefix_tokens
     row = matrix[..., 0, :] if cfg.class_token else matrix[..., prefix:, :].mean(dim=-2)  # (..., T)
-    grid = math.isqrt(row.shape[-1] - prefix)
-    return rearrange(row[..., prefix:], "... (gh gw) -> ... gh gw", gh=grid, gw=grid)
+    return _to_grid(row[..., prefix:])
 
 
 def attention_rollout(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
