@@ -190,6 +190,7 @@ def slow_step_run(cifar_dir, tmp_path):
             "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     process = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("memory plan per CPU process")
     assert process.stdout.readline().startswith("vit_tiny_patch16_224 @ 448px on cpu")
     time.sleep(1.0)  # into the first step
     return process

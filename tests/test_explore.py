@@ -1,0 +1,147 @@
+"""The explorer (infer/explore.py): its routes answer from one look at the image, and the page
+works in a real browser (Debian's chromium, driven by Playwright; no browser is downloaded)."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from infer import Classifier
+from infer.explore import ExploreServer, Explorer, Subject
+from tests.conftest import CLASSES, perturb_, run_cli
+from vit.checkpoint import ModelCard, save_model
+from vit.explain import look, rollout, token_attention
+from vit.families import model_config
+from vit.images import load_image
+from vit.model import VisionTransformer
+from vit.preprocess import to_model_input
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A fine-tuned-style ViT-Ti at 64 px (a 4 x 4 patch grid) for CIFAR-10's classes, with
+    weights that make every map non-trivial."""
+    torch.manual_seed(0)
+    model = perturb_(VisionTransformer(model_config("vit_tiny_patch16_224", num_classes=10, img_size=64)))
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    path = tmp_path_factory.mktemp("explore") / "vit_cifar10_finetuned.pth"
+    save_model(path, model, ModelCard("vit_tiny_patch16_224", 64, tuple(CLASSES), (0.5,) * 3, (0.5,) * 3, source_size=32))
+    return path
+
+
+@pytest.fixture
+def server(checkpoint, cifar_dir):
+    """The explorer on a free port of 127.0.0.1, serving in a thread; its address."""
+    images = [cifar_dir / "test" / "ship" / "0001.jpg", cifar_dir / "test" / "cat" / "0003.jpg"]
+    explore = ExploreServer(Explorer(Subject.from_checkpoint(str(checkpoint), torch.device("cpu"))), port=0,
+                            images=images)
+    thread = threading.Thread(target=explore.serve_forever, daemon=True)
+    thread.start()
+    host, port = explore.server_address[:2]
+    yield explore, f"http://{host}:{port}"
+    explore.shutdown()
+    explore.close()
+    assert not Path(explore.scratch.name).exists()  # the temporary folder is gone
+
+
+def call(url: str, data: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, headers={"X-File-Name": "upload.jpg"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_routes_answer_from_one_look_at_the_image(server, checkpoint, cifar_dir):
+    explore, url = server
+    assert explore.server_address[0] == "127.0.0.1"
+    path = cifar_dir / "test" / "cat" / "0003.jpg"
+    status, answer = call(f"{url}/api/image", path.read_bytes())
+    assert status == 200, answer
+    assert not list(Path(explore.scratch.name).iterdir())  # the upload's bytes are gone once read
+
+    # the prediction is infer's, to the last digit shown
+    classifier = Classifier(checkpoint, device="cpu", amp="none")
+    (prediction,) = classifier.classify([path], topk=5)
+    assert [name for name, _ in answer["top"]] == [name for name, _ in prediction.top]
+    assert [round(p, 5) for _, p in answer["top"]] == [round(p, 5) for _, p in prediction.top]
+
+    # the maps are vit.explain's, from the model's own attention
+    model, cfg = explore.explorer.subject.model, explore.explorer.subject.model.cfg
+    inputs = to_model_input(load_image(path, 32)[None], 64, (0.5,) * 3, (0.5,) * 3, 32)
+    seen = look(model, inputs)
+    assert torch.allclose(torch.tensor(answer["rollout"]), rollout(seen.maps, cfg)[0].flatten())
+    status, view = call(f"{url}/api/view?id={answer['id']}&layer=5&patch=6")
+    assert status == 200, view
+    assert torch.allclose(torch.tensor(view["heads"]), token_attention(seen.maps, cfg, 5, 6)[0].flatten(1))
+    assert view["similar"][6] == pytest.approx(1.0, abs=1e-5)  # a patch is itself
+    status, cls_view = call(f"{url}/api/view?id={answer['id']}&layer=5&patch=")
+    assert cls_view["similar"] is None and cls_view["heads"] != view["heads"]
+    assert len(answer["pca"]) == 16 * 3 and 0 <= min(answer["pca"]) and max(answer["pca"]) <= 1
+
+    # the --images files, by number; and what cannot be answered, in one line
+    status, picked = call(f"{url}/api/folder?index=0")
+    assert status == 200 and picked["top"]
+    status, error = call(f"{url}/api/image", b"this is not an image")
+    assert status == 400 and error["error"].startswith("upload.jpg: not an image") and "\n" not in error["error"]
+    status, error = call(f"{url}/api/view?id=gone&layer=0&patch=")
+    assert status == 400 and "no longer kept" in error["error"]
+    status, error = call(f"{url}/api/view?id={answer['id']}&layer=99&patch=")
+    assert status == 400 and "outside the model" in error["error"]
+
+
+def test_the_page_in_a_real_browser(server, checkpoint, cifar_dir, tmp_path):
+    """Upload a real CIFAR-10 image, read the top class and confidence from the page, click a
+    patch and see the attention view change, and see a bad file answered in one line."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.is_file(), "the browser test needs Debian's chromium: apt-get install -y chromium"
+    _, url = server
+    path = cifar_dir / "test" / "ship" / "0001.jpg"
+    (prediction,) = Classifier(checkpoint, device="cpu", amp="none").classify([path], topk=1)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function("document.getElementById('model').textContent.includes('vit_tiny_patch16_224')")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#top-class")
+            assert page.text_content("#top-class") == prediction.top[0][0]
+            assert page.text_content("#top-confidence") == f"{100 * prediction.top[0][1]:.1f}%"
+
+            page.wait_for_function("document.getElementById('attention').dataset.drawn !== '0'")
+            before = page.evaluate("document.getElementById('attention').toDataURL()")
+            box = page.locator("#seen").bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.1)  # row 1, column 3
+            page.wait_for_function("document.getElementById('attention').dataset.source === 'patch 2'")
+            assert page.evaluate("document.getElementById('attention').toDataURL()") != before
+            assert "row 1, column 3" in page.text_content("#source")
+
+            page.locator("#heads canvas").nth(1).click()  # a head of its own
+            assert page.text_content("#head-label") == "head 2"
+            page.fill("#layer", "2")  # the slider: another layer's maps
+            page.wait_for_function("document.getElementById('layer-label').textContent.startsWith('2 of')")
+
+            bad = tmp_path / "holiday.jpg"
+            bad.write_text("not really a photo")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            error = page.text_content("#error")
+            assert error.startswith("holiday.jpg: not an image") and "\n" not in error and "Traceback" not in error
+        finally:
+            browser.close()
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    missing = run_cli("infer.explore", "--checkpoint", str(tmp_path / "missing.pth"))
+    assert missing.returncode == 1 and missing.stderr.strip().count("\n") == 0 and "no such" in missing.stderr
+    neither = run_cli("infer.explore")
+    assert neither.returncode == 2 and "--checkpoint" in neither.stderr
