@@ -281,30 +281,30 @@ def training_shape(cfg: TrainConfig, amp: str, world_size: int) -> TrainingShape
 
 
 def memory_advice(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, free: int) -> str:
-    """Which one change makes the plan fit `free` bytes: the options this run does not use yet,
-    then the largest batch; each with its plan."""
-    options = []
-    if not shape.grad_checkpointing:
-        options.append(("--grad-checkpointing", dataclasses.replace(shape, grad_checkpointing=True)))
-    if not shape.lora_rank:
-        options.append(("--lora 8", dataclasses.replace(shape, lora_rank=8)))
-    if shape.shards == 1:
-        for n in (2, 4, 8):
-            options.append((f"torchrun --nproc_per_node {n} -m train ... --fsdp", dataclasses.replace(shape, shards=n)))
+    """Which one change makes the plan fit `free` bytes, each with its plan: the options this run
+    does not use yet (FSDP over the fewest devices that fit), then the largest batch that fits."""
+    def total(**change) -> int:
+        return plan_memory(model_cfg, dataclasses.replace(shape, **change), device).total
+
     fitting = []
-    for flag, changed in options:
-        total = plan_memory(model_cfg, changed, device).total
-        if total <= free and not (flag.startswith("torchrun") and any(f.startswith("torchrun") for f, _ in fitting)):
-            fitting.append((flag, total))
+    if not shape.grad_checkpointing:
+        fitting.append(("--grad-checkpointing", total(grad_checkpointing=True)))
+    if not shape.lora_rank:
+        fitting.append(("--lora 8", total(lora_rank=8)))
+    fitting = [(flag, planned) for flag, planned in fitting if planned <= free]
+    if shape.shards == 1:  # FSDP over the fewest devices that fit
+        for n in (2, 4, 8):
+            if (planned := total(shards=n)) <= free:
+                fitting.append((f"torchrun --nproc_per_node {n} -m train ... --fsdp", planned))
+                break
     batch = shape.batch_size // 2
-    while batch >= 1 and plan_memory(model_cfg, dataclasses.replace(shape, batch_size=batch), device).total > free:
+    while batch >= 1 and total(batch_size=batch) > free:
         batch //= 2
     if batch >= 1:
-        fitting.append((f"--batch-size {batch}", plan_memory(model_cfg, dataclasses.replace(shape, batch_size=batch),
-                                                             device).total))
+        fitting.append((f"--batch-size {batch}", total(batch_size=batch)))
     if not fitting:
         return "no single change fits: combine --grad-checkpointing, --lora and --fsdp over more devices"
-    return "each of these fits: " + "; ".join(f"{flag} (about {size(total)})" for flag, total in fitting)
+    return "each of these fits: " + "; ".join(f"{flag} (about {size(planned)})" for flag, planned in fitting)
 
 
 def check_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, is_main: bool) -> None:

@@ -83,7 +83,7 @@ def rollout(maps: list[torch.Tensor], cfg: ViTConfig = ViTConfig()) -> torch.Ten
 def last_cls_attention(maps: list[torch.Tensor], cfg: ViTConfig = ViTConfig()) -> torch.Tensor:
     """(B, heads, grid, grid) from the blocks' attention maps: where the CLS token looks in the
     last block, head by head."""
-    return _read_row(maps[-1], cfg)  # from (B, H, T, T)
+    return token_attention(maps, cfg, layer=-1)
 
 
 def token_attention(maps: list[torch.Tensor], cfg: ViTConfig, layer: int, token: int | None = None) -> torch.Tensor:
