@@ -72,12 +72,13 @@ def _status(field: str) -> int:
 
 def measure(case: Case, data: str, work: str) -> dict:
     """In this process (one rank of it under torchrun): plan, then measure, the loop's steps."""
+    import torch
     import torch.distributed as dist
 
     from train.config import TrainConfig
     from train.distributed import leave, rank_and_world
-    from train.loop import EpochProgress, prepare, train_one_epoch, training_shape
-    from train.memory import plan_memory
+    from train.loop import EpochProgress, prepare, train_one_epoch
+    from train.memory import TrainingShape, plan_memory
     from train.stop import StopRequest
     from vit.families import model_config
 
@@ -89,7 +90,7 @@ def measure(case: Case, data: str, work: str) -> dict:
                       max_eval_samples=8, amp=case.amp, grad_checkpointing=case.grad_checkpointing, lora=case.lora,
                       fsdp=bool(case.fsdp), device="cpu", num_workers=1, output_dir=f"{work}/out-{rank}",
                       cache_dir=f"{work}/cache-{rank}")
-    plan = plan_memory(model_config(case.model), training_shape(cfg, case.amp, world), __import__("torch").device("cpu"))
+    plan = plan_memory(model_config(case.model), TrainingShape.of(cfg, case.amp, world), torch.device("cpu"))
     before = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as file:
         file.write("5")  # reset VmHWM to the present resident size

@@ -20,7 +20,6 @@ image reader (vit/images.py: every mode and size; a bad file is one line on the 
 nothing but each upload's bytes, for the moment it is read, into a temporary folder removed at exit.
 """
 
-import argparse
 import base64
 import io
 import json

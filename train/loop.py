@@ -10,7 +10,6 @@ together. Nothing in a training step waits for the GPU: losses and accuracies ar
 device and read only every `log_every` steps.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from train.distributed import (StopAgreement, full_state_dict, load_model_state,
                                optimizer_state, rank_and_world, shard)
 from train.ema import EMA
 from train.lora import add_lora, count_parameters, merged_state_dict, parse_targets
-from train.memory import TrainingShape, plan_memory, size
+from train.memory import TrainingShape, memory_advice, plan_memory, size
 from train.optim import build_optimizer
 from train.datasets import Dataset, data_folder, load_dataset
 from train.stop import StopRequest
@@ -273,40 +272,6 @@ def eager():
         yield
 
 
-def training_shape(cfg: TrainConfig, amp: str, world_size: int) -> TrainingShape:
-    """The options of `cfg` that change a step's memory (train/memory.py)."""
-    return TrainingShape(batch_size=cfg.batch_size, amp_dtype=AMP_DTYPES[amp], lora_rank=cfg.lora,
-                         lora_targets=parse_targets(cfg.lora_targets), grad_checkpointing=cfg.grad_checkpointing,
-                         shards=world_size if cfg.fsdp else 1)
-
-
-def memory_advice(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, free: int) -> str:
-    """Which one change makes the plan fit `free` bytes, each with its plan: the options this run
-    does not use yet (FSDP over the fewest devices that fit), then the largest batch that fits."""
-    def total(**change) -> int:
-        return plan_memory(model_cfg, dataclasses.replace(shape, **change), device).total
-
-    fitting = []
-    if not shape.grad_checkpointing:
-        fitting.append(("--grad-checkpointing", total(grad_checkpointing=True)))
-    if not shape.lora_rank:
-        fitting.append(("--lora 8", total(lora_rank=8)))
-    fitting = [(flag, planned) for flag, planned in fitting if planned <= free]
-    if shape.shards == 1:  # FSDP over the fewest devices that fit
-        for n in (2, 4, 8):
-            if (planned := total(shards=n)) <= free:
-                fitting.append((f"torchrun --nproc_per_node {n} -m train ... --fsdp", planned))
-                break
-    batch = shape.batch_size // 2
-    while batch >= 1 and total(batch_size=batch) > free:
-        batch //= 2
-    if batch >= 1:
-        fitting.append((f"--batch-size {batch}", total(batch_size=batch)))
-    if not fitting:
-        return "no single change fits: combine --grad-checkpointing, --lora and --fsdp over more devices"
-    return "each of these fits: " + "; ".join(f"{flag} (about {size(planned)})" for flag, planned in fitting)
-
-
 def check_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, is_main: bool) -> None:
     """Print the memory plan; fail, before any data is decoded, if it will not fit the device."""
     plan = plan_memory(model_cfg, shape, device)
@@ -319,9 +284,9 @@ def check_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.devic
                             "about 25% of measured peaks: benchmarks/README.md)")
 
 
-def build_model(cfg: TrainConfig, num_classes: int, pretrained: str, device: torch.device, amp: str) -> vit.VisionTransformer:
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: str, device: torch.device) -> vit.VisionTransformer:
     """The model as it trains: pretrained weights and a new head, adapters (--lora), activation
-    checkpointing, on the device, sharded (--fsdp)."""
+    checkpointing, on the device (with --fsdp, `shard` puts it there, below)."""
     model = vit.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, pretrained=pretrained,
                              drop_path_rate=cfg.drop_path)
     if cfg.lora:
@@ -346,7 +311,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     resume_from = safe_load(cfg.resume) if cfg.resume else None
     with timer.phase("weights"):  # on resume they come from last.pt: nothing to fetch
         pretrained = "none" if cfg.resume else vit.locate_pretrained(cfg.model, cfg.pretrained)
-    check_memory(model_cfg, training_shape(cfg, amp, world_size), device, rank == 0)
+    check_memory(model_cfg, TrainingShape.of(cfg, amp, world_size), device, rank == 0)
     seconds_per_image = forecast_seconds_per_image(model_cfg, device, AMP_DTYPES[amp])
     torch.manual_seed(cfg.seed)  # after the forecast's random matrix: runs start from the same state
 
@@ -360,7 +325,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
         with timer.phase("data"):  # what the data took beyond that
             data = loading.result()
     with timer.phase("weights"):
-        model = build_model(cfg, len(data.class_names), pretrained, device, amp)
+        model = build_model(cfg, len(data.class_names), pretrained, device)
         if resume_from:
             model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
                                         std=tuple(resume_from.get("std", vit.DEFAULT_STD)))

@@ -30,6 +30,9 @@ from dataclasses import dataclass, replace
 import torch
 
 import vit
+from train.config import TrainConfig
+from train.lora import add_lora, parse_targets
+from vit.device import AMP_DTYPES
 from vit.model import ViTConfig
 
 GB = 1024**3
@@ -45,6 +48,13 @@ class TrainingShape:
     lora_targets: tuple[str, ...] = ("q", "k", "v")
     grad_checkpointing: bool = False
     shards: int = 1  # FSDP: the devices the weights, gradients and optimiser state are split over
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, amp: str, world_size: int) -> "TrainingShape":
+        """The options of a run's settings that change a step's memory."""
+        return cls(batch_size=cfg.batch_size, amp_dtype=AMP_DTYPES[amp], lora_rank=cfg.lora,
+                   lora_targets=parse_targets(cfg.lora_targets), grad_checkpointing=cfg.grad_checkpointing,
+                   shards=world_size if cfg.fsdp else 1)
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,6 @@ def device_free_bytes(device: torch.device) -> int | None:
 
 def build_for_plan(model_cfg: ViTConfig, shape: TrainingShape, device="meta") -> vit.VisionTransformer:
     """The model as it will train (adapters added, frozen where LoRA freezes), on `device`."""
-    from train.lora import add_lora
-
     with torch.device(device), torch.random.fork_rng(devices=[]):
         model = vit.VisionTransformer(model_cfg)
         if shape.lora_rank:
@@ -155,3 +163,30 @@ def plan_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device
         activations = model_cfg.depth * (fixed_per_block + b * per_image) + stem_and_head
     return MemoryPlan(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
                       update_copy=gradients, free=device_free_bytes(device))
+
+
+def memory_advice(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, free: int) -> str:
+    """Which one change makes the plan fit `free` bytes, each with its plan: the options this run
+    does not use yet (FSDP over the fewest devices that fit), then the largest batch that fits."""
+    def total(**change) -> int:
+        return plan_memory(model_cfg, replace(shape, **change), device).total
+
+    fitting = []
+    if not shape.grad_checkpointing:
+        fitting.append(("--grad-checkpointing", total(grad_checkpointing=True)))
+    if not shape.lora_rank:
+        fitting.append(("--lora 8", total(lora_rank=8)))
+    fitting = [(flag, planned) for flag, planned in fitting if planned <= free]
+    if shape.shards == 1:  # FSDP over the fewest devices that fit
+        for n in (2, 4, 8):
+            if (planned := total(shards=n)) <= free:
+                fitting.append((f"torchrun --nproc_per_node {n} -m train ... --fsdp", planned))
+                break
+    batch = shape.batch_size // 2
+    while batch >= 1 and total(batch_size=batch) > free:
+        batch //= 2
+    if batch >= 1:
+        fitting.append((f"--batch-size {batch}", total(batch_size=batch)))
+    if not fitting:
+        return "no single change fits: combine --grad-checkpointing, --lora and --fsdp over more devices"
+    return "each of these fits: " + "; ".join(f"{flag} (about {size(planned)})" for flag, planned in fitting)
