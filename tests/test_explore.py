@@ -145,3 +145,19 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert missing.returncode == 1 and missing.stderr.strip().count("\n") == 0 and "no such" in missing.stderr
     neither = run_cli("infer.explore")
     assert neither.returncode == 2 and "--checkpoint" in neither.stderr
+
+
+def test_a_backbone_without_classifier_or_cls_token_is_explored_too(cifar_dir):
+    """SigLIP's image tower by name: no classifier (no prediction), no CLS token (its view is the
+    mean of the patches' rows, as vit.explain reads it), and the PCA picture and similarities."""
+    subject = Subject.from_name("vit_base_patch16_siglip_224", "none", torch.device("cpu"))
+    explorer = Explorer(subject)
+    info = explorer.info([])
+    assert info["classifier"] is False and info["grid"] == 14
+    answer = explorer.analyse(cifar_dir / "test" / "frog" / "0002.jpg")
+    assert answer["top"] is None and len(answer["pca"]) == 14 * 14 * 3 and len(answer["rollout"]) == 196
+    view = explorer.view(answer["id"], layer=11, patch=None)
+    assert view["similar"] is None and len(view["heads"]) == 12
+    rows = explorer.analyses[answer["id"]].look.maps[11][0, :, :, :].mean(dim=1)  # every patch's row, averaged
+    assert torch.allclose(torch.tensor(view["heads"]), rows)
+    assert explorer.view(answer["id"], layer=0, patch=100)["similar"][100] == pytest.approx(1.0, abs=1e-5)
