@@ -5,7 +5,7 @@
     fsdp       the same under FSDP2                               -> its files equal ddp's (float tolerance)
     stopped    FSDP + activation checkpointing, SIGTERM to rank 1 alone in epoch 2 -> both ranks stop together
     resumed    the same, --resume stopped/last.pt                 -> its files equal fsdp's
-    lora-ddp   LoRA rank 4 on q, v and out, DDP, 1 epoch
+    lora-ddp   LoRA rank 4 on q, v and out, DDP, 1 epoch, bf16 autocast
     lora-fsdp  the same under FSDP                                -> equal to lora-ddp's, adapters merged
 """
 
@@ -43,7 +43,7 @@ class StopsRankOne(StopRequest):
 
 
 def run(name: str, **settings) -> str | None:
-    cfg = TrainConfig(**BASE, output_dir=f"{out}/{name}", **settings)
+    cfg = TrainConfig(**{**BASE, **settings}, output_dir=f"{out}/{name}")
     try:
         loop.train(cfg)
     except loop.Interrupted as stop:
@@ -58,7 +58,7 @@ loop.StopRequest = StopRequest
 stopped_at = torch.load(f"{out}/stopped/last.pt", weights_only=True)
 report["stopped_at"] = [stopped_at["epoch"], stopped_at["step"]]
 report["resumed"] = run("resumed", fsdp=True, grad_checkpointing=True, resume=f"{out}/stopped/last.pt", **RECIPE)
-LORA = dict(epochs=1, lora=4, lora_targets="q,v,out")
+LORA = dict(epochs=1, lora=4, lora_targets="q,v,out", amp="bf16", max_eval_samples=None)  # all 20 test images
 report["lora-ddp"], report["lora-fsdp"] = run("lora-ddp", **LORA), run("lora-fsdp", fsdp=True, **LORA)
 if rank == 0:
     print(json.dumps(report), flush=True)

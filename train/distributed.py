@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
 
@@ -30,16 +30,21 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def shard(model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+def shard(model: torch.nn.Module, device: torch.device) -> None:
     """FSDP2, in place: each encoder block a unit, then the rest (embeddings, final norm, head)
     as the root's. Parameters move to this rank's device as they are sharded (one block at a
-    time, so a giant never has to fit one device whole). With autocast (--amp bf16) the
-    gathered weights are bf16, halving the traffic; gradients are reduced in fp32."""
+    time, so a giant never has to fit one device whole).
+
+    Mixed precision (--amp) stays autocast's, as in a one-process run, so that a sharded run
+    computes what DDP computes and `infer` reproduces its accuracy: the weights are gathered in
+    fp32 and autocast casts them per operation. FSDP's own policy (MixedPrecisionPolicy,
+    gathering in bf16) would halve that traffic, but it computes the LayerNorms from rounded
+    weights and, casting each block's input, carries the residual stream in bf16; on CPUs,
+    whose autocast leaves LayerNorm alone, bf16 weights meeting fp32 inputs fail outright."""
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # the ranks, on the training device's kind
-    policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32 if amp_dtype else None)
     for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

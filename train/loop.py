@@ -341,7 +341,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     ema = EMA(model, cfg.ema) if cfg.ema else None  # before compiling: the average is evaluated eagerly
     if cfg.fsdp:  # the average is sharded like the model
         for module in (model, ema.model) if ema else (model,):
-            shard(module, device, AMP_DTYPES[amp])
+            shard(module, device)
     total_steps = cfg.epochs * len(train_batches)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay,
                                 fused=device.type == "cuda" and not cfg.fsdp)  # (foreach for FSDP's sharded tensors)
