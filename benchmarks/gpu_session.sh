@@ -23,3 +23,4 @@ step python -m benchmarks.train --compare --attention efficient  # memory-effici
 step python -m benchmarks.train --compare --inductor triton.cudagraphs=True   # CUDA graphs for each block
 step python -m benchmarks.train --compare --batch-size 512 # a larger batch
 step python -m benchmarks.job -- --no-compile              # eager throughout: what compilation buys
+step python -m benchmarks.memory --data "$(python -c 'from benchmarks.train import DEFAULT_DATA; print(DEFAULT_DATA)')" --device cuda   # issue 22: SigLIP so400m, each option: plan vs max_memory_allocated, img/s

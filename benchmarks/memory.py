@@ -3,12 +3,15 @@
     python -m benchmarks.memory --data ../shared/data/cifar10-jpg           # ~4 min on 2 CPU cores
     python -m benchmarks.memory --data ../shared/data/cifar10-jpg --only 0  # one configuration
     python -m benchmarks.memory --checkpointing-cost                         # its price in time (~1 min)
+    python -m benchmarks.memory --data ... --device cuda                     # on a GPU: SigLIP so400m, each option
 
 Each configuration runs in a fresh process (under torchrun for FSDP): the training loop's own
 `prepare` and a few of its steps (`train_one_epoch`), so that every allocation the loop makes is
 in the figure. Measured is the process's peak resident memory during them (VmHWM, its high-water
 mark reset just before) minus what it held before (Python, PyTorch, the libraries). Under FSDP
-each rank measures itself, and the larger is reported.
+each rank measures itself, and the larger is reported. On a GPU (`--device cuda`, GPU_CASES:
+SigLIP so400m at 224 px, bf16, each option) it is torch.cuda.max_memory_allocated minus what was
+allocated before, beside the steps' img/s (eager, 10 steps, the first included).
 
 The plan counts live tensors, as torch.cuda.max_memory_allocated does on a GPU (this machine has
 none). On a CPU, glibc's malloc by default raises its mmap threshold as large blocks are freed, so
@@ -58,7 +61,14 @@ CASES = [
     Case("vit_base_patch16_224", 16, grad_checkpointing=True),
     Case("vit_base_patch16_224", 16, fsdp=2),
 ]
+GPU_CASES = [
+    Case("vit_so400m_patch14_siglip_224", 32, amp="bf16"),
+    Case("vit_so400m_patch14_siglip_224", 32, amp="bf16", grad_checkpointing=True),
+    Case("vit_so400m_patch14_siglip_224", 32, amp="bf16", lora=16),
+    Case("vit_so400m_patch14_siglip_224", 128, amp="bf16", grad_checkpointing=True),
+]
 STEPS = 2  # the second step is the steady state: AdamW's moments exist from the first on
+GPU_STEPS = 10
 
 
 def _status(field: str) -> int:
@@ -70,7 +80,7 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure(case: Case, data: str, work: str) -> dict:
+def measure(case: Case, data: str, work: str, device: str = "cpu") -> dict:
     """In this process (one rank of it under torchrun): plan, then measure, the loop's steps."""
     import torch
     import torch.distributed as dist
@@ -85,21 +95,27 @@ def measure(case: Case, data: str, work: str) -> dict:
     if case.fsdp:
         dist.init_process_group("gloo")
     rank, world = rank_and_world()
+    gpu = device != "cpu"
+    steps = GPU_STEPS if gpu else STEPS
     cfg = TrainConfig(data=data, model=case.model, pretrained="none", img_size=224, epochs=1,
-                      batch_size=case.batch_size, max_train_samples=case.batch_size * STEPS * world,
+                      batch_size=case.batch_size, max_train_samples=case.batch_size * steps * world,
                       max_eval_samples=8, amp=case.amp, grad_checkpointing=case.grad_checkpointing, lora=case.lora,
-                      fsdp=bool(case.fsdp), device="cpu", num_workers=1, output_dir=f"{work}/out-{rank}",
-                      cache_dir=f"{work}/cache-{rank}")
-    plan = plan_memory(model_config(case.model), TrainingShape.of(cfg, case.amp, world), torch.device("cpu"))
-    before = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as file:
-        file.write("5")  # reset VmHWM to the present resident size
+                      fsdp=bool(case.fsdp), device=device, compile=False, num_workers=1 if not gpu else 8,
+                      output_dir=f"{work}/out-{rank}", cache_dir=f"{work}/cache-{rank}")
+    plan = plan_memory(model_config(case.model), TrainingShape.of(cfg, case.amp, world), torch.device(device))
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # reset VmHWM to the present resident size
     run = prepare(cfg)
     stop = StopRequest()
-    train_one_epoch(run, 0, 0, EpochProgress.zeros(run.device), stop)
+    stats = train_one_epoch(run, 0, 0, EpochProgress.zeros(run.device), stop)
     stop.restore()
-    measured = _status("VmHWM") - before
-    result = {"planned": plan.total, "measured": measured, "rank": rank}
+    measured = (torch.cuda.max_memory_allocated() if gpu else _status("VmHWM")) - before
+    result = {"planned": plan.total, "measured": measured, "rank": rank, "img_per_s": stats["train_img_per_s"]}
     if case.fsdp:
         gathered = [None] * world
         dist.all_gather_object(gathered, result)
@@ -108,10 +124,10 @@ def measure(case: Case, data: str, work: str) -> dict:
     return result
 
 
-def run_case(case: Case, data: str, work: Path, malloc: str = "fixed") -> dict:
+def run_case(case: Case, data: str, work: Path, malloc: str = "fixed", device: str = "cpu") -> dict:
     """Measure `case` in a fresh process; returns planned and measured bytes."""
     work.mkdir(parents=True, exist_ok=True)
-    argv = ["--measure", json.dumps(asdict(case)), "--data", data, "--work", str(work)]
+    argv = ["--measure", json.dumps(asdict(case)), "--data", data, "--work", str(work), "--device", device]
     if case.fsdp:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(case.fsdp),
                    "--master_port", "29561", "-m", "benchmarks.memory", *argv]
@@ -162,10 +178,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", type=int, action="append", help="run only CASES[i] (repeatable)")
     parser.add_argument("--malloc", choices=("fixed", "default"), default="fixed",
                         help="glibc's mmap threshold in the measured processes (the docstring) (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu (CASES) or cuda (GPU_CASES) (default: %(default)s)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # one case, in this process (run_case's child)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(Case(**json.loads(args.measure)), args.data, args.work)), flush=True)
+        print(json.dumps(measure(Case(**json.loads(args.measure)), args.data, args.work, args.device)), flush=True)
         return 0
     from vit.device import cpu_kind
 
@@ -177,16 +194,22 @@ def main(argv=None) -> int:
     if not args.data:
         parser.error("--data is required (or --checkpointing-cost)")
 
-    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; fp32 unless said; measured = peak RSS during "
-          f"prepare + {STEPS} steps - RSS before; malloc: {args.malloc}")
-    print(f"{'configuration':58} {'planned':>9} {'measured':>9} {'plan/measured':>14}")
-    for i, case in enumerate(CASES):
+    if args.device == "cpu":
+        print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; fp32 unless said; measured = peak RSS during "
+              f"prepare + {STEPS} steps - RSS before; malloc: {args.malloc}")
+    else:
+        import torch
+
+        print(f"GPU: {torch.cuda.get_device_name()}; measured = max_memory_allocated during prepare + {GPU_STEPS} "
+              "eager steps - allocated before; img/s over those steps (the first included)")
+    print(f"{'configuration':58} {'planned':>9} {'measured':>9} {'plan/measured':>14} {'img/s':>8}")
+    for i, case in enumerate(CASES if args.device == "cpu" else GPU_CASES):
         if args.only and i not in args.only:
             continue
-        result = run_case(case, args.data, Path(args.work) / str(i), args.malloc)
+        result = run_case(case, args.data, Path(args.work) / str(i), args.malloc, args.device)
         ratio = result["planned"] / result["measured"]
-        print(f"{case.flags():58} {result['planned'] / 2**20:7.0f} MB {result['measured'] / 2**20:6.0f} MB {ratio:13.2f}",
-              flush=True)
+        print(f"{case.flags():58} {result['planned'] / 2**20:7.0f} MB {result['measured'] / 2**20:6.0f} MB {ratio:13.2f} "
+              f"{result['img_per_s']:8.1f}", flush=True)
     return 0
 
 
