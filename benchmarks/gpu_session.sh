@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 10 still open, in one run (about 8 minutes on one H100/H200), most
+# The GPU figures still open (issue 10, and issue 22: SigLIP so400m with each option), in one run (about 10 minutes on one H100/H200), most
 # important first, for a session lent a GPU:
 #     . .device/device-setup.sh && bash benchmarks/gpu_session.sh 2>&1 | tee $OUT/gpu.log
 # A failing step is reported and the next one still runs. The GPU's clocks, power and temperature
