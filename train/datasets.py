@@ -17,6 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save
+
+# Everything the decoding thread needs is imported here, in the main thread, before it starts
+# (train.loop.prepare): a Ctrl-C that lands inside an import in the main thread (compiling
+# imports much of Inductor) can leave Python's import lock held, and a thread that imports
+# after that waits for it forever, so the run would hang instead of stopping. PIL loads its
+# format plugins on first use: loaded now.
+Image.init()
 
 from vit.checkpoint import CheckpointError, atomic_write
 from vit.images import ImageError, check_image, expand_paths, list_class_folders, load_image
@@ -124,8 +133,6 @@ def decode_to_tensor(files: list[Path], labels: list[int], size: int, num_worker
 
 def cached(key_parts: dict, cache_dir: Path, build) -> Split:
     """build() once per distinct input; later runs load the decoded tensor from disk."""
-    from safetensors.torch import load_file, save
-
     key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_dir / f"decoded-{key}.safetensors"
     if path.is_file():
