@@ -106,6 +106,14 @@ def main(argv=None) -> int:
         return 128 + stop.signum
     except KeyboardInterrupt:  # Ctrl-C before the first step (decoding, compiling) or after the last
         print("stopped by SIGINT outside the training steps; every file written so far is complete", file=sys.stderr)
+        if __name__ == "__main__":  # the command itself (not a caller of main()): leave now, with 130
+            # A KeyboardInterrupt that passed through code run by exec() (dataclasses makes its
+            # methods so, and compiling defines many) marks the interpreter, and at exit CPython then
+            # kills itself with SIGINT whatever main returned; and a finaliser could still wait on
+            # the decoding thread. Every file is complete (atomic writes): nothing is left to do.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signal.SIGINT)
         return 128 + signal.SIGINT
     except (RuntimeError, MemoryError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(error):
