@@ -124,10 +124,6 @@ def add_lora(model: VisionTransformer, rank: int, alpha: float | None = None, ta
     return model
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LoRALinear) for m in model.modules())
-
-
 @torch.no_grad()
 def merged_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The plain model's weights: each adapted weight W + scale * B @ A, the adapters' own keys

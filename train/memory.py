@@ -65,13 +65,12 @@ class MemoryPlan:
     gradients: int
     optimizer: int
     activations: int
-    update_copy: int  # AdamW's temporary, the size of the (sharded) gradients
     free: int | None  # what the device has free now, where known
 
     @property
     def total(self) -> int:
-        return self.weights + self.optimizer + max(self.activations + self.gradients // 4,
-                                                   self.gradients + self.update_copy)
+        update_copy = self.gradients  # AdamW's temporary while it steps: the size of the (sharded) gradients
+        return self.weights + self.optimizer + max(self.activations + self.gradients // 4, self.gradients + update_copy)
 
     @property
     def fits(self) -> bool:
@@ -162,7 +161,7 @@ def plan_memory(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device
     else:
         activations = model_cfg.depth * (fixed_per_block + b * per_image) + stem_and_head
     return MemoryPlan(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
-                      update_copy=gradients, free=device_free_bytes(device))
+                      free=device_free_bytes(device))
 
 
 def memory_advice(model_cfg: ViTConfig, shape: TrainingShape, device: torch.device, free: int) -> str:
