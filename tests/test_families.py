@@ -75,8 +75,11 @@ def test_every_name_has_timms_architecture_weights_and_normalisation(name):
     default weights, native size, class count and mean/std of timm's pretrained_cfg."""
     import timm
 
+    # timm's VisionTransformer (and DeiT's) can skip drawing initial values (weight_init="skip"),
+    # which on the meta device only cost time; the architecture is the same. Eva and BEiT cannot.
+    skip = {"weight_init": "skip"} if name in timm.list_models(module=["vision_transformer", "deit"]) else {}
     with torch.device("meta"):
-        reference = timm.create_model(name)
+        reference = timm.create_model(name, **skip)
         ours = vit.VisionTransformer(model_config(name))
     theirs = {k: tuple(v.shape) for k, v in LAYOUTS["timm"].to_ours(reference.state_dict()).items()}
     assert theirs == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
@@ -185,7 +188,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     reference = make_timm_file(name, path, img_size=native, **smaller)
     ours = vit.create_model(name, pretrained=path, **smaller).eval()
     assert ours.cfg.img_size == native and ours.cfg.num_classes == reference.num_classes
-    images = real_images(cifar_dir, 2, native)
+    images = real_images(cifar_dir, 1, native)  # one image at up to 518 px (two at the other size, below)
     expected = reference(images)
     assert expected.abs().max() > 0.1  # a real output, not a degenerate one
     assert max_diff(ours(images), expected) <= TOLERANCE

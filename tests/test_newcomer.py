@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.conftest import CLASSES, DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_cli, run_module
 from tests.fake_hub import FakeHub
+from train.loop import QUICK_START
 from vit.images import load_image
 
 TINY_HUB_ID = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # DEFAULT_PRETRAINED of the tiny model
@@ -42,7 +43,7 @@ def test_readme_quick_start_runs_offline_on_cpu(tmp_path):
     result = run_module(*args, "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
                         env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "--max-train-samples 5000" in command and "--pretrained none" in command
+    assert QUICK_START in command and "--pretrained none" in command  # what the slow-run warning advises
     card = torch.load(tmp_path / "out" / "vit_cifar10_finetuned.pth", weights_only=True)
     assert card["metrics"]["test_acc"] >= 0.15  # 10 classes, 1000 test images: chance is 10% +- 1%
     assert "warning: " not in result.stdout  # the quick start is not a slow configuration
@@ -73,16 +74,16 @@ def test_end_of_run_lists_what_was_written_and_the_next_command(tiny_run):
 
 def test_a_slow_configuration_is_announced_with_an_estimate():
     """The forecast is measured on this machine: ViT-B/16 at 224 px on 50k images on a CPU
-    takes hours per epoch; the quick start's tiny model at 64 px on 5k images does not."""
+    takes hours per epoch; the quick start's tiny model at 64 px on 3k images does not."""
     from train.loop import epoch_warning, forecast_seconds_per_image
     from vit.families import model_config
 
     cpu = torch.device("cpu")
     slow = epoch_warning(forecast_seconds_per_image(model_config("vit_base_patch16_224"), cpu, None), 50_000)
     assert slow is not None and re.search(r"about \d+\.\d h", slow)
-    assert "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000" in slow
+    assert QUICK_START in slow
     quick = forecast_seconds_per_image(model_config("vit_tiny_patch16_224", img_size=64), cpu, None)
-    assert epoch_warning(quick, 5_000) is None
+    assert epoch_warning(quick, 3_000) is None
 
 
 # ---------------------------------------------------------------- the hub

@@ -1,6 +1,7 @@
 """Bad data, impossible downloads, killed runs, full disks and diverging losses, with real
 subprocesses, signals and files."""
 
+import os
 import random
 import signal
 import subprocess
@@ -89,29 +90,45 @@ def test_bad_flags_are_one_line():
 
 
 SAVER = """
-import sys, torch
+import os, sys, torch
 from vit.checkpoint import atomic_save
 path = sys.argv[1]
-for version in range(10**6):
-    atomic_save({"version": version, "state_dict": {"w": torch.full((2_000_000,), float(version))}}, path)
-    print(version, flush=True)
+for _ in sys.stdin:  # a line: one more saver, forked from this process (torch is imported once; no torch op ran here)
+    child = os.fork()
+    if child == 0:
+        for version in range(10**6):
+            atomic_save({"version": version, "state_dict": {"w": torch.full((2_000_000,), float(version))}}, path)
+            print(version, flush=True)
+        os._exit(0)
+    print("saver", child, flush=True)
+    os.waitpid(child, 0)
+    print("gone", flush=True)
 """
 
 
 def test_sigkill_during_saving_never_leaves_a_broken_checkpoint(tmp_path):
-    """A process saves 8 MB checkpoints back to back; kill it at random moments, many times.
+    """Processes save 8 MB checkpoints back to back; kill each at a random moment, many times.
     Every time, the checkpoint on disk must load and be a whole version."""
     path = tmp_path / "last.pt"
     rng = random.Random(0)
+    zygote = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     for _ in range(8):
-        process = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        process.stdout.readline()  # at least one version is on disk
+        zygote.stdin.write("save\n")
+        zygote.stdin.flush()
+        lines = [zygote.stdout.readline().split()]
+        while len(lines) < 2:  # the saver's pid, and at least one version on disk
+            lines.append(zygote.stdout.readline().split())
+        saver = next(int(words[1]) for words in lines if words[0] == "saver")
         time.sleep(rng.uniform(0.0, 0.3))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        os.kill(saver, signal.SIGKILL)
+        while zygote.stdout.readline().strip() != "gone":  # the zygote has reaped it
+            pass
         checkpoint = safe_load(path)
         version = checkpoint["version"]
         assert torch.equal(checkpoint["state_dict"]["w"], torch.full((2_000_000,), float(version)))
+    zygote.stdin.close()
+    assert zygote.wait(timeout=60) == 0
     atomic_save({"state_dict": {}}, path)  # the next save sweeps up what the killed savers left
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 

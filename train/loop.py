@@ -43,7 +43,7 @@ from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
 from vit.model import DropPath, EncoderBlock, ViTConfig
 
-QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 5000"
+QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 3000"
 
 
 class TrainingError(Exception):

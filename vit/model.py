@@ -653,7 +653,10 @@ class VisionTransformer(nn.Module):
         self.head_distillation = None  # DeiT distilled: the distillation token's own classifier
         if cfg.distillation_token:
             self.head_distillation = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
-        self.reset_parameters()
+        # On the meta device (counting parameters, planning memory) there are no values to draw;
+        # skipping them also spares the first meta normal_ importing torch._dynamo (1.4 s).
+        if self.patch_embedding.projection.weight.device.type != "meta":
+            self.reset_parameters()
         # Activation checkpointing (train --grad-checkpointing): in training, each block keeps only
         # its input for backward and recomputes the rest there. Memory per block falls from all
         # its intermediate tensors to one (B, T, D) tensor, for about a third more compute.
