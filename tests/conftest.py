@@ -21,6 +21,14 @@ os.environ.update(XDG_CACHE_HOME=str(CACHE_HOME), HF_HOME=str(CACHE_HOME / "hugg
                   TORCH_HOME=str(CACHE_HOME / "torch"))
 atexit.register(shutil.rmtree, CACHE_HOME, ignore_errors=True)
 
+# The suite runs on pytest-xdist workers (setup.cfg: -n auto, at most 4). Each gets its share of
+# the cores for PyTorch's threads, and so do the subprocesses it starts; more threads than cores
+# would make OpenMP's spinning threads fight over them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VIT_CIFAR10_JPG", REPO.parent / "shared" / "data" / "cifar10-jpg"))
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -158,3 +166,23 @@ def start_training(args: list[str], until: str):
     process.wait()
     raise AssertionError(f"training ended (exit {process.returncode}) before printing {until!r}: "
                          f"{process.stderr.read()[-2000:]}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests that share a costly fixture on one worker (tiny_run's training run, a
+    module's timm files): xdist's loadgroup sends a group whole. And start the long tests
+    (marked `long`, or using tiny_run) first, so that the workers finish together instead of
+    one of them starting the 60 s quick start last."""
+    def shares(item) -> str | None:
+        fixtures = item._fixtureinfo.name2fixturedefs
+        if "tiny_run" in fixtures:
+            return "tiny_run"
+        if any(defs[-1].scope == "module" for defs in fixtures.values()):
+            return item.module.__name__
+        return None
+
+    for item in items:
+        group = shares(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not (item.get_closest_marker("long") or shares(item) == "tiny_run"))

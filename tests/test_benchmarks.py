@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from tests.conftest import DATA, run_cli
 
 
+@pytest.mark.long
 def test_job_benchmark_prints_the_phase_table_and_the_wall_time():
     result = run_cli("benchmarks.job", "--data", str(DATA), "--tiny")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -27,7 +30,6 @@ def test_levers_benchmark_measures_each_lever_beside_its_alternative():
 
 
 def test_train_benchmark_sets_the_attention_kernel_and_inductor_settings_it_names():
-    import pytest
     import torch
     import torch._inductor.config as inductor
 

@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import REPO, make_subset, run_module
 
 
+@pytest.mark.long
 def test_two_ranks_see_disjoint_shards_and_hold_identical_weights(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "data", 8, 2)  # 80 training images, 40 per rank
     result = run_module("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
@@ -21,6 +22,7 @@ def test_two_ranks_see_disjoint_shards_and_hold_identical_weights(cifar_dir, tmp
     assert rank0["checksum"] == pytest.approx(rank1["checksum"], abs=0, rel=0)  # ...bit for bit
 
 
+@pytest.mark.long
 def test_torchrun_entry_point_trains(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "cifar10", 8, 2)
     result = run_module("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",

@@ -25,6 +25,7 @@ def largest_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+@pytest.mark.long
 def test_fsdp_on_two_ranks_equals_ddp_and_resumes_after_one_rank_is_stopped(cifar_dir, tmp_path):
     """tests/giants_worker.py runs the real loop under torchrun: DDP, then FSDP, with EMA, layer
     decay and drop path; FSDP with activation checkpointing stopped by a SIGTERM to rank 1 alone,
@@ -199,6 +200,7 @@ def test_lora_run_resumes_exactly_and_saves_a_plain_model(cifar_dir, tmp_path, m
     assert exported.returncode == 0, exported.stderr[-2000:]
 
 
+@pytest.mark.long
 def test_memory_plan_is_within_a_quarter_of_the_measured_peak(cifar_dir, tmp_path):
     """benchmarks/memory.py measures the loop's own steps in a fresh process (peak RSS); it checks
     the options (checkpointing, LoRA, bf16, FSDP) on larger models, benchmarks/README.md has them."""

@@ -34,6 +34,7 @@ def one_line(result, code: int) -> str:
 # ---------------------------------------------------------------- the quick start
 
 
+@pytest.mark.long
 def test_readme_quick_start_runs_offline_on_cpu(tmp_path):
     """The README's offline quick-start command, exactly as written there, on the real data."""
     readme = (REPO / "README.md").read_text()
@@ -228,6 +229,7 @@ def test_sigint_before_training_is_one_line(cifar_dir, tmp_path):
     assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.long
 def test_sigint_mid_step_is_answered_at_once_then_stops_after_the_step(cifar_dir, tmp_path):
     process = slow_step_run(cifar_dir, tmp_path)
     process.send_signal(signal.SIGINT)

@@ -1,11 +1,13 @@
 """The notebooks run top to bottom (the fine-tuning one at a tiny size, its parameter cell replaced)."""
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO, make_subset
 
 
+@pytest.mark.long
 def test_notebook_runs_end_to_end(cifar_dir, tmp_path):
     data = make_subset(cifar_dir, tmp_path / "cifar10", 8, 4)
     notebook = nbformat.read(REPO / "notebooks" / "vit_finetuning.ipynb", as_version=4)
@@ -21,6 +23,7 @@ def test_notebook_runs_end_to_end(cifar_dir, tmp_path):
     assert (tmp_path / "out" / "vit_cifar10_finetuned.pth").is_file()
 
 
+@pytest.mark.long
 def test_tour_notebook_matches_timm_at_every_stage(cifar_dir, tmp_path):
     """The from-scratch tour, on real images: every stage it builds by hand equals timm's."""
     import re

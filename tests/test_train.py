@@ -67,6 +67,7 @@ def test_pretrained_local_file_really_initialises_the_weights(cifar_dir, tmp_pat
     assert state["head.weight"].shape == (10, 192)
 
 
+@pytest.mark.long
 def test_resumed_run_ends_with_the_same_weights(cifar_dir, tmp_path):
     """Kill a run with SIGINT partway (in its second epoch), resume it, and compare with an
     uninterrupted run: the weights, and the EMA of the weights, with stochastic depth drawing
@@ -140,6 +141,7 @@ def test_dataset_names():
     assert dataset_name(Path("/x/Flowers 102")) == "flowers-102"
 
 
+@pytest.mark.long
 def test_compiled_training_matches_eager(cifar_dir, tmp_path):
     """torch.compile (inductor, on CPU here) must train the same model as eager mode."""
     data = make_subset(cifar_dir, tmp_path / "cifar10", 3, 2)
