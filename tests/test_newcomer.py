@@ -194,7 +194,9 @@ def slow_step_run(cifar_dir, tmp_path):
                                stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline().startswith("memory plan per CPU process")
     assert process.stdout.readline().startswith("vit_tiny_patch16_224 @ 448px on cpu")
-    time.sleep(1.0)  # into the first step
+    text, _ = read_stderr_until(process, "first step", timeout=120)  # the bar, shown as the first step starts
+    assert "first step" in text, text[-2000:]
+    time.sleep(0.3)  # into it (whatever else the machine is running meanwhile)
     return process
 
 
