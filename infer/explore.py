@@ -211,11 +211,14 @@ class Handler(BaseHTTPRequestHandler):
         path = Path(self.server.scratch.name) / uuid.uuid4().hex
         try:
             path.write_bytes(self.rfile.read(length))
-            self._json(self.server.explorer.analyse(path))
-        except ImageError as error:
-            self._error(f"{name}: {error}")
+            answer, error = self.server.explorer.analyse(path), None
+        except ImageError as bad:
+            answer, error = None, f"{name}: {bad}"
         finally:
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # before answering: once the page has its answer, the bytes are gone
+        if error:
+            return self._error(error)
+        self._json(answer)
 
 
 class ExploreServer(ThreadingHTTPServer):
