@@ -195,7 +195,7 @@ def test_regional_compilation_gives_eager_outputs_and_evaluation_stays_eager(cif
     compile_blocks(compiled)
     assert all(block._compiled_call_impl is not None for block in compiled.blocks)
     assert list(compiled.state_dict()) == list(model.state_dict())
-    images = real_images(cifar_dir, 4, 32)
+    images = real_images(cifar_dir, 10, 32)  # test_compiled_training_matches_eager's batch: its graphs, if cached
     expected, got = model(images), compiled(images)
     assert (got - expected).abs().max() <= 1e-5
     expected.square().sum().backward()
