@@ -181,8 +181,8 @@ def pytest_collection_modifyitems(config, items):
             return item.module.__name__
         return None
 
-    for item in items:
-        group = shares(item)
+    groups = {item: shares(item) for item in items}
+    for item, group in groups.items():
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: not (item.get_closest_marker("long") or shares(item) == "tiny_run"))
+    items.sort(key=lambda item: not (item.get_closest_marker("long") or groups[item] == "tiny_run"))

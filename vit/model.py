@@ -655,7 +655,7 @@ class VisionTransformer(nn.Module):
             self.head_distillation = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         # On the meta device (counting parameters, planning memory) there are no values to draw;
         # skipping them also spares the first meta normal_ importing torch._dynamo (1.4 s).
-        if self.patch_embedding.projection.weight.device.type != "meta":
+        if not self.patch_embedding.projection.weight.is_meta:
             self.reset_parameters()
         # Activation checkpointing (train --grad-checkpointing): in training, each block keeps only
         # its input for backward and recomputes the rest there. Memory per block falls from all
