@@ -182,10 +182,10 @@ def memory_advice(model_cfg: ViTConfig, shape: TrainingShape, device: torch.devi
                 fitting.append((f"torchrun --nproc_per_node {n} -m train ... --fsdp", planned))
                 break
     batch = shape.batch_size // 2
-    while batch >= 1 and total(batch_size=batch) > free:
+    while batch >= 1 and (planned := total(batch_size=batch)) > free:
         batch //= 2
     if batch >= 1:
-        fitting.append((f"--batch-size {batch}", total(batch_size=batch)))
+        fitting.append((f"--batch-size {batch}", planned))
     if not fitting:
         return "no single change fits: combine --grad-checkpointing, --lora and --fsdp over more devices"
     return "each of these fits: " + "; ".join(f"{flag} (about {size(planned)})" for flag, planned in fitting)
