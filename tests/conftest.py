@@ -24,8 +24,9 @@ atexit.register(shutil.rmtree, CACHE_HOME, ignore_errors=True)
 # The suite runs on pytest-xdist workers (setup.cfg: -n auto, at most 4). Each gets its share of
 # the cores for PyTorch's threads, and so do the subprocesses it starts; more threads than cores
 # would make OpenMP's spinning threads fight over them.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # the cores this process may use, as -n auto counts them
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    THREADS = max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(THREADS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
