@@ -58,7 +58,7 @@ def stages(timm_model, ours, images):
     model's rotary embedding for `images` (timm's, ours), where the model has one."""
     _, timm_rope = timm_embedding(timm_model, images)
     grid = (images.shape[-2] // ours.cfg.patch_size, images.shape[-1] // ours.cfg.patch_size)
-    rotation = ours.rope.rotation(grid) if ours.rope is not None else None
+    rotations = ours.rope.rotations(grid)  # one per block (the identity without RoPE)
     mixed = ours.cfg.rope == "mixed"
 
     def timm_block(i, block):
@@ -67,7 +67,7 @@ def stages(timm_model, ours, images):
         return lambda x: block(x, rope=timm_rope[i] if mixed else timm_rope)
 
     def our_block(i, block):
-        return lambda x: block(x, ours.rope, tuple(t[i] for t in rotation) if mixed else rotation)
+        return lambda x: block(x, rotations[i])
 
     pairs = [
         ("patch_embedding", lambda x: timm_model.patch_embed(x).flatten(1, -2),

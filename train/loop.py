@@ -41,7 +41,7 @@ from train.timing import PhaseTimer, timing_line
 from vit.checkpoint import BackgroundSaver, CheckpointError, ModelCard, atomic_save, safe_load, save_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, pick_device
-from vit.model import DropPath, EncoderBlock, ViTConfig
+from vit.model import DropPath, ViTConfig, make_block
 
 QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 3000"
 
@@ -251,7 +251,7 @@ def compile_ahead(model_cfg: ViTConfig, device: torch.device, amp_dtype, batch_s
     `compile_blocks`, find them ready and compile nothing (tested). Leaves the random state as
     it was, so a run's initial weights and data order do not depend on it."""
     with torch.random.fork_rng(devices=[]):  # the block's initialisation draws from the CPU generator
-        block = EncoderBlock(model_cfg).to(device)
+        block = make_block(model_cfg, 0).to(device)
     block.compile()
     tokens = torch.zeros(batch_size, model_cfg.num_tokens, model_cfg.embed_dim, device=device,
                          requires_grad=True)  # (B, T, D), float32 as the model's embeddings

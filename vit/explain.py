@@ -1,9 +1,10 @@
 """What the model looks at: its attention weights, attention rollout, and the CLS token's view.
 
 The model computes attention with one fused kernel (F.scaled_dot_product_attention), which never
-materialises the weights. Here each block's attention is asked to keep them (its `keep_weights`
-switch): the same forward pass, the same q, k and v, with RoPE and any relative bias applied, but
-the softmax written out, so the maps are exactly what the model attends with:
+materialises the weights. `recording_attention` hooks each attention's core (SoftmaxAttention):
+the same forward pass, and from the same q, k and bias the kernel received (RoPE and any
+relative bias applied) it writes the weights out, so the maps are exactly what the model attends
+with:
 
     A = softmax(rope(q) rope(k)^T / sqrt(head_dim) + relative_bias)   (B, heads, T, T), rows sum to 1
 
@@ -22,12 +23,13 @@ row read is the mean of the patch tokens' rows.
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 
-from vit.model import ViTConfig, VisionTransformer
+from vit.model import MultiHeadSelfAttention, SoftmaxAttention, ViTConfig, VisionTransformer
 
 
 @dataclass
@@ -40,23 +42,40 @@ class Look:
     logits: torch.Tensor  # (B, num_classes), or (B, D) for a backbone
 
 
+@contextmanager
+def recording_attention(model: VisionTransformer):
+    """Inside the `with`, every forward of `model` records each attention's weights: yields a dict
+    {attention module: [(B, H, T, T) float32, ...]}, one entry per call of its softmax core (a
+    differential attention makes two, which its `attention_map` combines). The model itself is
+    unchanged: forward hooks on its SoftmaxAttention modules, removed on leaving."""
+    recorded: dict[MultiHeadSelfAttention, list[torch.Tensor]] = {}
+    handles = []
+    for attention in (m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)):
+        recorded[attention] = []
+
+        def keep(core, args, output, maps=recorded[attention]):
+            q, k, _, bias = args
+            maps.append(SoftmaxAttention.weights(q, k, bias))
+
+        handles.append(attention.softmax_attention.register_forward_hook(keep))
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def look(model: VisionTransformer, images: torch.Tensor) -> Look:
-    """Run `model` once on `images` (B, 3, S, S), each block's attention keeping its weights (the
+    """Run `model` once on `images` (B, 3, S, S), recording each block's attention weights (the
     module docstring): the maps, from the model's own attention (vit/model.py); a block of
     several attentions side by side (BranchedBlock) gives all their heads, branch after branch."""
-    per_block = [block.attentions for block in model.blocks]
-    attentions = [attention for block in per_block for attention in block]
-    for attention in attentions:
-        attention.keep_weights = True
-    try:
+    with recording_attention(model) as recorded:
         tokens = model.forward_features(images)
         logits = model.forward_head(tokens)
-        maps = [torch.cat([attention.weights for attention in block], dim=1) for block in per_block]
-        return Look(maps=maps, tokens=tokens.float(), logits=logits.float())
-    finally:
-        for attention in attentions:
-            attention.keep_weights, attention.weights = False, None
+    maps = [torch.cat([attention.attention_map(recorded[attention]) for attention in block.attentions], dim=1)
+            for block in model.blocks]
+    return Look(maps=maps, tokens=tokens.float(), logits=logits.float())
 
 
 def attention_maps(model: VisionTransformer, images: torch.Tensor) -> list[torch.Tensor]:

@@ -38,6 +38,7 @@ attention), and two softmax maps per head, one subtracted from the other (`Diffe
 """
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -159,6 +160,9 @@ class ViTConfig:
             raise ValueError("the relative position bias (BEiT) has entries for exactly one prefix token, the CLS token")
         if self.relative_position_bias and self.grid_shape[0] != self.grid_shape[1]:
             raise ValueError("the relative position bias (BEiT) needs a square image")
+        if (self.differential or self.kv_heads) and self.qkv_bias and not self.key_bias:
+            raise ValueError("q and v biases without a key bias (BEiT, EVA) are not combined with differential or "
+                             "grouped-query attention")
         if self.differential and (self.rope or self.kv_heads or self.head_dim % 2):
             raise ValueError("differential attention splits each head in two halves: an even head_dim, no RoPE, no kv_heads")
         if self.kv_heads and self.num_heads % self.kv_heads:
@@ -237,6 +241,32 @@ class ViTConfig:
         return self.depth * self.branches * per_block + self.num_patches * d * self.in_channels * self.patch_size**2
 
 
+    def to_dict(self) -> dict:
+        """Every architecture field as plain types (lists for tuples), as a checkpoint records it so
+        that the model is rebuilt as it was trained, whatever the family table says later. The
+        training-only drop_path_rate is left out (the identity at evaluation)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "drop_path_rate"}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in fields.items()}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "ViTConfig":
+        """The config `to_dict` wrote. A field added since gets its default; a field this version
+        does not know is a ValueError (one line): the file was written by a newer version."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown model config field(s) {', '.join(unknown)}: written by a newer version of "
+                             "this project?")
+        img_size = fields.get("img_size", cls.img_size)
+        return cls(**{**fields, "img_size": tuple(img_size) if isinstance(img_size, list) else img_size})
+
+
+# ---------------------------------------------------------------------------------------------
+# The original ViT, in the order the data flows. vit/paper.py is this path alone; here each piece
+# has a slot where a family plugs in its own class (the variants below the model).
+# ---------------------------------------------------------------------------------------------
+
+
 class PatchEmbedding(nn.Module):
     """Cut the image into non-overlapping P x P patches and project each one to a D-dim token.
 
@@ -261,170 +291,54 @@ class PatchEmbedding(nn.Module):
         return rearrange(patches, "b d gh gw -> b (gh gw) d")  # (B, N, D), row-major patch order
 
 
-def make_norm(cfg: ViTConfig, dim: int) -> nn.Module:
-    """LayerNorm (the original: (x - mean) / std * w + b) or RMSNorm (AIMv2: x / rms(x) * w)."""
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=cfg.layer_norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+class SoftmaxAttention(nn.Module):
+    """The heads' core, softmax(q k^T * scale + bias) v with scale = 1 / sqrt(head_dim), by
+    PyTorch's fused kernel (flash attention on a GPU), which never materialises the (T, T)
+    weights. Its own module so that vit.explain can hook it and write the weights out from the
+    same q, k and bias (`weights`). bias: None, or a (1, H, T, T) tensor added to the logits."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=q.shape[-1] ** -0.5)  # (B, H, T, hd)
+
+    @staticmethod
+    def weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The attention weights the forward applies, written out in float32: (B, H, T, T), rows summing to 1."""
+        logits = q.float() @ k.float().transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
+        return (logits if bias is None else logits + bias.float()).softmax(dim=-1)
 
 
-class RotaryPositions(nn.Module):
-    """2D rotary position embedding (RoPE; Su et al. 2021, "RoFormer"), as EVA-02, DINOv3, PE and
-    RoPE-ViT use it. Instead of adding a position vector to each token, q and k of each patch are
-    rotated: channels are taken in pairs (a, b), and pair j of the patch at (x, y) is turned by
+class Rotation:
+    """What a block's attention applies to q and to k, (B, H, T, hd) -> (B, H, T, hd). In the
+    original ViT the identity: positions were added to the tokens before the blocks. A rotary
+    scheme (RoPE, below the model) hands each block a subclass carrying its angles' cos and sin."""
 
-        angle_j = position_j * frequency_j:   (a, b) -> (a cos angle - b sin angle, a sin angle + b cos angle)
-
-    A rotation by angle_i on the query and angle_j on the key leaves q . k depending only on
-    angle_i - angle_j: the logits see where patches are relative to each other. In 2D the
-    head_dim / 2 pairs are split in two: the first half of the frequencies follows one axis, the
-    second half the other (y then x in EVA-02 and DINOv3, x then y in PE and RoPE-ViT: `rope_xy`).
-    Prefix tokens (CLS, registers) are not rotated. The variants differ in positions and frequencies:
-
-      "axial"   EVA-02, PE, RoPE-ViT: position = patch index (+ rope_offset, rescaled to
-                rope_reference_grid when set), frequency_i = temperature^(-i / n), i < n = head_dim / 4;
-                pairs are neighbouring channels (2j, 2j + 1).
-      "dinov3"  position = patch centre in [-1, 1] (so any grid spans the same range), frequency_i =
-                2 pi / temperature^(4 i / head_dim); pairs are channels (j, j + head_dim / 2).
-      "mixed"   RoPE-ViT mixed (Heo et al. 2024): angle = x * fx + y * fy with learned fx, fy per
-                block, head and pair, so a pair can follow any direction, not just x or y.
-    """
-
-    def __init__(self, cfg: ViTConfig):
-        super().__init__()
-        self.cfg = cfg
-        n = cfg.head_dim // 4  # frequencies per axis
-        self.freqs = None
-        if cfg.rope == "mixed":  # learned: (2 axes, depth, heads, head_dim / 2)
-            self.freqs = nn.Parameter(torch.zeros(2, cfg.depth, cfg.num_heads, cfg.head_dim // 2))
-        elif cfg.rope == "axial":
-            self.register_buffer("frequency", cfg.rope_temperature ** -(torch.arange(n).float() / n), persistent=False)
-        else:  # dinov3: periods temperature^(2i / (head_dim / 2)), frequency = 2 pi / period
-            self.register_buffer("period", cfg.rope_temperature ** (2 * torch.arange(n).float() / (cfg.head_dim // 2)),
-                                 persistent=False)
-
-    def reset_parameters(self) -> None:
-        """Mixed RoPE starts (as in its paper) from the axial ladder turned by a random angle per
-        block and head: fx = m cos(theta), then m cos(theta + pi/2); fy likewise with sines."""
-        if self.freqs is None:
-            return
-        cfg = self.cfg
-        magnitude = cfg.rope_temperature ** -(torch.arange(0, cfg.head_dim, 4).float() / cfg.head_dim)  # (n,)
-        theta = torch.rand(cfg.depth, cfg.num_heads, 1) * 2 * math.pi
-        fx = torch.cat([magnitude * torch.cos(theta), magnitude * torch.cos(theta + math.pi / 2)], dim=-1)
-        fy = torch.cat([magnitude * torch.sin(theta), magnitude * torch.sin(theta + math.pi / 2)], dim=-1)
-        with torch.no_grad():
-            self.freqs.copy_(torch.stack([fx, fy]))  # (2, depth, heads, head_dim / 2)
-
-    def coordinates(self, side: int, device: torch.device) -> torch.Tensor:
-        """The positions of `side` patches along one axis, as the variant measures them: (side,)."""
-        cfg = self.cfg
-        if cfg.rope == "mixed":
-            return torch.arange(side, device=device).float()  # patch indices
-        if cfg.rope == "axial":
-            coords = torch.arange(side, device=device).float() + cfg.rope_offset  # patch indices
-            if cfg.rope_reference_grid:  # EVA: the grid spans the pretraining grid, whatever its size
-                coords = coords / side * cfg.rope_reference_grid
-            return coords
-        return 2.0 * ((torch.arange(0.5, side, device=device).float() + cfg.rope_offset) / side) - 1.0  # dinov3: centres in [-1, 1]
-
-    def angles(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Rotation angles of every patch of a (rows, columns) grid: (N, head_dim / 2), or for
-        "mixed" (depth, heads, N, head_dim / 2). Patches in row-major order, as the tokens."""
-        cfg = self.cfg
-        # the frequencies: learned (mixed), or the fixed ladder (n,) of axial or DINOv3 RoPE; on the model's device
-        ladder = self.freqs if cfg.rope == "mixed" else self.frequency if cfg.rope == "axial" else self.period
-        rows, columns = grid
-        y, x = torch.meshgrid(self.coordinates(rows, ladder.device), self.coordinates(columns, ladder.device),
-                              indexing="ij")  # (rows, columns) each
-        if cfg.rope == "mixed":
-            x, y = x.flatten(), y.flatten()  # (N,) each
-            fx, fy = ladder.float()  # (depth, heads, head_dim / 2) each
-            return x[:, None] * fx[..., None, :] + y[:, None] * fy[..., None, :]  # (depth, heads, N, head_dim / 2)
-        first, second = (x, y) if cfg.rope_xy else (y, x)
-        position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None]  # (N, 2, 1)
-        angles = position * ladder if cfg.rope == "axial" else 2 * math.pi * position / ladder  # (N, 2, n)
-        return angles.flatten(1)  # (N, head_dim / 2): the first axis's n angles, then the second's
-
-    def rotation(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of `angles(grid)`: computed once per forward pass, used by every block."""
-        angles = self.angles(grid)
-        return angles.cos(), angles.sin()
-
-    def rotate(self, x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Rotate q or k (B, heads, T, head_dim): every pair of each patch token by its angle,
-        given as `rotation(grid)`'s cos and sin, (N, hd/2) each (mixed: one block's, (H, N, hd/2))."""
-        prefix = self.cfg.num_prefix_tokens
-        patches = x[:, :, prefix:].float()  # (B, H, N, hd)
-        cos, sin = rotation
-        if self.cfg.rope == "dinov3":  # pair j is (j, j + hd/2)
-            a, b = patches.chunk(2, dim=-1)
-            rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
-        else:  # pair j is (2j, 2j + 1)
-            a, b = patches[..., 0::2], patches[..., 1::2]
-            rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-        return torch.cat([x[:, :, :prefix], rotated.to(x.dtype)], dim=2)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
-class RelativePositionBias(nn.Module):
-    """BEiT's relative position bias (Bao et al. 2021, after Swin): a learned number per head for
-    every offset (dy, dx) between two patches, added to the attention logits:
-
-        logits[h, i, j] += table[index[i, j], h],   index[i, j] = (dy + G-1) * (2G-1) + (dx + G-1)
-
-    (2G-1)^2 offsets, plus three entries for the CLS token: CLS -> patch, patch -> CLS, CLS -> CLS."""
-
-    def __init__(self, cfg: ViTConfig):
-        super().__init__()
-        g = cfg.grid_size
-        offsets = (2 * g - 1) ** 2
-        self.table = nn.Parameter(torch.zeros(offsets + 3, cfg.num_heads))  # (offsets + 3, H)
-        y, x = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-        y, x = y.flatten(), x.flatten()  # (N,) each, row-major as the tokens
-        dy, dx = y[:, None] - y[None, :] + g - 1, x[:, None] - x[None, :] + g - 1  # (N, N), from 0
-        index = torch.empty(1 + g * g, 1 + g * g, dtype=torch.long)  # the CLS token first
-        index[1:, 1:] = dy * (2 * g - 1) + dx
-        index[0, :], index[:, 0], index[0, 0] = offsets, offsets + 1, offsets + 2  # CLS->, ->CLS, CLS->CLS
-        self.register_buffer("index", index, persistent=False)
-
-    def forward(self) -> torch.Tensor:
-        return rearrange(self.table[self.index], "i j h -> 1 h i j")  # (1, H, T, T)
+IDENTITY = Rotation()
 
 
-class DifferentialAttention(nn.Module):
-    """Differential attention (Ye et al. 2024, "Differential Transformer"; timm's dwee, dlittle,
-    dpwee). Each head's q and k are split in two halves, which give two softmax maps; the
-    attention is their difference, the second weighted by a learned lambda:
+class NoRelativeBias(nn.Module):
+    """The original ViT adds nothing to the attention logits (BEiT: RelativePositionBias, below)."""
 
-        A = softmax(q1 k1^T / sqrt(d)) - lambda * softmax(q2 k2^T / sqrt(d))     (B, heads, T, T)
-        lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init
-
-    Attention that both maps give (to patches that do not matter) cancels. The heads' outputs
-    A @ v are RMS-normed and scaled by 1 - lambda_init, where lambda_init = 0.8 - 0.6 exp(-0.3 i)
-    grows with the block's index i."""
-
-    def __init__(self, cfg: ViTConfig, index: int):
-        super().__init__()
-        half = cfg.head_dim // 2  # the width of q1, k1, q2, k2 in each head
-        self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
-            nn.Parameter(torch.zeros(half)) for _ in range(4))
-        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * index)
-        self.norm = nn.RMSNorm(cfg.head_dim, eps=1e-5)  # on each head's output (B, H, T, head_dim)
-
-    def weight(self) -> torch.Tensor:
-        """lambda, a scalar."""
-        first = torch.exp((self.lambda_q1 * self.lambda_k1).sum().float())
-        second = torch.exp((self.lambda_q2 * self.lambda_k2).sum().float())
-        return first - second + self.lambda_init
-
-    def forward(self, difference: torch.Tensor) -> torch.Tensor:
-        """A @ v, the heads' outputs (B, H, T, head_dim) -> normed and scaled."""
-        return self.norm(difference) * (1 - self.lambda_init)
+    def forward(self, dtype: torch.dtype) -> None:
+        return None
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Every token attends to every token, in `num_heads` independent subspaces. The one place
-    where the position schemes meet the logits (see the module docstring)."""
+    """Every token attends to every token, in `num_heads` independent subspaces:
+
+        q, k, v = x W_qkv (+ b), split into heads                         (B, H, T, head_dim) each
+        out     = softmax(rotation(q) rotation(k)^T / sqrt(head_dim) + relative_bias) v
+        result  = heads side by side (B, T, D), times W_out
+
+    In the original ViT the rotation is the identity and there is no bias: positions were added
+    to the tokens before the blocks. The position schemes that enter attention instead plug in
+    here, one slot each: RoPE hands every block a `rotation` (RotaryPositions, below), BEiT's
+    RelativePositionBias sits in `relative_bias` (elsewhere NoRelativeBias, which adds nothing). Other attentions are
+    subclasses that change one step: QVBiasAttention (`qkv_projection`), GroupedQueryAttention
+    (`heads`), DifferentialSelfAttention (`heads` and `weighted_values`)."""
 
     def __init__(self, cfg: ViTConfig, index: int = 0):
         super().__init__()
@@ -434,88 +348,53 @@ class MultiHeadSelfAttention(nn.Module):
         self.split = [cfg.embed_dim, kv_dim, kv_dim]  # q, k, v: rows of the qkv projection
         # One matmul makes q, k and v for every head at once; its output is laid out
         # (qkv, head, head_dim) along the last axis, as in timm's weights.
-        self.qkv = nn.Linear(cfg.embed_dim, sum(self.split), bias=cfg.qkv_bias and cfg.key_bias)
-        # BEiT, EVA, DINOv3: biases for q and v only; k's is a constant zero (q . b_k would shift a
-        # query's logits equally, so softmax ignores it; with RoPE it would not, so it is left out).
-        self.q_bias = nn.Parameter(torch.zeros(cfg.embed_dim)) if cfg.qkv_bias and not cfg.key_bias else None
-        self.v_bias = nn.Parameter(torch.zeros(cfg.embed_dim)) if self.q_bias is not None else None
-        qk_dim = cfg.head_dim // 2 if cfg.differential else cfg.head_dim  # differential: halves of q and k
-        self.q_norm = make_norm(cfg, qk_dim) if cfg.qk_norm else nn.Identity()
-        self.k_norm = make_norm(cfg, qk_dim) if cfg.qk_norm else nn.Identity()
-        self.relative_bias = RelativePositionBias(cfg) if cfg.relative_position_bias else None
-        self.differential = DifferentialAttention(cfg, index) if cfg.differential else None
-        self.inner_norm = make_norm(cfg, cfg.embed_dim) if cfg.attention_inner_norm else nn.Identity()
+        self.qkv = nn.Linear(cfg.embed_dim, sum(self.split), bias=cfg.qkv_bias)
+        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()  # ViT-22B, Sapiens2
+        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()
+        self.relative_bias = RelativePositionBias(cfg) if cfg.relative_position_bias else NoRelativeBias()  # BEiT
+        self.softmax_attention = SoftmaxAttention()
+        self.inner_norm = make_norm(cfg, cfg.embed_dim) if cfg.attention_inner_norm else nn.Identity()  # EVA-02 CLIP
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.proj_bias)
-        self.keep_weights = False  # vit.explain sets it: the next forward keeps the attention in .weights
-        self.weights = None
 
-    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
-        qkv = self.qkv(x)  # (B, T, D + 2 kv_dim)
-        if self.q_bias is not None:  # q's and v's biases; k's is 0
-            qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        q, k, v = qkv.split(self.split, dim=-1)
-        q_heads = 2 * self.num_heads if self.differential else self.num_heads  # differential: two half-width q, k per head
-        q = rearrange(q, "b t (h hd) -> b h t hd", h=q_heads)  # (B, H, T, hd)
-        k = rearrange(k, "b t (h hd) -> b h t hd", h=q_heads if self.differential else self.kv_heads)
-        v = rearrange(v, "b t (h hd) -> b h t hd", h=self.kv_heads)
-        q, k = self.q_norm(q), self.k_norm(k)  # identity but with qk_norm
-        if rope is not None:  # rotary: q and k of each patch turned by its position's angles
-            q, k = rope.rotate(q, rotation), rope.rotate(k, rotation)
-        if self.kv_heads < self.num_heads:  # grouped-query: query head h reads key/value head h // group
-            group = self.num_heads // self.kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, T, hd)
-        bias = self.relative_bias() if self.relative_bias is not None else None  # (1, H, T, T): BEiT
-        if self.differential is None:
-            x, weights = self.attend(q, k, v, bias)  # (B, H, T, hd), (B, H, T, T) or None
-        else:  # heads 0, 2, 4, ... of q and k make each head's first map, 1, 3, 5, ... its second
-            (first, weights), (second, second_weights) = self.attend(q[:, 0::2], k[:, 0::2], v, bias), \
-                self.attend(q[:, 1::2], k[:, 1::2], v, bias)
-            lam = self.differential.weight()  # A = first map - lambda * second map, so A @ v likewise
-            x = self.differential(first - lam.to(first.dtype) * second)
-            weights = None if weights is None else weights - lam * second_weights
-        if self.keep_weights:
-            self.weights = weights
-        x = rearrange(x, "b h t hd -> b t (h hd)")  # heads side by side again: (B, T, D)
-        return self.out_proj(self.inner_norm(x))
+    def forward(self, x: torch.Tensor, rotation: Rotation = IDENTITY) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        q, k, v = self.heads(self.qkv_projection(x))  # (B, H, T, hd) each
+        q, k = rotation(self.q_norm(q)), rotation(self.k_norm(k))  # RoPE turns them; elsewhere the identity
+        out = self.weighted_values(q, k, v)  # (B, H, T, hd)
+        return self.out_proj(self.inner_norm(rearrange(out, "b h t hd -> b t (h hd)")))  # heads side by side
 
-    def attend(self, q, k, v, bias):
-        """softmax(q @ k^T / sqrt(hd) + bias) @ v: (B, H, T, hd), and the weights (B, H, T, T) where kept."""
-        if self.keep_weights:  # written out, the weights kept for vit.explain
-            logits = q.float() @ k.float().transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T)
-            weights = (logits if bias is None else logits + bias).softmax(dim=-1)
-            return (weights @ v.float()).to(v.dtype), weights
-        # the same, by a fused kernel that never materialises the weights (flash attention on GPU)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype)), None
+    def qkv_projection(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)  # (B, T, D + 2 kv_dim)
+
+    def heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, 3D) -> q, k, v, each (B, H, T, head_dim)."""
+        return rearrange(qkv, "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)
+
+    def weighted_values(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hd) + bias) v: (B, H, T, hd)."""
+        return self.softmax_attention(q, k, v, self.relative_bias(q.dtype))  # bias: (1, H, T, T), or None
+
+    def attention_map(self, recorded: list[torch.Tensor]) -> torch.Tensor:
+        """The attention weights of one forward, from what `softmax_attention` recorded (vit.explain)."""
+        return recorded[0]
 
 
 class MLP(nn.Module):
-    """Per-token feed-forward network: D -> 4D -> D, exact (erf) GELU between in the original.
+    """Per-token feed-forward network: D -> 4D -> D, exact (erf) GELU between in the original."""
 
-    Gated (SwiGLU; Shazeer 2020): fc1 makes two hidden vectors at once, a gate and a value, and
-    their product silu(gate) * value goes through fc2. fc1's rows are [gate; value], as timm's
-    packed GluMlp stores them."""
-
-    def __init__(self, cfg: ViTConfig, pool: bool = False, out_bias: bool = True):
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu", in_bias: bool = True, out_bias: bool = True):
         super().__init__()
-        # An attention pool's MLP (pool=True) has its own width (PE) and is never gated.
-        hidden_dim = int(cfg.embed_dim * (cfg.pool_mlp_ratio or cfg.mlp_ratio)) if pool else cfg.mlp_hidden
-        self.gated = cfg.gated_mlp and not pool
-        # (a parallel block's MLP always has an input bias: timm's in_proj bias, or its mlp_bias)
-        self.fc1 = nn.Linear(cfg.embed_dim, 2 * hidden_dim if self.gated else hidden_dim, bias=cfg.proj_bias or cfg.parallel)
-        self.inner_norm = make_norm(cfg, hidden_dim) if cfg.mlp_inner_norm and self.gated else nn.Identity()
-        self.fc2 = nn.Linear(hidden_dim, cfg.embed_dim, bias=cfg.proj_bias and out_bias)
-        self.activation = ACTIVATIONS[cfg.activation]
+        self.fc1 = nn.Linear(dim, hidden, bias=in_bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=out_bias)
+        self.activation = ACTIVATIONS[activation]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            gate, value = self.fc1(x).chunk(2, dim=-1)  # (B, T, hidden) each
-            return self.fc2(self.inner_norm(F.silu(gate) * value))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, hidden) -> (B, T, D)
         return self.fc2(self.activation(self.fc1(x)))
 
 
 class LayerScale(nn.Module):
     """x * gamma, one learned factor per channel (CaiT; DeiT-III and DINOv2 use it). Started
-    small (1e-6 or 1e-5), each block begins close to the identity: deep stacks train stably."""
+    small (1e-6 or 1e-5), each block begins close to the identity: deep stacks train stably.
+    The original ViT has none (nn.Identity in its place)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -528,102 +407,56 @@ class LayerScale(nn.Module):
 class DropPath(nn.Module):
     """Stochastic depth: in training, a residual branch's output is zeroed for each sample with
     probability p, and the kept ones are scaled by 1 / (1 - p) so its expected value is unchanged;
-    at evaluation, the identity. A deep model trains as an ensemble of shallower ones."""
+    at evaluation, the identity. A deep model trains as an ensemble of shallower ones. Only in
+    the model when train --drop-path asks for it (nn.Identity in its place)."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        if not self.training or self.p == 0.0:
+        if not self.training:
             return x
         keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(1.0 - self.p).div_(1.0 - self.p)  # (B, 1, 1): 0 or 1/(1-p)
         return x * keep
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm Transformer block: normalise, transform, add back (the residual stream)."""
+    """Pre-norm Transformer block: normalise, transform, add back (the residual stream).
+
+        x = x + attention(norm(x))      tokens exchange information
+        x = x + mlp(norm(x))            each token is transformed on its own
+
+    (times a layer scale, and with drop path in training, where the model has them)."""
 
     def __init__(self, cfg: ViTConfig, index: int = 0):
         super().__init__()
         # Stochastic depth's rate rises linearly over the blocks: 0 at the first, drop_path_rate at the last.
         rate = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu")[index].item()  # as timm computes it
         self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
-        self.attention_norm = make_norm(cfg, cfg.embed_dim)  # parallel: the one norm both branches read
-        self.attention = MultiHeadSelfAttention(cfg, index)
-        self.mlp_norm = make_norm(cfg, cfg.embed_dim) if not cfg.parallel else nn.Identity()
-        # timm's differential parallel block projects [attention; MLP] with one matrix and one bias:
-        # the bias is the attention's out_proj's here, and the MLP's fc2 has none.
-        self.mlp = MLP(cfg, out_bias=not (cfg.parallel and cfg.differential))
+        self.attention_norm = make_norm(cfg, cfg.embed_dim)
+        self.attention = make_attention(cfg, index)
+        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
+        self.mlp = make_mlp(cfg)
         # Identity in the original ViT; layer scale in DeiT-III, DINOv2, BEiT, DINOv3.
         self.attention_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
-        self.mlp_scale = LayerScale(cfg) if cfg.layer_scale and cfg.layer_scale_mlp and not cfg.parallel else nn.Identity()
-        self.post_norm, self.parallel = cfg.post_norm, cfg.parallel
+        self.mlp_scale = LayerScale(cfg) if cfg.layer_scale and cfg.layer_scale_mlp else nn.Identity()
 
-    def attend(self, x: torch.Tensor, rope=None, rotation=None) -> torch.Tensor:
-        """The attention branch, (B, T, D) -> (B, T, D): tokens exchange information."""
-        return self.drop_path(self.attention_scale(self.attention(self.attention_norm(x), rope, rotation)))
+    def forward(self, x: torch.Tensor, rotation: Rotation = IDENTITY) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x = x + self.attention_branch(x, rotation)
+        return x + self.mlp_branch(x)
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """The MLP branch, (B, T, D) -> (B, T, D): each token is transformed on its own."""
+    def attention_branch(self, x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): what attention adds to the residual stream."""
+        return self.drop_path(self.attention_scale(self.attention(self.attention_norm(x), rotation)))
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): what the MLP adds to the residual stream."""
         return self.drop_path(self.mlp_scale(self.mlp(self.mlp_norm(x))))
-
-    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
-        # (B, T, D) -> (B, T, D); rope and its rotation only where the model rotates q and k
-        if self.post_norm:  # the norms on the branches' outputs instead
-            x = x + self.drop_path(self.attention_norm(self.attention(x, rope, rotation)))
-            return x + self.drop_path(self.mlp_norm(self.mlp(x)))
-        if self.parallel:  # ViT-22B: both branches read the same normed x, their sum is added once
-            h = self.attention_norm(x)
-            return x + self.drop_path(self.attention_scale(self.attention(h, rope, rotation) + self.mlp(h)))
-        x = x + self.attend(x, rope, rotation)
-        return x + self.transform(x)
 
     @property
     def attentions(self) -> list[MultiHeadSelfAttention]:
         return [self.attention]
-
-
-class BranchedBlock(nn.Module):
-    """`branches` encoder blocks side by side ("Three things everyone should know about Vision
-    Transformers", Touvron et al. 2022): their attention branches read the same x and are summed,
-    then their MLP branches likewise. Wider and shallower for the same weights: timm's 18x2 has
-    36 blocks' weights at the depth of 18."""
-
-    def __init__(self, cfg: ViTConfig, index: int = 0):
-        super().__init__()
-        self.branches = nn.ModuleList(EncoderBlock(cfg, index) for _ in range(cfg.branches))
-
-    def forward(self, x: torch.Tensor, rope: RotaryPositions | None = None, rotation: tuple | None = None) -> torch.Tensor:
-        x = x + sum(branch.attend(x, rope, rotation) for branch in self.branches)
-        return x + sum(branch.transform(x) for branch in self.branches)
-
-    @property
-    def attentions(self) -> list[MultiHeadSelfAttention]:
-        return [branch.attention for branch in self.branches]
-
-
-class AttentionPooling(nn.Module):
-    """SigLIP's head ("MAP": multihead attention pooling): one learned query attends over the
-    tokens (the patches, and any CLS or register tokens), and the vector it gathers goes through a residual MLP, as in a block."""
-
-    def __init__(self, cfg: ViTConfig):
-        super().__init__()
-        self.num_heads = cfg.pool_heads or cfg.num_heads
-        self.query = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))  # (1, 1, D), learned
-        self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim)  # keys and values of every token
-        self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
-        self.mlp = MLP(cfg, pool=True)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
-        query = self.q(self.query.expand(tokens.shape[0], -1, -1))  # (B, 1, D)
-        q = rearrange(query, "b 1 (h hd) -> b h 1 hd", h=self.num_heads)
-        k, v = rearrange(self.kv(tokens), "b t (kv h hd) -> kv b h t hd", kv=2, h=self.num_heads)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, hd): per head, a weighted mean of v
-        x = self.out_proj(rearrange(x, "b h 1 hd -> b (h hd)"))  # (B, D)
-        return x + self.mlp(self.mlp_norm(x))
 
 
 class VisionTransformer(nn.Module):
@@ -640,13 +473,15 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.distillation_token else None
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.register_tokens, dim)) if cfg.register_tokens else None
-        # Attention is blind to order, so each position (CLS + every patch) gets a learned vector
-        # (or, in the modern family, q and k are rotated by it, or the logits get a bias for it).
+        self.prefix_names = [name for name in ("cls_token", "distillation_token", "register_tokens")
+                             if getattr(self, name) is not None]  # the tokens before the patches, in order
+        # Attention is blind to order, so each position (CLS + every patch) gets a learned vector,
+        # added to the tokens (`add_positions`); or positions enter attention instead (`rope`).
         self.position_embedding = nn.Parameter(torch.zeros(1, cfg.num_positions, dim)) if cfg.absolute_positions else None
-        self.rope = RotaryPositions(cfg) if cfg.rope else None
-        self.norm_before_blocks = make_norm(cfg, dim) if cfg.norm_before_blocks else nn.Identity()
-        block = BranchedBlock if cfg.branches > 1 else EncoderBlock
-        self.blocks = nn.ModuleList(block(cfg, index) for index in range(cfg.depth))
+        self.add_positions = make_add_positions(cfg)
+        self.rope = make_rope(cfg)
+        self.norm_before_blocks = make_norm(cfg, dim) if cfg.norm_before_blocks else nn.Identity()  # CLIP
+        self.blocks = nn.ModuleList(make_block(cfg, index) for index in range(cfg.depth))
         self.final_norm = make_norm(cfg, dim) if cfg.final_norm else nn.Identity()
         self.attention_pool = AttentionPooling(cfg) if cfg.pool == "map" else None
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -674,9 +509,9 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, RelativePositionBias):
                 nn.init.trunc_normal_(module.table, std=0.02)
-            elif isinstance(module, RotaryPositions):
+            elif isinstance(module, MixedRope):
                 module.reset_parameters()
-            elif isinstance(module, DifferentialAttention):  # timm's: lambdas ~ N(0, 0.1)
+            elif isinstance(module, DifferentialLambda):  # timm's: lambdas ~ N(0, 0.1)
                 for lam in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
                     nn.init.normal_(lam, std=0.1)
         if self.position_embedding is not None:
@@ -702,37 +537,31 @@ class VisionTransformer(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens (B, prefix+N, D): CLS first, plus positions."""
         patch_tokens = self.norm_after_patches(self.patch_embedding(images))  # (B, N, D)
-        prefix = [token.expand(patch_tokens.shape[0], -1, -1)  # (B, 1, D): CLS [, distillation] [, registers]
-                  for token in (self.cls_token, self.distillation_token, self.register_tokens) if token is not None]
-        if self.position_embedding is None:  # positions enter in attention instead (RoPE, relative bias)
-            return torch.cat([*prefix, patch_tokens], dim=1)
-        if self.cfg.positions_cover_prefix:  # the original: the CLS token has a position entry too
-            return torch.cat([*prefix, patch_tokens], dim=1) + self.position_embedding  # (B, 1+N, D)
-        return torch.cat([*prefix, patch_tokens + self.position_embedding], dim=1)  # positions: patches only
+        prefix = [getattr(self, name).expand(patch_tokens.shape[0], -1, -1) for name in self.prefix_names]  # (B, 1, D) each
+        return self.add_positions(prefix, patch_tokens, self.position_embedding)  # (B, prefix+N, D)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
         x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
         grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)  # (rows, columns)
-        rotation = self.rope.rotation(grid) if self.rope is not None else None  # RoPE's (cos, sin), once
-        for i, block in enumerate(self.blocks):
-            block_rotation = tuple(t[i] for t in rotation) if self.cfg.rope == "mixed" else rotation  # mixed: its own
+        for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
             if self.grad_checkpointing and torch.is_grad_enabled():
                 # backward re-runs the block; the random state is replayed, so drop path drops the same
-                x = checkpoint(block, x, self.rope, block_rotation, use_reentrant=False)
+                x = checkpoint(block, x, rotation, use_reentrant=False)
             else:
-                x = block(x, self.rope, block_rotation)
-        return x if self.cfg.norm_after_pool else self.final_norm(x)
+                x = block(x, rotation)
+        if self.cfg.norm_after_pool:  # (GAP ViTs with registers, BEiT, EVA: the head normalises the pooled vector)
+            return x
+        return self.final_norm(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Token sequence (B, T, D) -> logits (B, num_classes): pool one vector, classify it."""
-        patch_tokens = features[:, self.cfg.num_prefix_tokens:]  # (B, N, D)
         if self.cfg.pool == "token":
             pooled = features[:, 0]  # the CLS token: (B, D)
         elif self.cfg.pool == "avg":
-            pooled = patch_tokens.mean(dim=1)
-        else:  # attention pooling over the patches (PE: every token, the CLS token too)
-            pooled = self.attention_pool(features if self.cfg.pool_reads_prefix else patch_tokens)
+            pooled = features[:, self.cfg.num_prefix_tokens:].mean(dim=1)  # the mean of the patch tokens
+        else:
+            pooled = self.attention_pool(features)  # a learned query attends over the tokens (SigLIP, PE)
         if self.cfg.norm_after_pool:
             pooled = self.final_norm(pooled)
         if self.head_distillation is not None:  # DeiT: both tokens' votes, averaged (as timm infers)
@@ -741,3 +570,443 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
+
+
+# ---------------------------------------------------------------------------------------------
+# The variants. Each is a class of its own, picked once when the model is built (the make_*
+# functions at the end); the forward methods above never ask which family they run.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_norm(cfg: ViTConfig, dim: int) -> nn.Module:
+    """LayerNorm (the original: (x - mean) / std * w + b) or RMSNorm (AIMv2: x / rms(x) * w)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+
+
+# --- Where the learned position table goes (VisionTransformer.add_positions). It is the model's
+# parameter `position_embedding`, handed in; these modules hold no weights of their own.
+
+class AddPositions(nn.Module):
+    """The original: a position vector for every token, the CLS token included."""
+
+    def forward(self, prefix: list[torch.Tensor], patches: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return torch.cat([*prefix, patches], dim=1) + table  # (B, prefix+N, D)
+
+
+class AddPositionsToPatches(nn.Module):
+    """DeiT-III, registers, FlexiViT: the table covers the patches only; prefix tokens get none."""
+
+    def forward(self, prefix: list[torch.Tensor], patches: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return torch.cat([*prefix, patches + table], dim=1)
+
+
+class NoPositionTable(nn.Module):
+    """BEiT, DINOv3, most RoPE models: no table; positions enter attention instead."""
+
+    def forward(self, prefix: list[torch.Tensor], patches: torch.Tensor, table: None) -> torch.Tensor:
+        return torch.cat([*prefix, patches], dim=1)
+
+
+# --- Positions inside attention: a rotation of q and k per block (RoPE), or a bias on the logits.
+
+
+
+class PairRotation(Rotation):
+    """Rotate every channel pair (a, b) of each patch token by its angle:
+
+        (a, b) -> (a cos angle - b sin angle, a sin angle + b cos angle)
+
+    Pairs are neighbouring channels (2j, 2j + 1); prefix tokens (CLS, registers) are not rotated.
+    cos, sin: (N, hd/2), or (H, N, hd/2) where each head has its own angles (mixed RoPE)."""
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, prefix: int):
+        self.cos, self.sin, self.prefix = cos, sin, prefix
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x[:, :, self.prefix:].float()  # (B, H, N, hd)
+        a, b = self.pairs(patches)
+        rotated = self.join(a * self.cos - b * self.sin, a * self.sin + b * self.cos)
+        return torch.cat([x[:, :, :self.prefix], rotated.to(x.dtype)], dim=2)
+
+    def pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[..., 0::2], x[..., 1::2]
+
+    def join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([a, b], dim=-1).flatten(-2)
+
+
+class HalfRotation(PairRotation):
+    """DINOv3's pairing: pair j is channels (j, j + hd/2), the two halves of the head."""
+
+    def pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.chunk(2, dim=-1)
+
+    def join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b], dim=-1)
+
+
+class NoRope(nn.Module):
+    """Positions are not rotary: every block's rotation is the identity."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.depth = cfg.depth
+
+    def rotations(self, grid: tuple[int, int]) -> list[Rotation]:
+        return [IDENTITY] * self.depth
+
+
+class RotaryPositions(nn.Module):
+    """2D rotary position embedding (RoPE; Su et al. 2021, "RoFormer"), as EVA-02, DINOv3, PE and
+    RoPE-ViT use it. Instead of adding a position vector to each token, q and k of each patch are
+    rotated: channels are taken in pairs (a, b), and pair j of the patch at (x, y) is turned by
+    angle_j = position_j * frequency_j (PairRotation). A rotation by angle_i on the query and
+    angle_j on the key leaves q . k depending only on angle_i - angle_j: the logits see where
+    patches are relative to each other. In 2D the head_dim / 2 pairs are split in two: the first
+    half of the frequencies follows one axis, the second half the other (y then x in EVA-02 and
+    DINOv3, x then y in PE and RoPE-ViT: `rope_xy`). The subclasses differ in positions and
+    frequencies: AxialRope, DinoV3Rope, MixedRope."""
+
+    rotation_class = PairRotation
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def rotations(self, grid: tuple[int, int]) -> list[Rotation]:
+        """One rotation per block for a (rows, columns) patch grid, computed once per forward."""
+        angles = self.angles(grid)  # (N, head_dim / 2)
+        return [self.rotation_class(angles.cos(), angles.sin(), self.cfg.num_prefix_tokens)] * self.cfg.depth
+
+    def grid_angles(self, grid: tuple[int, int], ladder: torch.Tensor) -> torch.Tensor:
+        """Every patch's angles (N, head_dim / 2) for a frequency `ladder` (n,) per axis: the first
+        axis's n angles, then the second's; patches in row-major order, as the tokens."""
+        y, x = torch.meshgrid(self.coordinates(grid[0], ladder.device), self.coordinates(grid[1], ladder.device),
+                              indexing="ij")  # (rows, columns) each
+        first, second = (x, y) if self.cfg.rope_xy else (y, x)
+        position = torch.stack([first.flatten(), second.flatten()], dim=-1)[:, :, None]  # (N, 2, 1)
+        return (position * ladder).flatten(1)  # (N, 2n)
+
+
+class AxialRope(RotaryPositions):
+    """EVA-02, PE, RoPE-ViT: position = patch index (+ rope_offset, rescaled so that the grid spans
+    rope_reference_grid when set), frequency_i = temperature^(-i / n), i < n = head_dim / 4."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__(cfg)
+        n = cfg.head_dim // 4  # frequencies per axis
+        self.register_buffer("frequency", cfg.rope_temperature ** -(torch.arange(n).float() / n), persistent=False)
+
+    def coordinates(self, side: int, device: torch.device) -> torch.Tensor:
+        coords = torch.arange(side, device=device).float() + self.cfg.rope_offset  # (side,) patch indices
+        if self.cfg.rope_reference_grid:  # EVA: the grid spans the pretraining grid, whatever its size
+            coords = coords / side * self.cfg.rope_reference_grid
+        return coords
+
+    def angles(self, grid: tuple[int, int]) -> torch.Tensor:
+        return self.grid_angles(grid, self.frequency)
+
+
+class DinoV3Rope(RotaryPositions):
+    """DINOv3: position = patch centre in [-1, 1] (any grid spans the same range), frequency_i =
+    2 pi / temperature^(4 i / head_dim); pairs are channels (j, j + head_dim / 2)."""
+
+    rotation_class = HalfRotation
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__(cfg)
+        n = cfg.head_dim // 4
+        self.register_buffer("frequency", 2 * math.pi / cfg.rope_temperature ** (2 * torch.arange(n).float() /
+                                                                                 (cfg.head_dim // 2)), persistent=False)
+
+    def coordinates(self, side: int, device: torch.device) -> torch.Tensor:
+        return 2.0 * ((torch.arange(0.5, side, device=device).float() + self.cfg.rope_offset) / side) - 1.0  # centres
+
+    def angles(self, grid: tuple[int, int]) -> torch.Tensor:
+        return self.grid_angles(grid, self.frequency)
+
+
+class MixedRope(RotaryPositions):
+    """RoPE-ViT mixed (Heo et al. 2024): angle = x * fx + y * fy with learned fx, fy per block,
+    head and pair, so a pair can follow any direction, not just x or y."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__(cfg)
+        self.freqs = nn.Parameter(torch.zeros(2, cfg.depth, cfg.num_heads, cfg.head_dim // 2))  # (2 axes, depth, H, hd/2)
+
+    def reset_parameters(self) -> None:
+        """Mixed RoPE starts (as in its paper) from the axial ladder turned by a random angle per
+        block and head: fx = m cos(theta), then m cos(theta + pi/2); fy likewise with sines."""
+        cfg = self.cfg
+        magnitude = cfg.rope_temperature ** -(torch.arange(0, cfg.head_dim, 4).float() / cfg.head_dim)  # (n,)
+        theta = torch.rand(cfg.depth, cfg.num_heads, 1) * 2 * math.pi
+        fx = torch.cat([magnitude * torch.cos(theta), magnitude * torch.cos(theta + math.pi / 2)], dim=-1)
+        fy = torch.cat([magnitude * torch.sin(theta), magnitude * torch.sin(theta + math.pi / 2)], dim=-1)
+        with torch.no_grad():
+            self.freqs.copy_(torch.stack([fx, fy]))  # (2, depth, heads, head_dim / 2)
+
+    def angles(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(depth, H, N, head_dim / 2): every block and head its own angles."""
+        rows, columns = grid
+        device = self.freqs.device
+        y, x = torch.meshgrid(torch.arange(rows, device=device).float(), torch.arange(columns, device=device).float(),
+                              indexing="ij")
+        x, y = x.flatten(), y.flatten()  # (N,) each, patch indices
+        fx, fy = self.freqs.float()  # (depth, H, hd/2) each
+        return x[:, None] * fx[..., None, :] + y[:, None] * fy[..., None, :]
+
+    def rotations(self, grid: tuple[int, int]) -> list[Rotation]:
+        angles = self.angles(grid)
+        prefix = self.cfg.num_prefix_tokens
+        return [PairRotation(block.cos(), block.sin(), prefix) for block in angles]
+
+
+class RelativePositionBias(nn.Module):
+    """BEiT's relative position bias (Bao et al. 2021, after Swin): a learned number per head for
+    every offset (dy, dx) between two patches, added to the attention logits:
+
+        logits[h, i, j] += table[index[i, j], h],   index[i, j] = (dy + G-1) * (2G-1) + (dx + G-1)
+
+    (2G-1)^2 offsets, plus three entries for the CLS token: CLS -> patch, patch -> CLS, CLS -> CLS."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        g = cfg.grid_size
+        offsets = (2 * g - 1) ** 2
+        self.table = nn.Parameter(torch.zeros(offsets + 3, cfg.num_heads))  # (offsets + 3, H)
+        y, x = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        y, x = y.flatten(), x.flatten()  # (N,) each, row-major as the tokens
+        dy, dx = y[:, None] - y[None, :] + g - 1, x[:, None] - x[None, :] + g - 1  # (N, N), from 0
+        index = torch.empty(1 + g * g, 1 + g * g, dtype=torch.long)  # the CLS token first
+        index[1:, 1:] = dy * (2 * g - 1) + dx
+        index[0, :], index[:, 0], index[0, 0] = offsets, offsets + 1, offsets + 2  # CLS->, ->CLS, CLS->CLS
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, dtype: torch.dtype) -> torch.Tensor:
+        return rearrange(self.table[self.index], "i j h -> 1 h i j").to(dtype)  # (1, H, T, T)
+
+
+# --- Other attentions: each changes one step of MultiHeadSelfAttention.
+
+class QVBiasAttention(MultiHeadSelfAttention):
+    """BEiT, EVA, DINOv3: biases for q and v only; k's is a constant zero (q . b_k would shift a
+    query's logits equally, so softmax ignores it; with RoPE it would not, so it is left out)."""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__(cfg, index)
+        self.qkv = nn.Linear(cfg.embed_dim, sum(self.split), bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(cfg.embed_dim))
+        self.v_bias = nn.Parameter(torch.zeros(cfg.embed_dim))
+
+    def qkv_projection(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x) + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])  # (B, T, 3D)
+
+
+class GroupedQueryAttention(MultiHeadSelfAttention):
+    """Grouped-query attention (Sapiens2's middle blocks): kv_heads key/value heads, each shared by
+    num_heads / kv_heads query heads, so k and v are that many times narrower."""
+
+    def heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = qkv.split(self.split, dim=-1)  # (B, T, D), (B, T, kv_dim) twice
+        q = rearrange(q, "b t (h hd) -> b h t hd", h=self.num_heads)  # (B, H, T, hd)
+        k, v = (rearrange(t, "b t (h hd) -> b h t hd", h=self.kv_heads) for t in (k, v))  # (B, kv_heads, T, hd)
+        group = self.num_heads // self.kv_heads  # query head h reads key/value head h // group
+        return q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, T, hd) each
+
+
+class DifferentialLambda(nn.Module):
+    """Differential attention's learned weight and output norm (see DifferentialSelfAttention):
+
+        lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init"""
+
+    def __init__(self, cfg: ViTConfig, index: int):
+        super().__init__()
+        half = cfg.head_dim // 2  # the width of q1, k1, q2, k2 in each head
+        self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
+            nn.Parameter(torch.zeros(half)) for _ in range(4))
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * index)
+        self.norm = nn.RMSNorm(cfg.head_dim, eps=1e-5)  # on each head's output (B, H, T, head_dim)
+
+    def weight(self) -> torch.Tensor:
+        """lambda, a scalar."""
+        first = torch.exp((self.lambda_q1 * self.lambda_k1).sum().float())
+        second = torch.exp((self.lambda_q2 * self.lambda_k2).sum().float())
+        return first - second + self.lambda_init
+
+    def forward(self, difference: torch.Tensor) -> torch.Tensor:
+        """A @ v, the heads' outputs (B, H, T, head_dim) -> normed and scaled by 1 - lambda_init."""
+        return self.norm(difference) * (1 - self.lambda_init)
+
+
+class DifferentialSelfAttention(MultiHeadSelfAttention):
+    """Differential attention (Ye et al. 2024, "Differential Transformer"; timm's dwee, dlittle,
+    dpwee). Each head's q and k are split in two halves, which give two softmax maps; the
+    attention is their difference, the second weighted by a learned lambda (DifferentialLambda):
+
+        A = softmax(q1 k1^T / sqrt(d)) - lambda * softmax(q2 k2^T / sqrt(d))     (B, heads, T, T)
+
+    Attention that both maps give (to patches that do not matter) cancels. The heads' outputs
+    A @ v are RMS-normed and scaled by 1 - lambda_init, where lambda_init = 0.8 - 0.6 exp(-0.3 i)
+    grows with the block's index i."""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__(cfg, index)
+        self.q_norm = make_norm(cfg, cfg.head_dim // 2) if cfg.qk_norm else nn.Identity()  # on the half-width q, k
+        self.k_norm = make_norm(cfg, cfg.head_dim // 2) if cfg.qk_norm else nn.Identity()
+        self.differential = DifferentialLambda(cfg, index)
+
+    def heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k: (B, 2H, T, hd/2), two half-width heads per head; v: (B, H, T, hd)."""
+        q, k, v = rearrange(qkv, "b t (qkv d) -> qkv b t d", qkv=3)
+        q, k = (rearrange(t, "b t (h hd) -> b h t hd", h=2 * self.num_heads) for t in (q, k))
+        return q, k, rearrange(v, "b t (h hd) -> b h t hd", h=self.num_heads)
+
+    def weighted_values(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # heads 0, 2, 4, ... of q and k make each head's first map, 1, 3, 5, ... its second
+        first = self.softmax_attention(q[:, 0::2], k[:, 0::2], v, None)  # (B, H, T, hd)
+        second = self.softmax_attention(q[:, 1::2], k[:, 1::2], v, None)
+        lam = self.differential.weight()  # A = first map - lambda * second map, so A @ v likewise
+        return self.differential(first - lam.to(first.dtype) * second)
+
+    def attention_map(self, recorded: list[torch.Tensor]) -> torch.Tensor:
+        first, second = recorded
+        return first - self.differential.weight() * second
+
+
+# --- Other MLPs and blocks
+
+class GatedMLP(nn.Module):
+    """SwiGLU (Shazeer 2020): fc1 makes two hidden vectors at once, a gate and a value, and their
+    product silu(gate) * value goes through fc2. fc1's rows are [gate; value], as timm's packed
+    GluMlp stores them. EVA-02 norms the hidden layer before fc2 (`inner_norm`)."""
+
+    def __init__(self, cfg: ViTConfig, in_bias: bool = True, out_bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, 2 * cfg.mlp_hidden, bias=in_bias)
+        self.inner_norm = make_norm(cfg, cfg.mlp_hidden) if cfg.mlp_inner_norm else nn.Identity()
+        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.embed_dim, bias=out_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        gate, value = self.fc1(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.fc2(self.inner_norm(F.silu(gate) * value))
+
+
+class PostNormBlock(EncoderBlock):
+    """Res-post-norm (Swin v2; timm's rpn ViT, EVA-02 enormous): each branch's output is normalised
+    before it is added, x + norm(f(x)), instead of x + f(norm(x)). (No layer scale.)"""
+
+    def forward(self, x: torch.Tensor, rotation: Rotation = IDENTITY) -> torch.Tensor:
+        x = x + self.drop_path(self.attention_norm(self.attention(x, rotation)))
+        return x + self.drop_path(self.mlp_norm(self.mlp(x)))
+
+
+class ParallelBlock(nn.Module):
+    """ViT-22B's parallel block (Dehghani et al. 2023; timm's *_xp_*, pwee): attention and MLP read
+    the same norm(x) side by side, and their sum is added once:
+
+        x = x + ls(attention(norm(x)) + mlp(norm(x)))"""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__()
+        rate = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu")[index].item()
+        self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
+        self.attention_norm = make_norm(cfg, cfg.embed_dim)  # the one norm both branches read
+        self.attention = make_attention(cfg, index)
+        # timm's differential parallel block projects [attention; MLP] with one matrix and one bias:
+        # the bias is the attention's out_proj's here, and the MLP's fc2 has none.
+        self.mlp = make_mlp(cfg, out_bias=not cfg.differential)
+        self.attention_scale = LayerScale(cfg) if cfg.layer_scale else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rotation: Rotation = IDENTITY) -> torch.Tensor:
+        h = self.attention_norm(x)
+        return x + self.drop_path(self.attention_scale(self.attention(h, rotation) + self.mlp(h)))
+
+    @property
+    def attentions(self) -> list[MultiHeadSelfAttention]:
+        return [self.attention]
+
+
+class BranchedBlock(nn.Module):
+    """`branches` encoder blocks side by side ("Three things everyone should know about Vision
+    Transformers", Touvron et al. 2022): their attention branches read the same x and are summed,
+    then their MLP branches likewise. Wider and shallower for the same weights: timm's 18x2 has
+    36 blocks' weights at the depth of 18."""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__()
+        self.branches = nn.ModuleList(EncoderBlock(cfg, index) for _ in range(cfg.branches))
+
+    def forward(self, x: torch.Tensor, rotation: Rotation = IDENTITY) -> torch.Tensor:
+        x = x + sum(branch.attention_branch(x, rotation) for branch in self.branches)
+        return x + sum(branch.mlp_branch(x) for branch in self.branches)
+
+    @property
+    def attentions(self) -> list[MultiHeadSelfAttention]:
+        return [branch.attention for branch in self.branches]
+
+
+class AttentionPooling(nn.Module):
+    """SigLIP's head ("MAP": multihead attention pooling): one learned query attends over the
+    tokens (the patches; in PE the CLS token too), and the vector it gathers goes through a
+    residual MLP, as in a block."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.num_heads = cfg.pool_heads or cfg.num_heads
+        self.first_token = 0 if cfg.pool_reads_prefix else cfg.num_prefix_tokens  # the tokens it reads
+        self.query = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))  # (1, 1, D), learned
+        self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.kv = nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim)  # keys and values of every token
+        self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
+        # its own width (PE), never gated; its fc1 has a bias where the blocks' may not (AIMv2)
+        self.mlp = MLP(cfg.embed_dim, int(cfg.embed_dim * (cfg.pool_mlp_ratio or cfg.mlp_ratio)), cfg.activation,
+                       in_bias=cfg.proj_bias or cfg.parallel, out_bias=cfg.proj_bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        tokens = tokens[:, self.first_token:]
+        query = self.q(self.query.expand(tokens.shape[0], -1, -1))  # (B, 1, D)
+        q = rearrange(query, "b 1 (h hd) -> b h 1 hd", h=self.num_heads)
+        k, v = rearrange(self.kv(tokens), "b t (kv h hd) -> kv b h t hd", kv=2, h=self.num_heads)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, hd): per head, a weighted mean of v
+        x = self.out_proj(rearrange(x, "b h 1 hd -> b (h hd)"))  # (B, D)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# --- Choosing the classes, once, from the config
+
+def make_add_positions(cfg: ViTConfig) -> nn.Module:
+    if not cfg.absolute_positions:
+        return NoPositionTable()
+    return AddPositions() if cfg.positions_cover_prefix else AddPositionsToPatches()
+
+
+def make_rope(cfg: ViTConfig) -> nn.Module:
+    return {None: NoRope, "axial": AxialRope, "dinov3": DinoV3Rope, "mixed": MixedRope}[cfg.rope](cfg)
+
+
+def make_attention(cfg: ViTConfig, index: int) -> MultiHeadSelfAttention:
+    if cfg.differential:
+        return DifferentialSelfAttention(cfg, index)
+    if cfg.kv_heads_in(index) < cfg.num_heads:
+        return GroupedQueryAttention(cfg, index)
+    if cfg.qkv_bias and not cfg.key_bias:
+        return QVBiasAttention(cfg, index)
+    return MultiHeadSelfAttention(cfg, index)
+
+
+def make_mlp(cfg: ViTConfig, out_bias: bool = True) -> nn.Module:
+    in_bias = cfg.proj_bias or cfg.parallel  # (a parallel block's MLP always has an input bias: timm's in_proj's)
+    if cfg.gated_mlp:
+        return GatedMLP(cfg, in_bias=in_bias, out_bias=cfg.proj_bias and out_bias)
+    return MLP(cfg.embed_dim, cfg.mlp_hidden, cfg.activation, in_bias=in_bias, out_bias=cfg.proj_bias and out_bias)
+
+
+def make_block(cfg: ViTConfig, index: int) -> nn.Module:
+    if cfg.parallel:
+        return ParallelBlock(cfg, index)
+    if cfg.branches > 1:
+        return BranchedBlock(cfg, index)
+    return PostNormBlock(cfg, index) if cfg.post_norm else EncoderBlock(cfg, index)

@@ -125,7 +125,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes)
         patches = self.patch_embedding(images)  # (B, N, D)
-        cls = self.cls_token.expand(len(images), -1, -1)  # (B, 1, D)
+        cls = self.cls_token.expand(images.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, patches], dim=1) + self.position_embedding  # (B, 1+N, D): Eq. 1
         for block in self.blocks:
             x = block(x)  # (B, 1+N, D): Eq. 2, 3
