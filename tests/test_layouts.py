@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import vit
 from tests.conftest import perturb_, real_images, run_cli
 from weights import LAYOUTS, WeightsError, load_pretrained
-from weights.describe import describe
+from vit.describe import describe
 
 TOLERANCE = 1e-5
 

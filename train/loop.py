@@ -132,7 +132,7 @@ def model_card(cfg: TrainConfig, data: Dataset, model: vit.VisionTransformer, am
     return ModelCard(model_name=cfg.model, img_size=cfg.img_size, class_names=tuple(data.class_names),
                      mean=tuple(model.pretrained_cfg["mean"]), std=tuple(model.pretrained_cfg["std"]),
                      source_size=data.source_size, layer_norm_eps=model.cfg.layer_norm_eps,
-                     activation=model.cfg.activation, eval_amp=amp)
+                     activation=model.cfg.activation, eval_amp=amp, architecture=model.cfg)
 
 
 def resolve_hardware(cfg: TrainConfig) -> tuple[torch.device, str, bool]:

@@ -13,8 +13,13 @@ A checkpoint is a plain dict, saved with torch.save and read with `weights_only=
     source_size     side of the small images trained on (32 for CIFAR-10), None for large ones
     layer_norm_eps  1e-6 (timm), 1e-5 (CLIP), 1e-12 (HF) |
     activation      the MLP's: gelu, gelu_tanh, quick_gelu|
-    eval_amp        the precision training evaluated in: "bf16", "fp16" or "none"  /
+    eval_amp        the precision training evaluated in: "bf16", "fp16" or "none"
+    architecture    the model's whole ViTConfig as a plain dict /
     metrics, confusion, config   what training measured, and its settings (optional)
+
+The architecture is what the model is rebuilt from, so a checkpoint means the model it was
+trained as, whatever vit/families.py says of its name later. Files written before it was
+recorded (name, size, eps and activation only) are rebuilt from the family table, as then.
 
 Writes are atomic: a temporary file in the same folder, flushed to disk, renamed over the
 target. A reader (or a crash, or SIGKILL) sees the old file or the new one, never half of one;
@@ -25,7 +30,7 @@ of killed writers are swept by the next save.
 import os
 import shutil
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -54,16 +59,27 @@ class ModelCard:
     layer_norm_eps: float = ViTConfig.layer_norm_eps
     activation: str = ViTConfig.activation  # the MLP's (a transformers SigLIP file brings gelu_tanh)
     eval_amp: str = "none"  # the precision training evaluated in: "bf16", "fp16" or "none"
+    architecture: ViTConfig | None = None  # None: a file written before it was recorded (the module docstring)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def build_config(self) -> ViTConfig:
+        """The ViTConfig to rebuild the model from: the recorded architecture, or for an older file
+        the family table's entry for its name with its size, classes, eps and activation."""
+        if self.architecture is not None:
+            return self.architecture
+        return model_config(self.model_name, num_classes=self.num_classes, img_size=self.img_size,
+                            layer_norm_eps=self.layer_norm_eps, activation=self.activation)
+
     def to_dict(self) -> dict:
         """Plain types only, so that torch.load(weights_only=True) reads it back."""
-        card = asdict(self)
+        card = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "architecture"}
         card.update(class_names=list(self.class_names), mean=list(self.mean), std=list(self.std),
                     num_classes=self.num_classes)
+        if self.architecture is not None:
+            card["architecture"] = self.architecture.to_dict()
         return card
 
     @classmethod
@@ -73,12 +89,30 @@ class ModelCard:
         if missing:
             raise CheckpointError(f"{path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
         entries = {f.name: checkpoint[f.name] for f in fields(cls) if f.name in checkpoint}
+        entries["architecture"] = _architecture(checkpoint.get("architecture"), path)
         card = cls(**{**entries, "class_names": tuple(entries["class_names"]), "mean": tuple(entries["mean"]),
                       "std": tuple(entries["std"])})  # stored as lists, kept as tuples (frozen, hashable)
         if checkpoint.get("num_classes", card.num_classes) != card.num_classes:
             raise CheckpointError(f"{path}: weights do not fit the card (num_classes {checkpoint['num_classes']}, "
                                   f"but {card.num_classes} class names)")
+        recorded = card.architecture
+        if recorded is not None and (recorded.num_classes != card.num_classes or recorded.image_shape != (card.img_size,) * 2):
+            raise CheckpointError(f"{path}: its architecture ({recorded.num_classes} classes, {recorded.img_size} px) "
+                                  f"does not fit its card ({card.num_classes} classes, {card.img_size} px)")
         return card
+
+
+def _architecture(recorded, path) -> ViTConfig | None:
+    """A checkpoint's recorded ViTConfig (None where an older file has none); CheckpointError, one
+    line, for one this version cannot build."""
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{path}: its architecture is a {type(recorded).__name__}, not a dict of ViTConfig fields")
+    try:
+        return ViTConfig.from_dict(recorded)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({first_line(error)})") from None
 
 
 DISK_FULL = 1024 * 1024  # bytes free below which a failed write is put down to a full disk
@@ -233,8 +267,7 @@ def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
     checkpoint = safe_load(path)
     card = ModelCard.from_dict(checkpoint, path)
     try:
-        model = VisionTransformer(model_config(card.model_name, num_classes=card.num_classes, img_size=card.img_size,
-                                               layer_norm_eps=card.layer_norm_eps, activation=card.activation))
+        model = VisionTransformer(card.build_config())
         model.load_state_dict(checkpoint["state_dict"])
     except (ValueError, RuntimeError) as error:  # load_state_dict's first line is a heading: say what follows it
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]

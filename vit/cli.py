@@ -2,6 +2,10 @@
 
 import argparse
 
+from weights.messages import first_line  # the one definition, at the bottom layer; the commands import it from here
+
+__all__ = ["ArgumentParser", "positive_int", "device_name", "first_line", "is_out_of_memory"]
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit status 2), not usage + error."""
@@ -35,13 +39,6 @@ def device_name(text: str) -> str:
     if text.startswith("cuda") and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"'{text}', but this machine has no CUDA GPU (use --device cpu)")
     return text
-
-
-def first_line(error: BaseException) -> str:
-    """An exception as one short line for an error message: its first line, or its type's name
-    when it has no message."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -1,10 +1,11 @@
 """`create_model`: a ViT by name, optionally with pretrained weights fitted to it."""
 
 import os
+from dataclasses import replace
 
 from vit.families import default_weights, model_config, model_spec, split_name
-from vit.model import VisionTransformer
-from weights.load import fit_to_model, is_none, load_pretrained, resolve
+from vit.model import ViTConfig, VisionTransformer
+from weights.load import Pretrained, WeightsError, first_line, fit_to_model, is_none, load_pretrained, resolve
 
 
 def create_model(
@@ -49,11 +50,23 @@ def create_model(
         fields["layer_norm_eps"] = weights.layer_norm_eps
     if weights.activation is not None:  # a transformers config.json names it (SigLIP's: gelu_tanh)
         fields["activation"] = weights.activation
-    model = VisionTransformer(model_config(architecture, **fields, num_classes=num_classes))
+    model = VisionTransformer(_config(architecture, weights, dict(fields, num_classes=num_classes)))
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg["source"] = weights.source
     model.pretrained_cfg.update(mean=weights.mean or spec.mean, std=weights.std or spec.std)
     return model
+
+
+def _config(architecture: str, weights: Pretrained, fields: dict) -> ViTConfig:
+    """The model's config: the family table's for the name, or, for a fine-tuned .pth of this
+    name that records its architecture (vit/checkpoint.py), that one, as it was trained."""
+    recorded = weights.extra.get("architecture")
+    if recorded is None or weights.extra.get("model_name") != architecture:
+        return model_config(architecture, **fields)
+    try:
+        return replace(ViTConfig.from_dict(recorded), **fields)
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"{weights.source}: cannot rebuild its model ({first_line(error)})") from None
 
 
 def _classes(num_classes: int | None) -> dict:

@@ -17,7 +17,7 @@ from vit.cli import ArgumentParser, first_line
 from vit.export import FORMATS, ExportError, timm_state_dict
 from vit.export import export as export_model
 from vit.families import model_spec
-from weights.describe import describe
+from vit.describe import describe
 from weights.layouts import LAYOUTS
 from weights.load import HubUnavailable, Pretrained, WeightsError, load_pretrained
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
 from weights.layouts import detect_layout
+from weights.messages import first_line
 
 
 class WeightsError(Exception):
@@ -85,8 +86,6 @@ def _hub_unreachable() -> str | None:
 
     from huggingface_hub import constants
 
-    from vit.cli import first_line  # here, not at the top: vit imports this module
-
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
         return None
     url = urlsplit(constants.ENDPOINT)
@@ -103,8 +102,6 @@ def download_from_hub(repo_id: str) -> Path:
     cache when it is there, else downloaded into it; returns the weights file's path."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import logging as hub_logging
-
-    from vit.cli import first_line  # here, not at the top: vit imports this module
 
     def fetch(filename: str, local_only: bool) -> Path:
         return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
