@@ -87,7 +87,8 @@ def measure(case: Case, data: str, work: str, device: str = "cpu") -> dict:
 
     from train.config import TrainConfig
     from train.distributed import leave, rank_and_world
-    from train.loop import EpochProgress, prepare, train_one_epoch
+    from train.loop import prepare, train_one_epoch
+    from train.state import EpochProgress
     from train.memory import TrainingShape, plan_memory
     from train.stop import StopRequest
     from vit.families import model_config

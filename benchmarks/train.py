@@ -24,7 +24,8 @@ import torch
 from benchmarks.common import machine, synchronize
 from benchmarks.seed import seed_loader, seed_train_steps
 from train.config import TrainConfig
-from train.loop import EpochProgress, prepare, train_one_epoch
+from train.loop import prepare, train_one_epoch
+from train.state import EpochProgress
 from train.stop import StopRequest
 from vit.cli import ArgumentParser, device_name
 from vit.device import pick_device

@@ -9,7 +9,8 @@ import torch.distributed as dist
 
 from train.config import TrainConfig
 from train.distributed import leave
-from train.loop import EpochProgress, prepare, train_one_epoch
+from train.loop import prepare, train_one_epoch
+from train.state import EpochProgress
 from train.stop import StopRequest
 
 data, output = sys.argv[1], sys.argv[2]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import CLASSES, DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_cli, run_module
 from tests.fake_hub import FakeHub
-from train.loop import QUICK_START
+from train.preflight import QUICK_START
 from vit.images import load_image
 
 TINY_HUB_ID = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # DEFAULT_PRETRAINED of the tiny model
@@ -76,7 +76,7 @@ def test_end_of_run_lists_what_was_written_and_the_next_command(tiny_run):
 def test_a_slow_configuration_is_announced_with_an_estimate():
     """The forecast is measured on this machine: ViT-B/16 at 224 px on 50k images on a CPU
     takes hours per epoch; the quick start's tiny model at 64 px on 3k images does not."""
-    from train.loop import epoch_warning, forecast_seconds_per_image
+    from train.preflight import epoch_warning, forecast_seconds_per_image
     from vit.families import model_config
 
     cpu = torch.device("cpu")

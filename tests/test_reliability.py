@@ -161,7 +161,8 @@ def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_pat
     cfg = TrainConfig(data=str(data), epochs=400, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
                       model="vit_tiny_patch16_224", pretrained="none", img_size=32, batch_size=8, lr=1e-3,
                       device="cpu", num_workers=2, resume=str(tmp_path / "out" / "last.pt"))
-    from train.loop import prepare, restore
+    from train.loop import prepare
+    from train.state import restore
 
     run = prepare(cfg)
     epoch, step, _ = restore(run)
@@ -229,7 +230,8 @@ def test_a_disk_too_small_for_the_run_is_refused_before_any_data_is_decoded(cifa
 
     from tests.conftest import make_subset
     from train import TrainConfig
-    from train.loop import bytes_to_write, train
+    from train.loop import train
+    from train.preflight import bytes_to_write
     from vit.families import model_config
 
     disk_usage = shutil.disk_usage
@@ -278,12 +280,13 @@ def test_the_fine_tuned_model_is_written_before_the_final_last_pt(cifar_dir, tmp
     """At the end the model is saved first: a disk that fills up on the final last.pt has the
     fine-tuned model already."""
     import train.loop as loop
+    import train.state as run_state
     from tests.conftest import make_subset
     from train import TrainConfig
 
     written = []
-    monkeypatch.setattr(loop, "save_model", lambda path, *a, _f=loop.save_model, **k: (written.append(Path(path).name), _f(path, *a, **k))[1])
-    monkeypatch.setattr(loop, "atomic_save", lambda state, path, _f=loop.atomic_save: (written.append(Path(path).name), _f(state, path))[1])
+    monkeypatch.setattr(run_state, "save_model", lambda path, *a, _f=run_state.save_model, **k: (written.append(Path(path).name), _f(path, *a, **k))[1])
+    monkeypatch.setattr(run_state, "atomic_save", lambda state, path, _f=run_state.atomic_save: (written.append(Path(path).name), _f(state, path))[1])
     data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
     loop.train(TrainConfig(data=str(data), model="vit_tiny_patch16_224", pretrained="none", img_size=32, epochs=2,
                            batch_size=10, device="cpu", output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))

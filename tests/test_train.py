@@ -186,7 +186,7 @@ def test_regional_compilation_gives_eager_outputs_and_evaluation_stays_eager(cif
 
     import vit
     from tests.conftest import real_images
-    from train.loop import compile_blocks, eager
+    from train.preflight import compile_blocks, eager
 
     torch.manual_seed(0)
     model = vit.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
@@ -215,7 +215,7 @@ def test_blocks_compiled_ahead_need_no_compilation_and_leave_the_random_state():
     from torch._dynamo.utils import counters
 
     import vit
-    from train.loop import compile_ahead, compile_blocks
+    from train.preflight import compile_ahead, compile_blocks
 
     cfg = vit.model_config("deit_tiny_distilled_patch16_224", img_size=48, depth=2)  # a shape no other test compiles
     torch.manual_seed(0)

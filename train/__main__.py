@@ -15,7 +15,9 @@ from train.config import TrainConfig
 from train.datasets import DataError
 from train.distributed import leave
 from train.lora import parse_targets
-from train.loop import Interrupted, TrainingError, train
+from train.loop import train
+from train.preflight import TrainingError
+from train.state import Interrupted
 from train.probe import probe
 from train.timing import process_start
 from weights.load import HubUnavailable, WeightsError

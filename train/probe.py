@@ -34,7 +34,8 @@ import vit
 from train.batches import make_batches
 from train.config import TrainConfig
 from train.datasets import default_cache_dir, load_dataset
-from train.loop import check_output_dir, eager, model_card, resolve_hardware
+from train.preflight import check_output_dir, eager, resolve_hardware
+from train.state import model_card
 from vit.checkpoint import atomic_save, save_model
 from vit.device import AMP_DTYPES
 from weights.load import load_weights_only

@@ -79,6 +79,10 @@ SO150M2 = dict(embed_dim=832, depth=21, num_heads=13, mlp_ratio=2.61538461538461
 SO400M = dict(embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362)
 LITTLE = dict(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6)
 WEE = dict(embed_dim=256, depth=14, num_heads=4, mlp_ratio=5.0)
+AIMV2_LARGE = dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75)  # AIMv2's own sizes: 8 heads at 1024
+AIMV2_HUGE = dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667)
+AIMV2_1B = dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75)
+AIMV2_3B = dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667)
 
 
 EVA_KEYS = ("gamma",)  # the families timm has in eva.py and beit.py: layer scale as gamma_1, gamma_2
@@ -147,7 +151,8 @@ FAMILIES: dict[str, Family] = {
                               norm_before_blocks=True, patch_bias=False, layer_norm_eps=1e-5, pool="avg",
                               final_norm=False, num_classes=0), timm_keys=EVA_KEYS),
     "aimv2": Family(dict(patch_size=14, class_token=False, pool="avg", qkv_bias=False, proj_bias=False, gated_mlp=True,
-                         norm="rmsnorm", layer_norm_eps=1e-5, norm_after_patches=True, num_classes=0), OPENAI_CLIP),
+                         norm="rmsnorm", layer_norm_eps=1e-5, norm_after_patches=True, num_classes=0), OPENAI_CLIP,
+                   timm_keys=("swiglu",)),
     # --- Other blocks: how attention and the MLP are arranged, and attention variants
     "parallel_xp": Family(dict(parallel=True, qk_norm=True, norm="rmsnorm", norm_before_blocks=True, patch_bias=False,
                                positions_cover_prefix=False, qkv_bias=False), timm_keys=("parallel",)),
@@ -391,30 +396,18 @@ TABLE: dict[str, Row] = {
     # InternViT-300M (distilled)
     "vit_intern300m_patch14_448": row("intern", LARGE, "ogvl_dist"),
     # AIMv2 (Fini et al. 2024): RMSNorm, SwiGLU, no biases
-    "aimv2_1b_patch14_224": row("aimv2", dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75), "apple_pt",
-                                timm_keys=("swiglu",)),
-    "aimv2_1b_patch14_336": row("aimv2", dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75), "apple_pt",
-                                timm_keys=("swiglu",), img_size=336),
-    "aimv2_1b_patch14_448": row("aimv2", dict(embed_dim=2048, depth=24, num_heads=16, mlp_ratio=2.75), "apple_pt",
-                                timm_keys=("swiglu",), img_size=448),
-    "aimv2_3b_patch14_224": row("aimv2", dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667), "apple_pt",
-                                timm_keys=("swiglu",)),
-    "aimv2_3b_patch14_336": row("aimv2", dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667), "apple_pt",
-                                timm_keys=("swiglu",), img_size=336),
-    "aimv2_3b_patch14_448": row("aimv2", dict(embed_dim=3072, depth=24, num_heads=24, mlp_ratio=2.6667), "apple_pt",
-                                timm_keys=("swiglu",), img_size=448),
-    "aimv2_huge_patch14_224": row("aimv2", dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667), "apple_pt",
-                                  timm_keys=("swiglu",)),
-    "aimv2_huge_patch14_336": row("aimv2", dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667), "apple_pt",
-                                  timm_keys=("swiglu",), img_size=336),
-    "aimv2_huge_patch14_448": row("aimv2", dict(embed_dim=1536, depth=24, num_heads=12, mlp_ratio=2.6667), "apple_pt",
-                                  timm_keys=("swiglu",), img_size=448),
-    "aimv2_large_patch14_224": row("aimv2", dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75), "apple_pt",
-                                   timm_keys=("swiglu",)),
-    "aimv2_large_patch14_336": row("aimv2", dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75), "apple_pt",
-                                   timm_keys=("swiglu",), img_size=336),
-    "aimv2_large_patch14_448": row("aimv2", dict(embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75), "apple_pt",
-                                   timm_keys=("swiglu",), img_size=448),
+    "aimv2_large_patch14_224": row("aimv2", AIMV2_LARGE, "apple_pt"),
+    "aimv2_large_patch14_336": row("aimv2", AIMV2_LARGE, "apple_pt", img_size=336),
+    "aimv2_large_patch14_448": row("aimv2", AIMV2_LARGE, "apple_pt", img_size=448),
+    "aimv2_huge_patch14_224": row("aimv2", AIMV2_HUGE, "apple_pt"),
+    "aimv2_huge_patch14_336": row("aimv2", AIMV2_HUGE, "apple_pt", img_size=336),
+    "aimv2_huge_patch14_448": row("aimv2", AIMV2_HUGE, "apple_pt", img_size=448),
+    "aimv2_1b_patch14_224": row("aimv2", AIMV2_1B, "apple_pt"),
+    "aimv2_1b_patch14_336": row("aimv2", AIMV2_1B, "apple_pt", img_size=336),
+    "aimv2_1b_patch14_448": row("aimv2", AIMV2_1B, "apple_pt", img_size=448),
+    "aimv2_3b_patch14_224": row("aimv2", AIMV2_3B, "apple_pt"),
+    "aimv2_3b_patch14_336": row("aimv2", AIMV2_3B, "apple_pt", img_size=336),
+    "aimv2_3b_patch14_448": row("aimv2", AIMV2_3B, "apple_pt", img_size=448),
     # BEiT (Bao et al. 2021) and BEiT v2: relative position bias
     "beit_base_patch16_224": row("beit", BASE, "in22k_ft_in22k_in1k", layer_scale=0.1),
     "beit_base_patch16_384": row("beit", BASE, "in22k_ft_in22k_in1k", img_size=384, layer_scale=0.1),
