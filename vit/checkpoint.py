@@ -37,7 +37,7 @@ from typing import BinaryIO, Callable
 import torch
 
 from vit.cli import first_line
-from vit.families import model_config
+from vit.families import MODELS, model_config
 from vit.model import ViTConfig, VisionTransformer
 from weights.load import WeightsError, load_weights_only
 
@@ -99,6 +99,12 @@ class ModelCard:
         if recorded is not None and (recorded.num_classes != card.num_classes or recorded.image_shape != (card.img_size,) * 2):
             raise CheckpointError(f"{path}: its architecture ({recorded.num_classes} classes, {recorded.img_size} px) "
                                   f"does not fit its card ({card.num_classes} classes, {card.img_size} px)")
+        spec = MODELS.get(card.model_name)  # (a name no longer in the table: the architecture alone rebuilds it)
+        named = model_config(card.model_name) if recorded is not None and spec is not None else None
+        if named is not None and (named.embed_dim, named.patch_size) != (recorded.embed_dim, recorded.patch_size):
+            raise CheckpointError(f"{path}: weights do not fit {card.model_name} (its architecture has width "
+                                  f"{recorded.embed_dim} and patch {recorded.patch_size}, the name {named.embed_dim} "
+                                  f"and {named.patch_size})")
         return card
 
 

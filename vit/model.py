@@ -1,11 +1,13 @@
-"""A Vision Transformer (Dosovitskiy et al., 2020, "An Image is Worth 16x16 Words"), top to bottom.
+"""The general ViT: the paper's model (vit/paper.py; read that first) with a slot for each way
+the families that timm names differ from it, so that one model loads all of them.
 
-The picture to keep in mind, for ViT-B/16 at 224 px:
+The path of the original ViT-B/16, `ViTConfig()` with its defaults, is the first half of this
+file and reads as vit/paper.py does:
 
     image (B, 3, 224, 224)
       -> cut into 14 x 14 patches of 16 x 16 px, each projected to a 768-d token   (B, 196, 768)
       -> prepend a learned CLS token, add learned position embeddings              (B, 197, 768)
-      -> 12 encoder blocks: x + attention(norm(x)), then x + mlp(norm(x))          (B, 197, 768)
+      -> 12 encoder blocks: x + attention(norm(x)), then x + mlp(norm(x))         (B, 197, 768)
       -> final LayerNorm                                                           (B, 197, 768)
       -> classifier on the CLS token                                               (B, num_classes)
 
@@ -13,28 +15,27 @@ Every numerical choice matches timm's `VisionTransformer` (pre-norm blocks, one 
 projection, LayerNorm eps 1e-6, exact GELU, CLS token concatenated *before* the position
 embedding is added), so timm's pretrained weights load and give the same outputs.
 
-The ViT family (DeiT, DeiT-III, DINOv2, CLIP, SigLIP, GAP ViTs) is this same model with a few
-named differences: the `ViTConfig` fields below `mlp_ratio`, each off by default. Reading only the
-original? Skip every line that tests one of them. vit/families.py lists which family sets which.
+What the general model adds, each a `ViTConfig` field (off by default) and, where it changes
+computation, a class of its own in the second half of the file, picked once by the make_*
+functions at its end. No forward method asks which family it runs:
 
-The modern family (BEiT, EVA-02, DINOv3, Perception Encoder, AIMv2, RoPE-ViT) changes three
-things, each a small named piece below:
+    where positions enter      a learned table added to the tokens (the original; AddPositions,
+                               or AddPositionsToPatches), rotary (AxialRope, DinoV3Rope, MixedRope
+                               hand each block a Rotation of q and k), or BEiT's RelativePositionBias
+                               (attention's `relative_bias` slot)
+    the attention              QVBiasAttention (no key bias), GroupedQueryAttention (fewer key/value
+                               heads), DifferentialSelfAttention (two softmax maps, one subtracted)
+    the MLP and the norm       GatedMLP (SwiGLU); RMSNorm instead of LayerNorm (make_norm)
+    the block                  PostNormBlock (x + norm(f(x))), ParallelBlock (ViT-22B: attention and
+                               MLP from one norm), BranchedBlock (several blocks side by side)
+    the tokens and the head    distillation and register tokens, mean or attention pooling, a norm
+                               after the pooling (VisionTransformer.forward_head)
 
-    where positions enter      learned absolute (added to the tokens, the original)
-                               rotary, RoPE (q and k rotated by their patch's position: EVA-02, DINOv3, PE)
-                               relative bias (a learned number per offset added to the logits: BEiT)
-    the MLP                    GELU, or SwiGLU: silu(x W_gate) * (x W_value), then W_out
-    the norm                   LayerNorm, or RMSNorm (no mean, no bias: AIMv2)
+All position schemes meet the logits in one line of `MultiHeadSelfAttention.forward`:
 
-All three meet in one place, `MultiHeadSelfAttention.forward`:
+    out = softmax(rotation(q) rotation(k)^T / sqrt(head_dim) + relative_bias) v     (B, heads, T, hd)
 
-    logits = (rope(q) @ rope(k)^T) / sqrt(head_dim) + relative_bias      (B, heads, T, T)
-    out    = softmax(logits) @ v
-
-A few of timm's ViTs arrange the block or the heads differently (the last `ViTConfig` fields):
-attention and MLP side by side from one norm (ViT-22B's parallel block), several attentions side by
-side (`BranchedBlock`), a norm on q and k, fewer key/value heads than query heads (grouped-query
-attention), and two softmax maps per head, one subtracted from the other (`DifferentialAttention`).
+vit/families.py says which family sets which fields; README, "The model", has the figures.
 """
 
 import math
@@ -67,7 +68,8 @@ RESIZES = ("bicubic", "bilinear", "bilinear_corners")
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Everything that fixes the shapes (and numerics) of a ViT."""
+    """Everything that fixes the shapes (and numerics) of a ViT. `ViTConfig()` is the paper's
+    ViT-B/16 at 224 px (vit_base_patch16_224); vit/families.py gives every other name's fields."""
 
     img_size: int | tuple[int, int] = 224  # a side, or (height, width): Sapiens2 is 1024 x 768
     patch_size: int = 16
