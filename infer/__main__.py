@@ -12,7 +12,7 @@ import json
 import sys
 
 from vit.images import ImageError, expand_paths
-from infer.predict import Classifier, OptionError
+from infer.predict import Classifier, NonFiniteOutput, OptionError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         return report_predictions(classifier.iter_classify(expand_paths(args.image), args.topk), args.json)
     except OptionError as error:
         parser.error(str(error))
-    except (CheckpointError, ImageError) as error:
+    except (CheckpointError, ImageError, NonFiniteOutput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # --explain's folder cannot be created or written
@@ -87,7 +87,7 @@ def report_predictions(predictions, as_json: bool) -> int:
         else:
             print(f"{p.path}: " + ", ".join(f"{c} ({v:.1%})" for c, v in p.top), flush=True)
     if as_json:
-        print(json.dumps(records, indent=1))
+        print(json.dumps(records, indent=1, allow_nan=False))
     return 1 if failed else 0
 
 
@@ -107,7 +107,8 @@ def report_evaluation(result: dict, as_json: bool) -> int:
     for path, reason in result["errors"]:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if as_json:
-        print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]]}, indent=1))
+        print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]]}, indent=1,
+                         allow_nan=False))
     else:
         top_k = next(k for k in result if k.startswith("top") and k != "top1")
         print(f"top-1: {100 * result['top1']:.2f}%")

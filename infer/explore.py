@@ -17,12 +17,32 @@ nothing to install, and nothing the browser fetches from the internet.
 
 Safe by default: it listens on 127.0.0.1 (--host to share it), reads uploads with the project's
 image reader (vit/images.py: every mode and size; a bad file is one line on the page), and writes
-nothing but each upload's bytes, for the moment it is read, into a temporary folder removed at exit.
+nothing but each upload's bytes, for the moment it is read, into a temporary folder removed at exit
+(Ctrl-C or SIGTERM). As a network service it accepts, and refuses with one line and a 4xx status:
+
+    an upload           only with a Content-Length of at most MAX_UPLOAD (411 without one, 400 for one
+                        that is not a number, 413 above it, decided from the header: no byte of an
+                        over-large body is read); an image whose decoded pixels would exceed
+                        vit.images.MAX_DECODED_BYTES is refused before decoding (400)
+    its Host            only the names this server is reached by: localhost, 127.0.0.1, ::1, --host,
+                        this machine's own name, or an IP address (403): a page that re-points its
+                        own domain at this machine (DNS rebinding) cannot read the answers
+    a POST's Origin     none (not a browser), or one of those hosts (403): another site's page cannot
+                        make this machine decode its uploads
+    connections         BACKLOG waiting to be accepted, at most MAX_THREADS answered at once (more wait),
+                        each closed after TIMEOUT seconds without progress; at most DECODES_AT_ONCE
+                        images decoded at once, so the memory stays bounded whatever arrives
+
+Every request gets an HTTP answer: an error inside the server is a 500 with one line.
 """
 
 import base64
 import io
+import ipaddress
 import json
+import re
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -38,7 +58,7 @@ from PIL import Image
 
 import vit
 from vit.checkpoint import CheckpointError, load_model
-from vit.cli import ArgumentParser, device_name
+from vit.cli import ArgumentParser, device_name, first_line, port_number
 from vit.device import pick_device
 from vit.explain import Look, look, patch_pca, patch_similarity, rollout, token_attention
 from vit.images import ImageError, expand_paths, load_image
@@ -49,6 +69,11 @@ PAGE = Path(__file__).with_name("explore.html")
 MAX_UPLOAD = 64 * 1024 * 1024  # bytes; larger uploads are refused in one line
 KEPT_IMAGES = 8  # analyses kept for clicks (ViT-B/16: ~23 MB of maps each)
 TOP_K = 5
+BACKLOG = 128  # connections waiting to be accepted (socketserver's default of 5 reset bursts of uploads)
+MAX_THREADS = 32  # requests answered at once; further connections wait in the backlog
+TIMEOUT = 30  # seconds a connection may stay silent (a half-sent request is dropped, not kept forever)
+DECODES_AT_ONCE = 2  # images decoded at once: each may take up to vit.images.MAX_DECODED_BYTES and a copy
+LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 @dataclass
@@ -93,6 +118,7 @@ class Explorer:
         self.device = next(subject.model.parameters()).device
         self.analyses: OrderedDict[str, Analysis] = OrderedDict()
         self.lock = threading.Lock()  # one forward pass at a time; the server answers in threads
+        self.decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)  # decoded images in memory at once
 
     @property
     def grid(self) -> int:
@@ -108,8 +134,9 @@ class Explorer:
     def analyse(self, path: Path) -> dict:
         """Read, preprocess and look at one image; the page's first answer about it."""
         s = self.subject
-        pixels = load_image(path, s.source_size or s.img_size)  # ImageError: one line for the page
-        inputs = to_model_input(pixels[None].to(self.device), s.img_size, s.mean, s.std, s.source_size)
+        with self.decoding:
+            pixels = load_image(path, s.source_size or s.img_size)  # ImageError: one line for the page
+            inputs = to_model_input(pixels[None].to(self.device), s.img_size, s.mean, s.std, s.source_size)
         with self.lock:
             seen = look(s.model, inputs)
         key = uuid.uuid4().hex[:12]
@@ -152,11 +179,20 @@ def preview(model_input: torch.Tensor, mean, std) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+class Refused(Exception):
+    """A request answered with a 4xx status and one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class Handler(BaseHTTPRequestHandler):
     """GET / (the page), GET /api/info, POST /api/image (an upload's bytes), GET /api/folder?index=
     (the index-th --images file), GET /api/view?id=&layer=&patch= (patch omitted: the CLS token)."""
 
     server: "ExploreServer"
+    timeout = TIMEOUT  # socketserver sets it on the connection: a silent client is dropped
 
     def log_message(self, format, *args):  # quiet: the terminal shows the address and errors only
         pass
@@ -170,68 +206,147 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, payload: dict, status: int = 200) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+        self._send(status, json.dumps(payload, allow_nan=False).encode(), "application/json")
 
-    def _error(self, message: str, status: int = 400) -> None:
-        self._json({"error": message}, status)
+    def _answer(self, route) -> None:
+        """Run `route` and answer: its JSON, or one line with the status that says why not. Every
+        request gets an answer, whatever goes wrong inside."""
+        try:
+            self.server.check_host(self.headers.get("Host"))
+            route()
+        except Refused as refused:
+            self._json({"error": str(refused)}, refused.status)
+        except (LookupError, ValueError, ImageError) as error:
+            self._json({"error": first_line(error)}, 400)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True  # the client left, or stopped sending: nobody to answer
+        except Exception as error:  # a bug or a broken model: still an answer, and the server goes on
+            print(f"error answering {self.command} {self.path}: {type(error).__name__}: {first_line(error)}",
+                  file=sys.stderr)
+            self._json({"error": f"the server failed on this request ({type(error).__name__}: {first_line(error)})"},
+                       500)
 
     def do_GET(self):
-        url = urlparse(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        try:
-            if url.path == "/":
-                self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
-            elif url.path == "/api/info":
-                self._json(self.server.explorer.info(self.server.images))
-            elif url.path == "/api/folder":
-                index = int(query.get("index", -1))
-                if not 0 <= index < len(self.server.images):
-                    return self._error(f"no --images file number {index}", 404)
-                path = self.server.images[index]
-                try:
-                    self._json(self.server.explorer.analyse(path))
-                except ImageError as error:
-                    self._error(f"{path.name}: {error}")
-            elif url.path == "/api/view":
-                patch = int(query["patch"]) if query.get("patch", "") != "" else None
-                self._json(self.server.explorer.view(query.get("id", ""), int(query.get("layer", -1)), patch))
-            else:
-                self._error(f"no such page: {url.path}", 404)
-        except (LookupError, ValueError) as error:
-            self._error(str(error))
+        self._answer(self._get)
 
     def do_POST(self):
+        self._answer(self._post)
+
+    def _get(self) -> None:
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/":
+            self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+        elif url.path == "/api/info":
+            self._json(self.server.explorer.info(self.server.images))
+        elif url.path == "/api/folder":
+            index = int(query.get("index", -1))
+            if not 0 <= index < len(self.server.images):
+                raise Refused(404, f"no --images file number {index}")
+            path = self.server.images[index]
+            try:
+                self._json(self.server.explorer.analyse(path))
+            except ImageError as error:
+                raise Refused(400, f"{path.name}: {error}") from None
+        elif url.path == "/api/view":
+            patch = int(query["patch"]) if query.get("patch", "") != "" else None
+            self._json(self.server.explorer.view(query.get("id", ""), int(query.get("layer", -1)), patch))
+        else:
+            raise Refused(404, f"no such page: {url.path}")
+
+    def _post(self) -> None:
         if urlparse(self.path).path != "/api/image":
-            return self._error(f"no such page: {self.path}", 404)
-        length = int(self.headers.get("Content-Length") or 0)
+            raise Refused(404, f"no such page: {urlparse(self.path).path}")
+        self.server.check_origin(self.headers.get("Origin"))
         name = Path(self.headers.get("X-File-Name") or "upload").name
-        if length > MAX_UPLOAD:
-            self.rfile.read(length)
-            return self._error(f"{name}: {length / 2**20:.0f} MB is over the {MAX_UPLOAD // 2**20} MB an upload may be")
+        length = self._content_length(name)
         path = Path(self.server.scratch.name) / uuid.uuid4().hex
         try:
-            path.write_bytes(self.rfile.read(length))
-            answer, error = self.server.explorer.analyse(path), None
+            path.write_bytes(self.rfile.read(length))  # exactly `length` bytes, or the timeout
+            answer = self.server.explorer.analyse(path)
         except ImageError as bad:
-            answer, error = None, f"{name}: {bad}"
+            raise Refused(400, f"{name}: {bad}") from None
         finally:
             path.unlink(missing_ok=True)  # before answering: once the page has its answer, the bytes are gone
-        if error:
-            return self._error(error)
         self._json(answer)
+
+    def _content_length(self, name: str) -> int:
+        """The upload's size from its header alone: nothing is read before it is accepted. A body
+        that is refused is never read, so the connection closes after the answer."""
+        text = self.headers.get("Content-Length")
+        if text is None or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise Refused(411, f"{name}: an upload needs a Content-Length header (at most {MAX_UPLOAD // 2**20} MB)")
+        if not re.fullmatch(r"\s*\d+\s*", text):
+            self.close_connection = True
+            raise Refused(400, f"{name}: Content-Length {text[:40]!r} is not a number of bytes")
+        length = int(text)
+        if length > MAX_UPLOAD:
+            self.close_connection = True
+            raise Refused(413, f"{name}: {length / 2**20:,.0f} MB is over the {MAX_UPLOAD // 2**20} MB an upload may be")
+        return length
 
 
 class ExploreServer(ThreadingHTTPServer):
     """The page's server: `serve_forever()` (or in a thread, then `shutdown()`), then `close()`,
     which also removes the temporary folder uploads pass through. Port 0 picks a free one
-    (`server_address` has it)."""
+    (`server_address` has it). What it accepts and refuses: the module docstring."""
 
     daemon_threads = True
+    request_queue_size = BACKLOG
 
     def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 8080, images: list[Path] = ()):
         super().__init__((host, port), Handler)
         self.explorer, self.images = explorer, list(images)
         self.scratch = tempfile.TemporaryDirectory(prefix="vit-explore-")
+        self.threads = threading.BoundedSemaphore(MAX_THREADS)
+        self.host_names = LOCAL_NAMES | {host.lower().strip("[]")}
+        if host in ("0.0.0.0", "::", ""):  # shared with the network: also this machine's own names
+            self.host_names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    def process_request(self, request, client_address):
+        self.threads.acquire()  # at most MAX_THREADS at once: the accept loop waits, connections queue
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.threads.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.threads.release()
+
+    def allows(self, host: str) -> bool:
+        """Whether a Host (or Origin) names this server: one of its names, or an IP address (a
+        page's own domain re-pointed at this machine is neither)."""
+        name = host.strip().lower()
+        if name.startswith("["):  # an IPv6 address with a port: [::1]:8080
+            name = name[1:].split("]")[0]
+        elif name.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+            name = name.rsplit(":", 1)[0]
+        if name in self.host_names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return False
+
+    def check_host(self, host: str | None) -> None:
+        if not host:
+            raise Refused(400, "a request needs a Host header")
+        if not self.allows(host):
+            raise Refused(403, f"Host {host[:60]!r} is not this server's name (localhost, its address or --host)")
+
+    def check_origin(self, origin: str | None) -> None:
+        """A browser names the page a POST comes from; only this server's own pages may upload."""
+        if origin is None:
+            return
+        netloc = urlparse(origin).netloc
+        if not netloc or not self.allows(netloc):
+            raise Refused(403, f"uploads from {origin[:60]!r} are refused: only this server's own page may send them")
 
     def close(self) -> None:
         self.server_close()
@@ -248,7 +363,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--images", nargs="*", default=[], help="images or folders to pick from on the page")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 shares the page with "
                         "your network (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free one)")
+    parser.add_argument("--port", type=port_number, default=8080, help="port (default: 8080; 0: any free one)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     return parser
 
@@ -271,6 +386,7 @@ def main(argv=None) -> int:
         return 1
     host, port = server.server_address[:2]
     print(f"exploring {subject.name} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    signal.signal(signal.SIGTERM, _stop)  # as Ctrl-C: the scratch folder is removed on the way out
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -278,6 +394,10 @@ def main(argv=None) -> int:
     finally:
         server.close()
     return 0
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

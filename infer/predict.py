@@ -23,6 +23,10 @@ class OptionError(ValueError):
     """Options that contradict each other or the checkpoint (a --topk past its classes, say)."""
 
 
+class NonFiniteOutput(ArithmeticError):
+    """The model computed NaN or infinite scores: no prediction is made of them."""
+
+
 @dataclass
 class Prediction:
     path: str
@@ -147,7 +151,11 @@ class Classifier:
         """(B, 3, S, S) model input -> (B, num_classes) class probabilities."""
         dtype = self.precision.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            return self.model(inputs).float().softmax(dim=1)
+            probabilities = self.model(inputs).float().softmax(dim=1)
+        if not torch.isfinite(probabilities).all():
+            raise NonFiniteOutput(f"the model's outputs are NaN or infinite in {self.precision.name}; no prediction "
+                                  "is made of them" + (" (try --amp none)" if dtype is not None else ""))
+        return probabilities
 
     def _read(self, path: Path):
         try:

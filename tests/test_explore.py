@@ -161,3 +161,118 @@ def test_a_backbone_without_classifier_or_cls_token_is_explored_too(cifar_dir):
     rows = explorer.analyses[answer["id"]].look.maps[11][0, :, :, :].mean(dim=1)  # every patch's row, averaged
     assert torch.allclose(torch.tensor(view["heads"]), rows)
     assert explorer.view(answer["id"], layer=0, patch=100)["similar"][100] == pytest.approx(1.0, abs=1e-5)
+
+
+def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> tuple[int, str]:
+    """Send `head` (request line and headers, CRLF-separated, no blank line) and `body` over a plain
+    socket; return the status and the body of the answer, however the server ends it."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=timeout) as connection:
+        connection.sendall(head.encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.decode(errors="replace").partition("\r\n")
+    return int(status_line.split()[1]), rest.split("\r\n\r\n", 1)[-1]
+
+
+def test_uploads_are_accepted_or_refused_from_their_header_alone(server):
+    """Item 1 of the hardening round: Content-Length decides, before any byte of the body is read."""
+    import time
+
+    explore, url = server
+    host = url.split("//")[1]
+    for length, status in [("-1", 400), ("abc", 400), ("10" * 15, 413), (str(10**12), 413), (str(10**30), 413)]:
+        started = time.perf_counter()
+        code, body = raw_request(url, f"POST /api/image HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}")
+        assert code == status, (length, body)
+        assert time.perf_counter() - started < 5  # decided at once: nothing waits for a body
+        assert "\n" not in json.loads(body)["error"]
+    code, body = raw_request(url, f"POST /api/image HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked")
+    assert code == 411 and "Content-Length" in json.loads(body)["error"]
+    assert not list(Path(explore.scratch.name).iterdir())  # nothing was written
+
+
+def test_only_this_servers_names_and_pages_are_answered(server, cifar_dir):
+    """Item 4: a foreign Host (DNS rebinding) and a foreign Origin on a POST get a 403."""
+    explore, url = server
+    port = url.rsplit(":", 1)[1]
+    code, body = raw_request(url, "GET /api/info HTTP/1.1\r\nHost: attacker.example")
+    assert code == 403 and "ship" not in body and "not this server's name" in json.loads(body)["error"]
+    code, body = raw_request(url, f"GET /api/info HTTP/1.1\r\nHost: attacker.example:{port}")
+    assert code == 403
+    for name in ("localhost", "127.0.0.1", "[::1]"):
+        code, body = raw_request(url, f"GET /api/info HTTP/1.1\r\nHost: {name}:{port}")
+        assert code == 200 and json.loads(body)["model"] == "vit_tiny_patch16_224"
+    image = (cifar_dir / "test" / "cat" / "0003.jpg").read_bytes()
+    head = f"POST /api/image HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(image)}"
+    code, body = raw_request(url, head + "\r\nOrigin: https://attacker.example", image)
+    assert code == 403 and "only this server's own page" in json.loads(body)["error"]
+    code, body = raw_request(url, head + f"\r\nOrigin: http://127.0.0.1:{port}", image)
+    assert code == 200 and json.loads(body)["top"]
+
+
+def test_an_error_inside_the_server_is_an_answer_and_the_server_goes_on(server, monkeypatch):
+    """Item 6: what a handler raises becomes a 500 with one line, not a dropped connection."""
+    explore, url = server
+
+    def broken(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge\nmore detail")
+
+    monkeypatch.setattr(explore.explorer, "view", broken)
+    status, answer = call(f"{url}/api/view?id=x&layer=0&patch=")
+    assert status == 500 and "LinAlgError" in answer["error"] and "\n" not in answer["error"]
+    assert call(f"{url}/api/info")[0] == 200
+
+
+def test_a_silent_connection_is_dropped_and_a_burst_of_uploads_is_answered(server, monkeypatch, cifar_dir):
+    """Item 3: a half-sent request is closed after the timeout (here 1 s) instead of holding a
+    thread forever, and 50 uploads at once are all answered (the backlog holds the burst)."""
+    import socket
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import infer.explore
+
+    explore, url = server
+    monkeypatch.setattr(infer.explore.Handler, "timeout", 1)
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(b"POST /api/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nhalf")
+        started = time.perf_counter()
+        assert connection.recv(1024) == b""  # the server closed it (the event, not a fixed wait)
+        assert time.perf_counter() - started < 20
+    assert explore.request_queue_size >= 50
+    image = (cifar_dir / "test" / "cat" / "0003.jpg").read_bytes()
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(lambda _: call(f"{url}/api/image", image)[0], range(50)))
+    assert statuses == [200] * 50
+
+
+def test_sigterm_removes_the_scratch_folder_and_a_bad_port_is_one_line(checkpoint, tmp_path):
+    """Item 5: SIGTERM stops the server as Ctrl-C does, the uploads' folder removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "infer.explore", "--checkpoint", str(checkpoint), "--port", "0"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        assert process.stdout.readline().startswith("exploring")  # serving: its scratch folder exists
+        assert [p.name.startswith("vit-explore-") for p in scratch.iterdir()] == [True]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert not list(scratch.iterdir())
+    bad = run_cli("infer.explore", "--checkpoint", str(checkpoint), "--port", "80000")
+    assert bad.returncode == 2 and "80000 is not a port" in bad.stderr and bad.stderr.count("\n") == 1

@@ -15,6 +15,8 @@ import torch
 from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_cli, run_module, start_training
 from train import TrainConfig
 from vit.checkpoint import CheckpointError, atomic_save, safe_load
+import vit
+from weights.load import WeightsError
 
 
 def long_run_args(data, tmp_path) -> list[str]:
@@ -292,3 +294,97 @@ def test_the_fine_tuned_model_is_written_before_the_final_last_pt(cifar_dir, tmp
                            batch_size=10, device="cpu", output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
     assert written == ["vit_data_finetuned.pth", "last.pt"]  # epoch 1's last.pt went through the background saver
     assert safe_load(tmp_path / "out" / "last.pt")["epoch"] == 2
+
+
+# ---------------------------------------------------------------- poisoned weights and cards (hardening round three)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """A ViT-Ti checkpoint at 32 px with 3 classes, as train writes one, and a real image."""
+    from tests.conftest import DATA, perturb_
+    from vit.checkpoint import ModelCard, save_model
+
+    torch.manual_seed(0)
+    model = perturb_(vit.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32))
+    path = tmp_path_factory.mktemp("poison") / "vit_small_finetuned.pth"
+    save_model(path, model, ModelCard("vit_tiny_patch16_224", 32, ("cat", "dog", "ship"), (0.5,) * 3, (0.5,) * 3,
+                                      architecture=model.cfg))
+    return path, DATA / "test" / "cat" / "0003.jpg"
+
+
+def altered(path, tmp_path, name="altered.pth", weights=None, **card):
+    checkpoint = torch.load(path, weights_only=True)
+    if weights:
+        checkpoint["state_dict"] = {**checkpoint["state_dict"], **weights}
+    torch.save({**checkpoint, **card}, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(small_checkpoint, tmp_path, value):
+    path, image = small_checkpoint
+    weight = torch.load(path, weights_only=True)["state_dict"]["blocks.3.mlp.fc1.weight"].clone()
+    weight[0, 0] = value
+    bad = altered(path, tmp_path, weights={"blocks.3.mlp.fc1.weight": weight})
+    for args in (["--image", str(image)], ["--image", str(image), "--json"], ["--data", str(image.parents[1])]):
+        result = run_cli("infer", "--checkpoint", str(bad), *args)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        assert "blocks.3.mlp.fc1.weight holds NaN or infinite values" in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    with pytest.raises(WeightsError, match="blocks.3.mlp.fc1.weight holds NaN"):
+        vit.create_model("vit_tiny_patch16_224", pretrained=bad)
+
+
+def test_non_finite_outputs_are_an_error_and_json_stays_json(small_checkpoint, monkeypatch):
+    """Whatever makes the scores NaN (here a model patched to), no prediction is printed of them."""
+    from infer import Classifier
+    from infer.predict import NonFiniteOutput
+
+    path, image = small_checkpoint
+    classifier = Classifier(path, device="cpu", amp="none", quantize="none")
+    monkeypatch.setattr(classifier, "model", lambda inputs: torch.full((len(inputs), 3), float("nan")))
+    with pytest.raises(NonFiniteOutput, match="NaN or infinite"):
+        classifier.classify([image])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("class_names", 7, "class_names is '7' (int), not a list of class names"),
+    ("class_names", "cds", "class_names is 'cds' (str), not a list of class names"),
+    ("img_size", "32", "img_size is '32' (str), not a positive whole number"),
+    ("layer_norm_eps", "tiny", "layer_norm_eps is 'tiny' (str), not a small positive number"),
+    ("source_size", -32, "source_size is '-32' (int), not a positive whole number of pixels, or None"),
+    ("eval_amp", "fp8", "eval_amp is 'fp8' (str), not one of bf16, fp16, none"),
+    ("mean", [0.5], "mean [0.5] is not 3 finite numbers"),
+    ("std", [0.5, 0.0, 0.5], "std [0.5, 0.0, 0.5] must be positive"),
+    ("state_dict", [1, 2], "its state_dict is a list, not a dict of tensors"),
+])
+def test_a_malformed_card_is_one_line(small_checkpoint, tmp_path, field, value, message):
+    path, image = small_checkpoint
+    bad = altered(path, tmp_path, **{field: value})
+    result = run_cli("infer", "--checkpoint", str(bad), "--image", str(image))
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_foreign_safetensors_metadata_and_odd_files_are_one_line(small_checkpoint, tmp_path):
+    import os
+
+    from safetensors.torch import save_file
+
+    path, _ = small_checkpoint
+    weights = torch.load(path, weights_only=True)["state_dict"]
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "w.safetensors"),
+              metadata={"mean": "not json"})
+    for command in (["weights", "inspect", str(tmp_path / "w.safetensors")],):
+        result = run_cli(*command)
+        assert result.returncode == 1 and "metadata mean='not json' is not JSON" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    with pytest.raises(WeightsError, match="is not JSON"):
+        vit.create_model("vit_tiny_patch16_224", pretrained=tmp_path / "w.safetensors")
+    os.mkfifo(tmp_path / "pipe.pth")
+    for odd, kind in ((tmp_path / "pipe.pth", "a named pipe (FIFO)"), (Path("/dev/zero"), "a device")):
+        result = run_cli("infer", "--checkpoint", str(odd), "--image", str(path))
+        assert result.returncode == 1 and f"{kind}, not a checkpoint file" in result.stderr, result.stderr
+        with pytest.raises(WeightsError, match=kind.replace("(", r"\(").replace(")", r"\)")):
+            vit.create_model("vit_tiny_patch16_224", pretrained=odd)

@@ -38,8 +38,9 @@ import torch
 
 from vit.cli import first_line
 from vit.families import MODELS, model_config
-from vit.model import ViTConfig, VisionTransformer
-from weights.load import WeightsError, load_weights_only
+from vit.model import ACTIVATIONS, ViTConfig, VisionTransformer
+from vit.device import AMP_DTYPES
+from weights.load import WeightsError, check_finite, check_tensors, load_weights_only, normalisation
 
 
 class CheckpointError(Exception):
@@ -84,14 +85,20 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, checkpoint: dict, path) -> "ModelCard":
-        """The card held by a checkpoint's entries (or by an exported model's metadata)."""
+        """The card held by a checkpoint's entries (or by an exported model's metadata), each
+        field checked: CheckpointError, one line naming the field, for what is plainly wrong."""
         missing = [k for k in ("model_name", "img_size", "class_names", "mean", "std") if k not in checkpoint]
         if missing:
             raise CheckpointError(f"{path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
         entries = {f.name: checkpoint[f.name] for f in fields(cls) if f.name in checkpoint}
+        _check_card(entries, path)
+        try:
+            mean, std = normalisation(entries["mean"], entries["std"], path)
+        except WeightsError as error:
+            raise CheckpointError(str(error)) from None
         entries["architecture"] = _architecture(checkpoint.get("architecture"), path)
-        card = cls(**{**entries, "class_names": tuple(entries["class_names"]), "mean": tuple(entries["mean"]),
-                      "std": tuple(entries["std"])})  # stored as lists, kept as tuples (frozen, hashable)
+        card = cls(**{**entries, "class_names": tuple(entries["class_names"]), "mean": mean,
+                      "std": std})  # stored as lists, kept as tuples (frozen, hashable)
         if checkpoint.get("num_classes", card.num_classes) != card.num_classes:
             raise CheckpointError(f"{path}: weights do not fit the card (num_classes {checkpoint['num_classes']}, "
                                   f"but {card.num_classes} class names)")
@@ -106,6 +113,31 @@ class ModelCard:
                                   f"{recorded.embed_dim} and patch {recorded.patch_size}, the name {named.embed_dim} "
                                   f"and {named.patch_size})")
         return card
+
+
+def _check_card(entries: dict, path) -> None:
+    """Each card field of the type and range it must have, or CheckpointError naming it."""
+    def positive_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    names = entries["class_names"]
+    checks = {
+        "model_name": (isinstance(entries.get("model_name"), str), "a model name (a string)"),
+        "img_size": (positive_int(entries.get("img_size")), "a positive whole number of pixels"),
+        "class_names": (isinstance(names, (list, tuple)) and len(names) > 0 and all(isinstance(n, str) for n in names),
+                        "a list of class names (strings)"),
+        "source_size": (entries.get("source_size") is None or positive_int(entries.get("source_size")),
+                        "a positive whole number of pixels, or None"),
+        "layer_norm_eps": (isinstance(entries.get("layer_norm_eps", 1e-6), (int, float))
+                           and not isinstance(entries.get("layer_norm_eps", 1e-6), bool)
+                           and 0 < entries.get("layer_norm_eps", 1e-6) < 1, "a small positive number"),
+        "activation": (entries.get("activation", "gelu") in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+        "eval_amp": (entries.get("eval_amp", "none") in AMP_DTYPES, f"one of {', '.join(AMP_DTYPES)}"),
+    }
+    for name, (fine, what) in checks.items():
+        if not fine:
+            raise CheckpointError(f"{path}: its card's {name} is {str(entries.get(name))[:60]!r} "
+                                  f"({type(entries.get(name)).__name__}), not {what}")
 
 
 def _architecture(recorded, path) -> ViTConfig | None:
@@ -272,6 +304,10 @@ def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
         raise CheckpointError(other)
     checkpoint = safe_load(path)
     card = ModelCard.from_dict(checkpoint, path)
+    try:
+        check_finite(check_tensors(checkpoint["state_dict"], path), path)
+    except WeightsError as error:
+        raise CheckpointError(str(error)) from None
     try:
         model = VisionTransformer(card.build_config())
         model.load_state_dict(checkpoint["state_dict"])

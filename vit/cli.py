@@ -4,7 +4,7 @@ import argparse
 
 from weights.messages import first_line  # the one definition, at the bottom layer; the commands import it from here
 
-__all__ = ["ArgumentParser", "positive_int", "device_name", "first_line", "is_out_of_memory"]
+__all__ = ["ArgumentParser", "positive_int", "port_number", "device_name", "first_line", "is_out_of_memory"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -23,6 +23,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
     return value
 
 

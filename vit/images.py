@@ -22,6 +22,11 @@ from vit.cli import first_line
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 MAX_PIXELS = 100_000_000  # above this an image is treated as a decompression bomb
+# What one image's pixels may take once decoded, in its own mode (a 16-bit 9999 x 9999 PNG of
+# 194 KB would be 200 MB): larger ones are refused from their header, before decoding. JPEGs count
+# at the reduced scale they are decoded at. 85 megapixels of 8-bit RGB fit.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+STRIP = 1024  # rows converted at once from a high bit depth: a strip's copies, never the whole image's
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey image
 # MAX_PIXELS below refuses bombs with a one-line error; Pillow's own two-line warning would only add noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -31,14 +36,35 @@ class ImageError(Exception):
     """An input that is not a usable image; the message names the reason."""
 
 
+def decoded_bytes(image: Image.Image) -> int:
+    """The bytes an image's pixels take once decoded, in its own mode: bands x bytes per band."""
+    per_band = 2 if "16" in image.mode else 4 if image.mode in ("I", "F") or "32" in image.mode else 1
+    return image.width * image.height * len(image.getbands()) * per_band
+
+
 def _high_depth_to_uint8(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float single-channel image -> 8-bit 'L', scaling the full range."""
-    pixels = np.asarray(image).astype(np.float64)
+    """16/32-bit integer or float single-channel image -> 8-bit 'L', scaling the full range:
+    round(v / top * 255), top the format's maximum. Integers in integer arithmetic, floats in
+    float32, a strip of rows at a time: the extra memory is a strip's, never a copy of the image."""
+    width, height = image.size
+    rows = range(0, height, STRIP)
+
+    def strip(row: int) -> np.ndarray:  # rows row.. of the image, (<= STRIP, W): a copy of those rows only
+        return np.asarray(image.crop((0, row, width, min(row + STRIP, height))))
+
+    high = max(strip(row).max(initial=0) for row in rows)  # two passes over the strips: one for the range
     if image.mode == "F":
-        top = 1.0 if pixels.max(initial=0) <= 1.0 else 255.0
+        top = 1.0 if high <= 1.0 else 255.0
     else:  # "I;16*" or "I": 16-bit data unless values say otherwise
-        top = 65535.0 if pixels.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
-    scaled = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        top = 65535 if high > 255 or image.mode.startswith("I;16") else 255
+    scaled = np.empty((height, width), dtype=np.uint8)
+    for row in rows:
+        pixels = strip(row)
+        if image.mode == "F":
+            pixels = np.clip(pixels.astype(np.float32) / np.float32(top) * 255 + 0.5, 0, 255)
+        else:  # (v * 255 + top / 2) // top rounds as v / top * 255 + 0.5 does
+            pixels = (np.clip(pixels, 0, top).astype(np.uint32) * 255 + top // 2) // top
+        scaled[row:row + STRIP] = pixels.astype(np.uint8)
     return Image.fromarray(scaled, mode="L")
 
 
@@ -86,15 +112,26 @@ def load_image(path: str | Path, target_size: int) -> torch.Tensor:
     final antialiased resize happens in vit.preprocess.to_model_input."""
     with _opened(Path(path)) as image:
         image.draft(None, (2 * target_size, 2 * target_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+        _check_decoded_size(image)
         image.load()
         image = ImageOps.exif_transpose(image)
         factor = min(image.size) // (2 * target_size)
         if factor >= 2:
-            if image.mode in ("1", "P") or image.mode.startswith("I;16"):
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                image = _high_depth_to_uint8(image)  # 8-bit grey first: Image.reduce refuses I;16
+            elif image.mode in ("1", "P"):
                 image = to_rgb(image)  # Image.reduce refuses these modes ("image has wrong mode")
             image = image.reduce(factor)
         rgb = to_rgb(image)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+def _check_decoded_size(image: Image.Image) -> None:
+    """Refuse, from the header, an image whose decoded pixels would exceed MAX_DECODED_BYTES."""
+    needed = decoded_bytes(image)
+    if needed > MAX_DECODED_BYTES:
+        raise ImageError(f"refused: {image.width}x{image.height} {image.mode} pixels would take {needed / 2**20:,.0f} MB "
+                         f"decoded, over the {MAX_DECODED_BYTES // 2**20} MB one image may")
 
 
 def check_image(path: str | Path) -> str | None:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,8 @@ def resolve(pretrained: str | os.PathLike) -> Path:
         return path
     if path.is_file():
         return path
+    if path.exists():  # a FIFO, a device, ...: named, never opened
+        raise WeightsError(f"{spec}: {not_a_file(path)}")
     if _looks_like_path(spec) or spec.count("/") != 1:
         raise WeightsError(
             f"{spec}: no such file, and not a Hugging Face hub id of the form 'org/name'"
@@ -146,13 +149,56 @@ def resolve(pretrained: str | os.PathLike) -> Path:
     return download_from_hub(spec)
 
 
+def not_a_file(path: Path) -> str | None:
+    """What `path` is when it is not a regular file to read weights from (one phrase), else None.
+    A FIFO or a device would block or never end: they are named, not opened."""
+    if path.is_file():
+        return None
+    if not path.exists():
+        return "no such checkpoint file"
+    mode = path.stat().st_mode
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    return f"{kind}, not a checkpoint file"
+
+
+def check_finite(tensors: dict, source) -> None:
+    """WeightsError, naming the tensor, if any floating-point weight is NaN or infinite: such a
+    model computes NaN for every input, which must never be printed as a prediction."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightsError(f"{source}: weight {name} holds NaN or infinite values (a damaged file, or a run that "
+                               "diverged); refusing to load it")
+
+
+def check_tensors(tensors, source) -> dict:
+    """`tensors` if it is a dict of name -> tensor (a checkpoint's state_dict), else WeightsError."""
+    if not isinstance(tensors, dict):
+        raise WeightsError(f"{source}: its state_dict is a {type(tensors).__name__}, not a dict of tensors")
+    wrong = next((name for name, value in tensors.items() if not isinstance(value, torch.Tensor)), None)
+    if wrong is not None:
+        raise WeightsError(f"{source}: state_dict entry {wrong!r} is a {type(tensors[wrong]).__name__}, not a tensor")
+    return tensors
+
+
+def normalisation(mean, std, source) -> tuple[tuple, tuple]:
+    """(mean, std) as tuples of 3 floats, or WeightsError: std must be positive (it divides)."""
+    for name, values in (("mean", mean), ("std", std)):
+        if (not isinstance(values, (list, tuple)) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise WeightsError(f"{source}: {name} {str(values)[:60]} is not 3 finite numbers, one per colour channel")
+    if min(std) <= 0:
+        raise WeightsError(f"{source}: std {list(std)} must be positive in every channel (inputs are divided by it)")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def load_weights_only(path: str | os.PathLike):
     """torch.load with weights_only=True: tensors and plain containers only. A pickle that asks
     for anything else (a code payload) is refused before it can run. The project's one place
     that reads .pth/.pt files."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such checkpoint file")
+    if not_a_file(path):
+        raise WeightsError(f"{path}: {not_a_file(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), ...
@@ -186,7 +232,7 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
         checkpoint = load_weights_only(path)
         if not isinstance(checkpoint, dict):
             raise WeightsError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
-        tensors = checkpoint.get("state_dict", checkpoint)
+        tensors = check_tensors(checkpoint.get("state_dict", checkpoint), path)
         extra = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         return tensors, extra
     with open(path, "rb") as file:
@@ -199,7 +245,14 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a readable .safetensors file ({error})") from None
     # Files written by `python -m weights convert` carry what the original's config said.
-    extra = {k: json.loads(metadata[k]) for k in ("mean", "std", "layer_norm_eps", "activation") if k in metadata}
+    extra = {}
+    for key in ("mean", "std", "layer_norm_eps", "activation"):
+        if key in metadata:
+            try:
+                extra[key] = json.loads(metadata[key])
+            except ValueError:
+                raise WeightsError(f"{path}: its metadata {key}={metadata[key][:40]!r} is not JSON (not a file "
+                                   "`python -m weights convert` wrote)") from None
     return tensors, extra
 
 
@@ -229,11 +282,15 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
         state_dict = layout.to_ours(tensors)
     except ValueError as error:  # UnknownLayout, or keys the layout's table does not know
         raise WeightsError(f"{path}: {error}") from None
+    check_finite(state_dict, path)
     result = Pretrained(state_dict=state_dict, source=str(path), layout=layout.name, extra=extra)
 
     config = _read_config(path)
     if "layer_norm_eps" in extra:  # our own .pth checkpoints record it (and converted files, activation too)
-        result.layer_norm_eps = float(extra["layer_norm_eps"])
+        eps = extra["layer_norm_eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise WeightsError(f"{path}: layer_norm_eps {str(eps)[:40]!r} is not a small positive number")
+        result.layer_norm_eps = float(eps)
         result.activation = extra.get("activation")
     elif layout.hf_defaults:  # transformers' config.json, or its defaults where it is silent
         config = config.get("vision_config", config)  # a whole SiglipModel's or CLIPModel's: the image tower's
@@ -249,7 +306,7 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     if "mean" in extra:
         stats = extra
     if "mean" in stats and "std" in stats:
-        result.mean, result.std = tuple(stats["mean"]), tuple(stats["std"])
+        result.mean, result.std = normalisation(stats["mean"], stats["std"], path)
     return result
 
 
