@@ -381,3 +381,43 @@ def test_every_cli_ends_a_runtime_failure_with_exit_status_1(args):
     result = run_cli(*args)
     assert result.returncode == 1 and result.stderr.startswith("error: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_large_image_that_fails_while_decoding_is_skipped_and_counted(cifar_dir, tmp_path):
+    """A JPEG cut mid-scan passes the header check and fails only while training decodes it:
+    with --skip-bad-images the run goes on and says so at the end; without, one line."""
+    import io
+
+    root = large_image_folder(cifar_dir, tmp_path / "pets")
+    whole = io.BytesIO()
+    Image.open(cifar_dir / "test" / "cat" / "0009.jpg").resize((80, 80)).save(whole, format="JPEG")
+    (root / "train" / "cat" / "cut.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) * 2 // 3])
+    from vit.images import check_image
+
+    assert check_image(root / "train" / "cat" / "cut.jpg") is None  # the header check lets it through
+    args = ["train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
+            *TINY_TRAIN_ARGS, "--batch-size", "4", "--num-workers", "0"]
+    stopped = run_cli(*args)  # (after the progress bar's first lines)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "cut.jpg" in message and "--skip-bad-images" in message
+    skipped = run_cli(*args, "--skip-bad-images", "--output-dir", str(tmp_path / "skipped"))
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "skipped 1 image(s) that failed while decoding, e.g." in skipped.stdout and "cut.jpg" in skipped.stdout
+    assert (tmp_path / "skipped" / "vit_pets_finetuned.pth").is_file()
+
+
+def test_the_decoded_image_cache_notices_an_image_edited_in_place(cifar_dir, tmp_path):
+    """Every file's size and modification time are in the cache key, not every hundredth one's."""
+    from train import TrainConfig
+    from train.datasets import load_dataset
+
+    data = make_subset(cifar_dir, tmp_path / "data", 30, 1)  # 300 images: the old key checked 3 of them
+    cfg = TrainConfig(data=str(data), cache_dir=str(tmp_path / "cache"), num_workers=1)
+    before = load_dataset(cfg).train
+    edited = sorted((data / "train" / "cat").iterdir())[5]
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(edited, format="JPEG", quality=100)
+    after = load_dataset(cfg).train
+    assert len(after.labels) == len(before.labels)
+    changed = (after.images.float() - before.images.float()).abs().flatten(1).amax(1) > 50
+    assert changed.sum() == 1  # exactly the edited image was decoded anew

@@ -152,9 +152,15 @@ def test_background_save_writes_the_state_of_the_moment_and_reports_its_errors(t
 
 
 def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_path):
+    """A second run into the same folder is refused while the first runs (naming its pid); after a
+    SIGKILL the first's lock is stale and a --resume takes it over."""
     data = make_subset(cifar_dir, tmp_path / "data", 3, 1)
-    process = start_training(long_run_args(data, tmp_path), until="epoch 3/400:")
-    time.sleep(0.5)
+    # Epoch 3's last.pt is written in the background during epoch 4; the save after epoch 4 first
+    # waits for it, so once epoch 5's line is out, the file holds epoch 3 or later (no timing assumed).
+    process = start_training(long_run_args(data, tmp_path), until="epoch 5/400:")
+    second = run_cli("train", *long_run_args(data, tmp_path))
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"is in use by another run (pid {process.pid})" in second.stderr.strip().splitlines()[-1]
     process.send_signal(signal.SIGKILL)
     process.wait()
     last = safe_load(tmp_path / "out" / "last.pt")
@@ -166,9 +172,11 @@ def test_killed_training_run_resumes_from_its_last_checkpoint(cifar_dir, tmp_pat
     from train.loop import prepare
     from train.state import restore
 
-    run = prepare(cfg)
+    run = prepare(cfg)  # the killed run's lock is stale: taken over
+    assert run.lock is not None and (tmp_path / "out" / ".train.lock").read_text().strip() == str(os.getpid())
     epoch, step, _ = restore(run)
     assert (epoch, step) == (last["epoch"], 0)
+    run.lock.release()
     assert torch.equal(run.model.state_dict()["head.weight"], last["state_dict"]["head.weight"])
 
 
@@ -388,3 +396,12 @@ def test_foreign_safetensors_metadata_and_odd_files_are_one_line(small_checkpoin
         assert result.returncode == 1 and f"{kind}, not a checkpoint file" in result.stderr, result.stderr
         with pytest.raises(WeightsError, match=kind.replace("(", r"\(").replace(")", r"\)")):
             vit.create_model("vit_tiny_patch16_224", pretrained=odd)
+
+
+def test_an_output_folder_inside_the_data_is_refused(cifar_dir, tmp_path):
+    """The next run would read the plots (curves.png, confusion_matrix.png) as a class's images."""
+    data = make_subset(cifar_dir, tmp_path / "data", 2, 1)
+    for inside in (data / "train" / "cat" / "run", data):
+        result = run_cli("train", "--data", str(data), "--epochs", "1", "--output-dir", str(inside), *TINY_TRAIN_ARGS)
+        one_line_error(result, f"--output-dir {inside} is inside --data")
+    assert not (data / "train" / "cat" / "run").exists()

@@ -52,6 +52,8 @@ class TensorBatches:
     """Batches of a decoded split, kept on `device`; each epoch has its own seeded order and each
     step its own seeded augmentation, so a resumed run sees exactly the same batches."""
 
+    skipped: dict[str, str] = {}  # (decoded before training: an unreadable image was reported then)
+
     def __init__(self, split: Split, batch_size: int, device, img_size: int, mean, std,
                  train: bool, seed: int = 0, crop_padding: int = 4, rank: int = 0, world_size: int = 1):
         self.device = device
@@ -79,12 +81,17 @@ class TensorBatches:
 
 
 class _FileImages(torch.utils.data.Dataset):
-    """Large images read from files: random resized crop + flip for training, resize for eval."""
+    """Large images read from files: random resized crop + flip for training, resize for eval.
 
-    def __init__(self, files, labels, img_size: int, train: bool):
+    A file can pass the header check (train/datasets.py) and still fail while decoding: a JPEG
+    cut mid-scan. Without skip_bad that stops the run in one line; with it the next readable file
+    takes its place in the batch (batches keep their size, steps their count, a resumed run its
+    order) and the file is reported: each item is (image, label, the skipped files and reasons)."""
+
+    def __init__(self, files, labels, img_size: int, train: bool, skip_bad: bool = False):
         from torchvision.transforms import v2
 
-        self.files, self.labels, self.img_size = files, labels, img_size
+        self.files, self.labels, self.img_size, self.skip_bad = files, labels, img_size, skip_bad
         resize = v2.RandomResizedCrop(img_size, antialias=True) if train else v2.Resize((img_size, img_size), antialias=True)
         steps = [resize] + ([v2.RandomHorizontalFlip()] if train else [])
         self.transform = v2.Compose(steps)
@@ -93,19 +100,35 @@ class _FileImages(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        try:
-            image = load_image(self.files[i], self.img_size)
-        except ImageError as error:  # passed the header check, failed while decoding (truncated data)
-            raise DataError(f"{self.files[i]}: {error} (found while training; remove or fix it)") from None
-        return self.transform(image), self.labels[i]
+        skipped = []
+        for j in range(i, i + len(self.files)):  # i, then the files after it, wrapping around
+            file = self.files[j % len(self.files)]
+            try:
+                image = load_image(file, self.img_size)
+            except ImageError as error:  # passed the header check, failed while decoding (truncated data)
+                if not self.skip_bad:
+                    raise DataError(f"{file}: {error} (found while training; remove or fix it, or use "
+                                    "--skip-bad-images)") from None
+                skipped.append((str(file), str(error)))
+                continue
+            return self.transform(image), self.labels[j % len(self.files)], skipped
+        raise DataError(f"no readable images (e.g. {skipped[0][0]}: {skipped[0][1]})")
+
+
+def _collate(items):
+    """(images (B, 3, S, S), labels (B,), the batch's skipped (file, reason) pairs)."""
+    images, labels, skipped = zip(*items)
+    return torch.stack(images), torch.as_tensor(labels), [pair for pairs in skipped for pair in pairs]
 
 
 class FileBatches:
     """The same interface as TensorBatches, over a DataLoader with worker processes."""
 
     def __init__(self, split: Split, batch_size: int, device, img_size: int, mean, std,
-                 train: bool, seed: int = 0, num_workers: int = 4, rank: int = 0, world_size: int = 1):
-        self.dataset = _FileImages(split.files, split.labels, img_size, train)
+                 train: bool, seed: int = 0, num_workers: int = 4, rank: int = 0, world_size: int = 1,
+                 skip_bad: bool = False):
+        self.dataset = _FileImages(split.files, split.labels.tolist(), img_size, train, skip_bad)
+        self.skipped: dict[str, str] = {}  # file -> reason: the images that failed while decoding, skipped
         self.batch_size, self.device, self.img_size, self.mean, self.std = batch_size, device, img_size, mean, std
         self.train, self.seed, self.num_workers = train, seed, num_workers
         self.rank, self.world_size = rank, world_size
@@ -117,9 +140,11 @@ class FileBatches:
         order = epoch_order(len(self.dataset), epoch, self.seed, self.train, self.rank, self.world_size).tolist()
         batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(start_step, len(self))]
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+                                             pin_memory=self.device.type == "cuda", persistent_workers=False,
+                                             collate_fn=_collate)
         try:
-            for images, labels in loader:
+            for images, labels, skipped in loader:
+                self.skipped.update(skipped)
                 images = images.to(self.device, non_blocking=True)
                 yield to_model_input(images, self.img_size, self.mean, self.std), labels.to(self.device, non_blocking=True)
         except DataError as error:  # raised in a worker: its message is the traceback; keep our line
@@ -132,4 +157,4 @@ def make_batches(split: Split, cfg, device, mean, std, train: bool, rank: int = 
         return TensorBatches(split, batch_size, device, cfg.img_size, mean, std, train, cfg.seed,
                              cfg.crop_padding, rank, world_size)
     return FileBatches(split, batch_size, device, cfg.img_size, mean, std, train, cfg.seed,
-                       cfg.num_workers, rank, world_size)
+                       cfg.num_workers, rank, world_size, cfg.skip_bad_images)

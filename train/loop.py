@@ -30,8 +30,8 @@ from train.ema import EMA
 from train.lora import add_lora, parse_targets
 from train.memory import TrainingShape
 from train.optim import build_optimizer
-from train.preflight import (TrainingError, check_free_space, check_memory, check_output_dir, compile_ahead,
-                             compile_blocks, eager, forecast_seconds_per_image, resolve_hardware)
+from train.preflight import (OutputLock, TrainingError, check_free_space, check_memory, check_output_dir,
+                             compile_ahead, compile_blocks, eager, forecast_seconds_per_image, resolve_hardware)
 from train.state import (EpochProgress, Interrupted, Run, announce, epoch_line, restore, save_final, save_last)
 from train.stop import StopRequest
 from train.timing import PhaseTimer
@@ -73,7 +73,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     device, amp, use_compile = resolve_hardware(cfg)
     rank, world_size = rank_and_world()
     model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
-    check_output_dir(cfg.output_dir)
+    check_output_dir(cfg.output_dir, cfg.data)
     check_free_space(cfg.output_dir, model_cfg)
     data_folder(cfg)
     resume_from = safe_load(cfg.resume) if cfg.resume else None
@@ -118,13 +118,14 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if use_compile:  # the graphs compile_ahead made serve every block
         compile_blocks(model)
+    lock = OutputLock(Path(cfg.output_dir)) if rank == 0 else None  # one run at a time writes there, to its end
     forward = model
     if world_size > 1 and not cfg.fsdp:  # DDP: gradients are averaged across ranks during backward
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Run(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
                scaler=scaler, device=device, amp=amp, use_compile=use_compile, train_batches=train_batches,
                test_batches=test_batches, seconds_per_image=seconds_per_image, rank=rank, world_size=world_size,
-               resume_from=resume_from, ema=ema, stop_agreement=StopAgreement.for_run())
+               resume_from=resume_from, ema=ema, stop_agreement=StopAgreement.for_run(), lock=lock)
 
 
 
@@ -141,45 +142,49 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
     if first_of_run:  # on a CPU a first step can take minutes: show that it runs
         bar.set_postfix_str("first step", refresh=True)
     started = time.perf_counter()
-    for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
-        stop.step_started()
-        with torch.autocast(images.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-            logits = run.forward(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        run.scheduler.step()
-        if run.ema:
-            run.ema.update(model)
-        stop.step_finished()
-        run.steps_done += 1
+    try:  # an error leaves the epoch with the bar cleared: its one line stands alone
+        for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
+            stop.step_started()
+            with torch.autocast(images.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                logits = run.forward(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            if run.ema:
+                run.ema.update(model)
+            stop.step_finished()
+            run.steps_done += 1
 
-        # Running sums stay on the device: no host sync here.
-        progress.loss_sum += loss.detach().float() * len(labels)
-        progress.correct += (logits.argmax(1) == labels).sum()
-        progress.seen += len(labels)
-        progress.non_finite += (~torch.isfinite(loss.detach())).int()
-        bar.update(len(labels))
-        last_step = step + 1 == len(batches)
-        if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None or first_of_run:
-            if progress.non_finite.item():  # the one sync, every log_every steps
-                raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
-                                    "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
-            running_loss = progress.loss_sum.item() / progress.seen
-            bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{progress.correct.item() / progress.seen:.2%}",
-                            lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
-            run.history.append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
-                                "loss": running_loss})
-            if first_of_run:  # the .item() above waited for the GPU: the first step is really done
-                run.first_step_seconds, first_of_run = time.perf_counter() - started, False
-        if run.stop_agreement.after_step(stop.signum is not None) and not last_step:  # every rank at the same step
-            bar.close()
-            path = save_last(run, epoch, step + 1, progress)
-            raise Interrupted(stop.signum or signal.SIGTERM, path)
+            # Running sums stay on the device: no host sync here.
+            progress.loss_sum += loss.detach().float() * len(labels)
+            progress.correct += (logits.argmax(1) == labels).sum()
+            progress.seen += len(labels)
+            progress.non_finite += (~torch.isfinite(loss.detach())).int()
+            bar.update(len(labels))
+            last_step = step + 1 == len(batches)
+            if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None or first_of_run:
+                if progress.non_finite.item():  # the one sync, every log_every steps
+                    raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
+                                        "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
+                running_loss = progress.loss_sum.item() / progress.seen
+                bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{progress.correct.item() / progress.seen:.2%}",
+                                lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+                run.history.append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
+                                    "loss": running_loss})
+                if first_of_run:  # the .item() above waited for the GPU: the first step is really done
+                    run.first_step_seconds, first_of_run = time.perf_counter() - started, False
+            if run.stop_agreement.after_step(stop.signum is not None) and not last_step:  # every rank at the same step
+                bar.close()
+                path = save_last(run, epoch, step + 1, progress)
+                raise Interrupted(stop.signum or signal.SIGTERM, path)
+    except BaseException:
+        bar.close()
+        raise
     bar.close()
     seconds = time.perf_counter() - started
     return {"train_loss": progress.loss_sum.item() / max(1, progress.seen),
@@ -241,6 +246,16 @@ def train(cfg: TrainConfig, started: float | None = None) -> dict:
     (python -m train: the process's start)."""
     timer = PhaseTimer(started)
     run = prepare(cfg, timer)
+    try:
+        return run_epochs(run, timer)
+    finally:
+        if run.lock:
+            run.lock.release()
+
+
+def run_epochs(run: Run, timer: PhaseTimer) -> dict:
+    """`train` once the run is prepared: the epochs from where it starts, then the final save."""
+    cfg = run.cfg
     start_epoch, start_step, progress = 0, 0, EpochProgress.zeros(run.device)
     if cfg.resume:
         start_epoch, start_step, progress = restore(run)

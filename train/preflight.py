@@ -6,6 +6,7 @@ train/loop.py's `prepare` calls them in that order; the first decoding of the da
 minute, so everything that can fail sooner does.
 """
 
+import fcntl
 import os
 import shutil
 import time
@@ -57,15 +58,55 @@ def existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_output_dir(path: str | os.PathLike) -> None:
-    """Fail now, not after hours of training, if `path` cannot be created or written to. Creates
-    nothing: a run that fails to start leaves no folder behind."""
+def check_output_dir(path: str | os.PathLike, data: str | None = None) -> None:
+    """Fail now, not after hours of training, if `path` cannot be created or written to, lies
+    inside the --data folder (the next run would train on its plots), or is in use by another run
+    (`OutputLock`). Creates nothing: a run that fails to start leaves no folder behind."""
     path = Path(path).expanduser()
+    if data is not None and Path(data).expanduser().is_dir():
+        folder = Path(data).expanduser().resolve()
+        if path.resolve() == folder or folder in path.resolve().parents:
+            raise CheckpointError(f"--output-dir {path} is inside --data {data}: the next run would read its plots "
+                                  "as training images; choose a folder outside the data")
+    OutputLock.check(path)
     existing = existing_ancestor(path)
     if not existing.is_dir():
         raise CheckpointError(f"--output-dir {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CheckpointError(f"--output-dir {path}: cannot write in {existing} (permission denied)")
+
+
+class OutputLock:
+    """One run at a time in an --output-dir: the folder's `.train.lock` file, locked with flock by
+    the run that writes there (its pid inside, for the message), for as long as it runs. The
+    kernel releases the lock when that process ends, however it ends: a lock left by a killed
+    run is stale, and the next run (a --resume, say) takes it over."""
+
+    NAME = ".train.lock"
+
+    def __init__(self, folder: Path):
+        """Lock `folder` (which exists now) for this process, or CheckpointError naming the holder."""
+        self.file = open(folder / self.NAME, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self.file.seek(0) or self.file.read().strip()
+            self.file.close()
+            raise CheckpointError(f"--output-dir {folder} is in use by another run (pid {holder or '?'}); wait for it "
+                                  "to finish, or choose another --output-dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    @classmethod
+    def check(cls, folder: Path) -> None:
+        """Before any data is read: CheckpointError if a running process holds `folder`'s lock."""
+        if (folder / cls.NAME).is_file():
+            cls(folder).release()
+
+    def release(self) -> None:
+        self.file.close()  # (the file stays: an unlocked one is a stale one)
 
 
 def bytes_to_write(model_cfg: ViTConfig) -> tuple[int, int]:

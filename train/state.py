@@ -22,7 +22,7 @@ from train.datasets import Dataset
 from train.distributed import StopAgreement, full_state_dict, load_model_state, load_optimizer_state, optimizer_state
 from train.ema import EMA
 from train.lora import count_parameters, merged_state_dict
-from train.preflight import epoch_warning
+from train.preflight import OutputLock, epoch_warning
 from train.timing import PhaseTimer, timing_line
 from vit.checkpoint import BackgroundSaver, CheckpointError, ModelCard, atomic_save, save_model
 from vit.cli import first_line
@@ -85,6 +85,7 @@ class Run:
     saver: BackgroundSaver = field(default_factory=BackgroundSaver)  # writes the epochs' last.pt while training goes on
     ema: EMA | None = None  # --ema: the moving average of the weights
     stop_agreement: StopAgreement = field(default_factory=StopAgreement)  # ranks stop after the same step
+    lock: OutputLock | None = None  # rank 0's lock on the output folder (train/preflight.py), held to the end
 
     def stateful(self) -> dict:
         """What last.pt saves and a resumed run loads back, beside the weights and the optimiser
@@ -256,6 +257,11 @@ def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
     with open(output_dir / "metrics.jsonl", "a") as file:
         file.write(json.dumps(timing) + "\n")
     tqdm.write(timing_line(timing))
+    skipped = {**run.train_batches.skipped, **run.test_batches.skipped}  # --skip-bad-images, while decoding
+    if skipped:
+        file, reason = next(iter(skipped.items()))
+        tqdm.write(f"warning: skipped {len(skipped)} image(s) that failed while decoding, e.g. {file}: {reason} "
+                   "(the next readable image took each one's place)")
     tqdm.write(f"saved {final_path} (test accuracy {final.get('test_acc') or float('nan'):.2%})\n"
                f"wrote in {output_dir}: {', '.join(written)}, last.pt (to --resume or extend), "
                "metrics.jsonl, curves.png, confusion_matrix.png\n"
