@@ -9,6 +9,7 @@ line on stderr, naming the file and the reason), 2 for bad arguments.
 """
 
 import json
+import re
 import sys
 
 from vit.images import ImageError, expand_paths
@@ -75,6 +76,12 @@ def main(argv=None) -> int:
         return 1
 
 
+def shown(path: str) -> str:
+    """A file name as one line of output: control characters (a newline in a name could forge a
+    prediction line) written as escapes, \\n for a newline."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], path)
+
+
 def report_predictions(predictions, as_json: bool) -> int:
     failed, records = 0, []
     for p in predictions:
@@ -83,9 +90,9 @@ def report_predictions(predictions, as_json: bool) -> int:
             records.append({"path": p.path, "error": p.error} if p.error else
                            {"path": p.path, "predictions": [{"class": c, "confidence": round(v, 6)} for c, v in p.top]})
         elif p.error:
-            print(f"error: {p.path}: {p.error}", file=sys.stderr)
+            print(f"error: {shown(p.path)}: {p.error}", file=sys.stderr)
         else:
-            print(f"{p.path}: " + ", ".join(f"{c} ({v:.1%})" for c, v in p.top), flush=True)
+            print(f"{shown(p.path)}: " + ", ".join(f"{c} ({v:.1%})" for c, v in p.top), flush=True)
     if as_json:
         print(json.dumps(records, indent=1, allow_nan=False))
     return 1 if failed else 0
@@ -96,16 +103,16 @@ def report_explanations(explained) -> int:
     for prediction, picture in explained:
         if prediction.error:
             failed += 1
-            print(f"error: {prediction.path}: {prediction.error}", file=sys.stderr)
+            print(f"error: {shown(prediction.path)}: {prediction.error}", file=sys.stderr)
         else:
             label, confidence = prediction.top[0]
-            print(f"{prediction.path}: {label} ({confidence:.1%}), explained in {picture}", flush=True)
+            print(f"{shown(prediction.path)}: {label} ({confidence:.1%}), explained in {shown(str(picture))}", flush=True)
     return 1 if failed else 0
 
 
 def report_evaluation(result: dict, as_json: bool) -> int:
     for path, reason in result["errors"]:
-        print(f"error: {path}: {reason}", file=sys.stderr)
+        print(f"error: {shown(str(path))}: {reason}", file=sys.stderr)
     if as_json:
         print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]]}, indent=1,
                          allow_nan=False))

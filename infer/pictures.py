@@ -63,5 +63,5 @@ def save_explanation(path: Path, model_input: torch.Tensor, mean, std, rollout: 
         axis.set_yticks([])
     figure.suptitle(f"{title}    (right: last block, {reader} attention per head)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")  # by name, "..png" would get .png added (its suffix hides)
     plt.close(figure)
