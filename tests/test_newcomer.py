@@ -48,6 +48,14 @@ def test_readme_quick_start_runs_offline_on_cpu(tmp_path):
     card = torch.load(tmp_path / "out" / "vit_cifar10_finetuned.pth", weights_only=True)
     assert card["metrics"]["test_acc"] >= 0.15  # 10 classes, 1000 test images: chance is 10% +- 1%
     assert "warning: " not in result.stdout  # the quick start is not a slow configuration
+    # its 3,000 images make 23 full batches of 128: the header says so, and the bar's figures are
+    # read inside every epoch too, not only at its first and last step (log_every 25 > 23 steps)
+    assert "each epoch trains on 2,944 of the 3,000 training images (23 full batches of 128" in result.stdout
+    records = torch.load(tmp_path / "out" / "last.pt", weights_only=True)["history"]  # the bar's readings too
+    for epoch in range(3):
+        inside = [r for r in records if r.get("kind") == "step" and r["epoch"] == epoch
+                  and epoch * 23 + 1 < r["step"] < (epoch + 1) * 23]
+        assert inside, records
 
     # ... and the README's next command, on the model this run wrote: its answer has the README's form
     command = re.search(r"^(python -m infer --checkpoint runs/quick/\S+ --image \S+ --topk 3)\n# (.*)$", readme, re.M)
@@ -421,3 +429,13 @@ def test_the_decoded_image_cache_notices_an_image_edited_in_place(cifar_dir, tmp
     assert len(after.labels) == len(before.labels)
     changed = (after.images.float() - before.images.float()).abs().flatten(1).amax(1) > 50
     assert changed.sum() == 1  # exactly the edited image was decoded anew
+
+
+def test_what_the_readmes_commands_write_in_the_checkout_is_git_ignored():
+    """The README's commands write run folders, pictures and exports into the checkout: none of
+    it may show up in `git status`."""
+    readme = (REPO / "README.md").read_text()
+    export = re.search(r"^python -m weights export \S+ --format hf (\S+)$", readme, re.M).group(1)
+    written = ["runs/quick/last.pt", export + "model.safetensors", "explained/cat.png", "model.onnx", "figures/a.png"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO, capture_output=True, text=True)
+    assert sorted(result.stdout.split()) == sorted(written), result.stdout + result.stderr

@@ -92,7 +92,8 @@ class TrainConfig:
     cache_dir: str | None = setting(None, "where decoded small images are cached (default: $XDG_CACHE_HOME/"
                                     "vit-from-scratch, else ~/.cache/vit-from-scratch)")
     skip_bad_images: bool = setting(False, "skip unreadable training images (default: stop and list them)")
-    log_every: int = setting(25, "steps between progress-bar updates; each one waits for the GPU (default: 25)",
+    log_every: int = setting(25, "steps between progress-bar updates, at least two an epoch; each one waits for "
+                             "the GPU (default: 25)",
                              positive=True)
 
 

@@ -141,6 +141,9 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
     first_of_run = run.steps_done == 0
     if first_of_run:  # on a CPU a first step can take minutes: show that it runs
         bar.set_postfix_str("first step", refresh=True)
+    # The bar's figures are read every log_every steps, and at least at an epoch's middle and end:
+    # an epoch shorter than log_every (the quick start's 23 steps) still shows how it goes.
+    log_every = min(cfg.log_every, max(1, len(batches) // 2))
     started = time.perf_counter()
     try:  # an error leaves the epoch with the bar cleared: its one line stands alone
         for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
@@ -167,7 +170,7 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
             progress.non_finite += (~torch.isfinite(loss.detach())).int()
             bar.update(len(labels))
             last_step = step + 1 == len(batches)
-            if (step + 1) % cfg.log_every == 0 or last_step or stop.signum is not None or first_of_run:
+            if (step + 1) % log_every == 0 or last_step or stop.signum is not None or first_of_run:
                 if progress.non_finite.item():  # the one sync, every log_every steps
                     raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
                                         "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")

@@ -194,6 +194,11 @@ def announce(run: Run) -> None:
     tqdm.write(f"{cfg.model} @ {cfg.img_size}px on {run.device} ({precision}{extras}), {len(data.train.labels)} train / "
                f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
                f"weights: {run.model.pretrained_cfg['source'] or 'random init'}")
+    per_epoch = len(run.train_batches) * cfg.batch_size * run.world_size  # training drops the last partial batch
+    if per_epoch < len(data.train.labels):
+        tqdm.write(f"each epoch trains on {per_epoch:,} of the {len(data.train.labels):,} training images "
+                   f"({len(run.train_batches)} full batches of {cfg.batch_size}{' per rank' if run.world_size > 1 else ''}"
+                   f"; the {len(data.train.labels) - per_epoch} left over change with each epoch's order)")
     if cfg.lora:
         trainable, total = count_parameters(run.model)  # (a sharded parameter counts whole)
         tqdm.write(f"LoRA rank {cfg.lora} on {cfg.lora_targets}: training {trainable:,} of {total:,} parameters "
