@@ -276,3 +276,43 @@ def test_sigterm_removes_the_scratch_folder_and_a_bad_port_is_one_line(checkpoin
     assert not list(scratch.iterdir())
     bad = run_cli("infer.explore", "--checkpoint", str(checkpoint), "--port", "80000")
     assert bad.returncode == 2 and "80000 is not a port" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header_and_decodes_are_bounded(server, monkeypatch,
+                                                                                          tmp_path, cifar_dir):
+    """Item 2: what one upload may cost is bounded before decoding (pixels x bytes per pixel), and
+    at most DECODES_AT_ONCE uploads are decoded at once, whatever arrives."""
+    import io
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    import infer.explore
+    import vit.images
+
+    explore, url = server
+    monkeypatch.setattr(vit.images, "MAX_DECODED_BYTES", 2 * 1000 * 1000)  # 2 MB: a 1000 x 1001 16-bit PNG is over
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((1001, 1000), dtype=np.uint16)).save(buffer, format="PNG")
+    status, answer = call(f"{url}/api/image", buffer.getvalue())
+    assert status == 400 and "would take 2 MB decoded, over the 1 MB one image may" in answer["error"], answer
+
+    active, most = [0], [0]
+    real = infer.explore.load_image
+
+    def counting(*args, **kwargs):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.05)  # hold the decode a moment, so that overlapping uploads would show
+        try:
+            return real(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(infer.explore, "load_image", counting)
+    image = (cifar_dir / "test" / "cat" / "0003.jpg").read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda _: call(f"{url}/api/image", image)[0], range(8))) == [200] * 8
+    assert 1 <= most[0] <= infer.explore.DECODES_AT_ONCE

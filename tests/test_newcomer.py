@@ -439,3 +439,18 @@ def test_what_the_readmes_commands_write_in_the_checkout_is_git_ignored():
     written = ["runs/quick/last.pt", export + "model.safetensors", "explained/cat.png", "model.onnx", "figures/a.png"]
     result = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=REPO, capture_output=True, text=True)
     assert sorted(result.stdout.split()) == sorted(written), result.stdout + result.stderr
+
+
+def test_the_readmes_model_example_defines_every_name_it_uses():
+    """Each name the README's create_model example reads is imported or assigned in it first."""
+    import ast
+    import builtins
+
+    readme = (REPO / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "forward_features" in block)
+    tree = ast.parse(code)
+    defined = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               for alias in node.names}
+    defined |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    assert used - defined - set(dir(builtins)) == set()
