@@ -420,15 +420,20 @@ def test_the_decoded_image_cache_notices_an_image_edited_in_place(cifar_dir, tmp
     from train import TrainConfig
     from train.datasets import load_dataset
 
+    import shutil
+
     data = make_subset(cifar_dir, tmp_path / "data", 30, 1)  # 300 images: the old key checked 3 of them
+    edited = data / "train" / "cat" / "0005.jpg"
+    edited.unlink()  # a symlink into the shared data: edit a copy of our own, never the original
+    shutil.copy(cifar_dir / "train" / "cat" / "0005.jpg", edited)
     cfg = TrainConfig(data=str(data), cache_dir=str(tmp_path / "cache"), num_workers=1)
     before = load_dataset(cfg).train
-    edited = sorted((data / "train" / "cat").iterdir())[5]
     Image.new("RGB", (32, 32), (255, 0, 0)).save(edited, format="JPEG", quality=100)
     after = load_dataset(cfg).train
     assert len(after.labels) == len(before.labels)
     changed = (after.images.float() - before.images.float()).abs().flatten(1).amax(1) > 50
     assert changed.sum() == 1  # exactly the edited image was decoded anew
+    assert not (cifar_dir / "train" / "cat" / "0005.jpg").samefile(edited)
 
 
 def test_what_the_readmes_commands_write_in_the_checkout_is_git_ignored():
