@@ -105,7 +105,10 @@ def branch_count(model: torch.nn.Module) -> dict[str, int]:
                 continue
             for name, function in vars(klass).items():
                 if not inspect.isfunction(function) or name in ("__init__", "reset_parameters", "reset_head",
-                                                                  "attention_map", "weights", "extra_repr"):
+                                                                  "attention_map", "weights", "extra_repr",
+                                                                  # vit/features.py: not the classification path
+                                                                  # (the count of timm's left them out too)
+                                                                  "forward_intermediates", "get_intermediate_layers"):
                     continue
                 tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
                 counts[f"{klass.__name__}.{name}"] = sum(isinstance(n, (ast.If, ast.IfExp)) for n in ast.walk(tree))

@@ -177,6 +177,12 @@ def shape_of(tensor):
     return None if tensor is None else tuple(tensor.shape)
 
 
+def with_prefix(output) -> tuple:
+    """A forward_intermediates output as (map, prefix tokens or None): a model without prefix
+    tokens gives the map alone."""
+    return (output, None) if isinstance(output, torch.Tensor) else output
+
+
 @pytest.mark.parametrize("name,smaller,other_size", CASES, ids=[case[0] for case in CASES])
 @torch.no_grad()
 def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head(
@@ -196,6 +202,15 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     # Stage by stage, from timm's inputs: prefix tokens and positions, each block, the pooling head.
     mismatches = {stage: diff for stage, diff in stage_diffs(reference, ours, images).items() if diff > TOLERANCE}
     assert not mismatches, f"stages that differ from timm: {mismatches}"
+
+    # timm's forward_intermediates: every block's patch tokens as maps on the patch grid, normed,
+    # with the prefix tokens beside them, and the final tokens.
+    final, maps = ours.forward_intermediates(images, norm=True, return_prefix_tokens=True)
+    expected_final, expected_maps = reference.forward_intermediates(images, norm=True, return_prefix_tokens=True)
+    assert max_diff(final, expected_final) <= TOLERANCE and len(maps) == len(expected_maps) == len(ours.blocks)
+    for mine, theirs in zip(map(with_prefix, maps), map(with_prefix, expected_maps)):
+        assert max_diff(mine[0], theirs[0]) <= TOLERANCE and shape_of(mine[1]) == shape_of(theirs[1])
+        assert mine[1] is None or max_diff(mine[1], theirs[1]) <= TOLERANCE
 
     # Another size: timm resamples the positions as it loads the file; so must we.
     overlay = dict(file=str(path), num_classes=reference.num_classes)
@@ -396,3 +411,42 @@ def test_a_checkpoint_that_does_not_fit_its_name_says_which_keys(tmp_path):
     with pytest.raises(CheckpointError, match=r"weights do not fit vit_small_patch16_dinov3 \(Missing key\(s\).*blocks\.2\.") as error:
         load_model(tmp_path / "cut.pth")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name,smaller", [
+    ("vit_small_patch14_reg4_dinov2", {"depth": 4}),  # registers: 5 prefix tokens
+    ("eva02_tiny_patch14_224", {"depth": 4}),  # RoPE
+    ("vit_base_patch16_siglip_224", {"depth": 3}),  # no CLS token, no prefix at all
+    ("vit_wee_patch16_reg1_gap_256", {"depth": 4}),  # the final norm after the pooling: none on tokens
+])
+@torch.no_grad()
+def test_forward_intermediates_options_and_dinov2s_get_intermediate_layers_match_timm(name, smaller, tmp_path, cifar_dir):
+    import timm
+
+    path = tmp_path / "model.safetensors"
+    size = model_config(name).img_size
+    reference = make_timm_file(name, path, img_size=size, **smaller)
+    ours = vit.create_model(name, pretrained=path, **smaller).eval()
+    images = real_images(cifar_dir, 2, 112 if "dinov2" in name else size)
+    if "dinov2" in name:  # (timm resizes its table at each call for another size; ours at load: both once here)
+        reference = timm.create_model(name, img_size=112, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                      **smaller).eval()
+        ours = vit.create_model(name, img_size=112, pretrained=path, **smaller).eval()
+    for options in ({"indices": 2}, {"indices": [0, -1], "output_fmt": "NLC"}, {"indices": [1], "stop_early": True},
+                    {"indices": 3, "norm": True, "intermediates_only": True, "return_prefix_tokens": True}):
+        mine, theirs = ours.forward_intermediates(images, **options), reference.forward_intermediates(images, **options)
+        if not options.get("intermediates_only"):
+            assert max_diff(mine[0], theirs[0]) <= TOLERANCE  # the final tokens (after stop_early: that block's)
+            mine, theirs = mine[1], theirs[1]
+        assert len(mine) == len(theirs)
+        for a, b in zip(map(with_prefix, mine), map(with_prefix, theirs)):
+            assert max_diff(a[0], b[0]) <= TOLERANCE and (a[1] is None) == (b[1] is None)
+    # DINOv2's interface (Meta's defaults: normed; the CLS token apart, registers dropped)
+    layers = ours.get_intermediate_layers(images, n=2, reshape=True, return_class_token=ours.cfg.class_token)
+    expected = reference.forward_intermediates(images, 2, norm=True, return_prefix_tokens=True, intermediates_only=True)
+    for got, want in zip(layers, map(with_prefix, expected)):
+        patches, cls = got if ours.cfg.class_token else (got, None)
+        assert max_diff(patches, want[0]) <= TOLERANCE
+        assert cls is None or max_diff(cls, want[1][:, 0]) <= TOLERANCE
+    with pytest.raises(ValueError, match="the model's blocks are 0 to"):
+        ours.forward_intermediates(images, indices=[len(ours.blocks)])

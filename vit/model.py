@@ -48,6 +48,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from vit import features
+
 
 # The input normalisation timm's ViT weights expect (x - 0.5) / 0.5 per channel; other weights
 # carry their own, and `vit.create_model` records it in `model.pretrained_cfg`.
@@ -572,6 +574,11 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
+
+    # Every block's tokens, for detection and segmentation heads: timm's API and DINOv2's, in
+    # vit/features.py (not the classification path, which the methods above are).
+    forward_intermediates = features.forward_intermediates
+    get_intermediate_layers = features.get_intermediate_layers
 
 
 # ---------------------------------------------------------------------------------------------
