@@ -6,6 +6,7 @@ real images with the other model's own forward (never with our own re-reading). 
 blocks deep where depth does not matter, so each test takes a second or two.
 """
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -329,3 +330,75 @@ def test_a_fine_tuned_checkpoint_builds_at_its_own_size(tiny_run):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), Classifier(path, device="cpu").model(images))
+
+
+# --- Each file at another size, resized as its own code base does ------------------------------
+@pytest.mark.parametrize("registers,theirs,other", [(0, "bicubic_plain", "bicubic"), (4, "bicubic", "bicubic_plain")])
+@torch.no_grad()
+def test_a_transformers_dinov2_file_at_224_gives_transformers_outputs_at_224(registers, theirs, other, tmp_path,
+                                                                            cifar_dir):
+    """A model made for 518 px (a 37 x 37 table), run at 224: transformers resizes its table
+    bicubically at every forward pass, Dinov2Model without antialiasing (timm's antialiased resize
+    was 0.31 away), Dinov2WithRegistersModel with it; ours, loading the file, does as its code does,
+    once. The choice travels in the model's config."""
+    import transformers
+
+    name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
+    common = dict(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, image_size=518, patch_size=14,
+                  layerscale_value=1e-5)
+    if registers:
+        reference = transformers.Dinov2WithRegistersModel(
+            transformers.Dinov2WithRegistersConfig(**common, num_register_tokens=registers))
+    else:
+        reference = transformers.Dinov2Model(transformers.Dinov2Config(**common))
+    perturb_(reference.eval())
+    reference.save_pretrained(tmp_path / "hf")
+    ours = vit.create_model(name, img_size=224, depth=2, pretrained=tmp_path / "hf").eval()
+    assert ours.cfg.position_resize == theirs and ours.cfg.to_dict()["position_resize"] == theirs
+    images = real_images(cifar_dir, 2, 224)
+    expected = reference(pixel_values=images)
+    assert (ours.forward_features(images) - expected.last_hidden_state).abs().max() <= 1e-4
+    other_way = vit.create_model(name, img_size=224, depth=2, pretrained=tmp_path / "hf", position_resize=other)
+    assert (other_way.eval().forward_features(images) - expected.last_hidden_state).abs().max() > 1e-2  # it matters
+
+
+def meta_interpolate_pos_encoding(pos_embed: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Meta's DINOv2 `DinoVisionTransformer.interpolate_pos_encoding` (facebookresearch/dinov2,
+    dinov2/models/vision_transformer.py), its hub models' settings: interpolate_offset 0.1,
+    interpolate_antialias False. Written out here: Meta's code is not a package to install."""
+    N, M = pos_embed.shape[1] - 1, math.isqrt(pos_embed.shape[1] - 1)
+    class_pos_embed, patch_pos_embed = pos_embed[:, 0], pos_embed[:, 1:]
+    w0, h0 = height // patch_size, width // patch_size
+    sx, sy = float(w0 + 0.1) / M, float(h0 + 0.1) / M
+    patch_pos_embed = torch.nn.functional.interpolate(
+        patch_pos_embed.reshape(1, M, M, -1).permute(0, 3, 1, 2), scale_factor=(sx, sy), mode="bicubic", antialias=False)
+    assert (w0, h0) == patch_pos_embed.shape[-2:] and N == M * M
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, pos_embed.shape[-1])), dim=1)
+
+
+def test_a_meta_dinov2_file_at_another_size_is_resized_as_metas_code_does(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    source = perturb_(timm.create_model("vit_small_patch14_dinov2", depth=1, img_size=518))
+    torch.save(meta_dinov2_file(source.state_dict()), tmp_path / "meta.pth")
+    ours = vit.create_model("vit_small_patch14_dinov2", pretrained=tmp_path / "meta.pth", depth=1, img_size=224)
+    assert ours.cfg.position_resize == "bicubic_offset"
+    expected = meta_interpolate_pos_encoding(source.pos_embed.detach(), 224, 224, 14)  # the file's table, by Meta's code
+    assert (ours.position_embedding.detach() - expected).abs().max() <= 1e-6
+
+
+@torch.no_grad()
+def test_an_npz_file_at_another_size_gives_what_timms_npz_reader_gives(tmp_path, cifar_dir):
+    """timm's .npz reader resizes the table bilinearly, without antialiasing; so do we for .npz files."""
+    import timm
+
+    torch.manual_seed(0)
+    source = perturb_(timm.create_model("vit_base_patch16_224", depth=2)).eval()
+    np.savez(tmp_path / "checkpoint.npz", **jax_arrays(source.state_dict(), big_vision=False))
+    theirs = timm.create_model("vit_base_patch16_224", depth=2, img_size=160).eval()
+    theirs.load_pretrained(str(tmp_path / "checkpoint.npz"))
+    ours = vit.create_model("vit_base_patch16_224", pretrained=tmp_path / "checkpoint.npz", depth=2, img_size=160).eval()
+    assert ours.cfg.position_resize == "bilinear"
+    images = real_images(cifar_dir, 2, 160)
+    close(ours(images), theirs(images))

@@ -50,6 +50,8 @@ def create_model(
         fields["layer_norm_eps"] = weights.layer_norm_eps
     if weights.activation is not None:  # a transformers config.json names it (SigLIP's: gelu_tanh)
         fields["activation"] = weights.activation
+    if weights.position_resize and "position_resize" not in overrides:  # as the file's own code resizes its table
+        fields["position_resize"] = weights.position_resize
     model = VisionTransformer(_config(architecture, weights, dict(fields, num_classes=num_classes)))
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg["source"] = weights.source

@@ -49,6 +49,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from vit import features
+from weights.load import POSITION_RESIZES
 
 
 # The input normalisation timm's ViT weights expect (x - 0.5) / 0.5 per channel; other weights
@@ -65,7 +66,7 @@ ACTIVATIONS = {
 POOLS = ("token", "avg", "map")
 ROPES = (None, "axial", "dinov3", "mixed")
 NORMS = ("layernorm", "rmsnorm")
-RESIZES = ("bicubic", "bilinear", "bilinear_corners")
+RESIZES = tuple(POSITION_RESIZES)  # weights/load.py says what each does
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,10 @@ class ViTConfig:
     pool_heads: int | None = None  # PE: its attention pool has 8 heads (None: num_heads) [attn_pool_num_heads]
     pool_mlp_ratio: float | None = None  # PE gigantic: its pool's MLP is 4x (None: mlp_ratio) [attn_pool_mlp_ratio]
     pool_reads_prefix: bool = False  # PE: the attention pool reads the CLS token too, not only the patches
-    position_resize: str = "bicubic"  # how the position table is resized for another image size: bicubic,
-    #                                   antialiased (timm's default); "bilinear" (FlexiViT, RADIO), without
-    #                                   antialiasing; "bilinear_corners": aligning the corners (RADIO v3 B, H)
+    position_resize: str = "bicubic"  # how the position table is resized for another image size, as the code
+    #                                   base of the weights does it (POSITION_RESIZES): bicubic, antialiased
+    #                                   (timm's default); "bilinear" (FlexiViT, RADIO, timm's .npz reader);
+    #                                   "bicubic_plain" (transformers); "bicubic_offset" (Meta's DINOv2)
     # --- The modern family: positions, the MLP and the norm (the three pieces of the module docstring).
     absolute_positions: bool = True  # the learned table added to the tokens; False in BEiT, DINOv3, most
     #                                  RoPE models: attention alone sees positions [use_abs_pos_emb]

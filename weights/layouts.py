@@ -496,6 +496,14 @@ class Layout:
     finish: Callable[[Tensors], Tensors] = _as_is  # our tensors, where shapes differ from theirs
     # transformers' defaults where its config.json is silent (None: not a transformers layout)
     hf_defaults: tuple[float, str] | None = None  # (layer_norm_eps, hidden_act)
+    # How its code resizes the position table for another image size (weights/load.py's
+    # POSITION_RESIZES), or a function of the file's keys where its model classes differ; None: as
+    # the model's family does (timm's way, for timm's and our files)
+    position_resize: str | Callable[[set[str]], str] | None = None
+
+    def resize_for(self, keys: set[str]) -> str | None:
+        """How the code that wrote a file with these keys resizes its position table."""
+        return self.position_resize(keys) if callable(self.position_resize) else self.position_resize
 
     def to_ours(self, tensors: Tensors) -> Tensors:
         if self.table is None:
@@ -518,7 +526,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first t
     Layout("meta_dinov3", "Meta's DINOv3 release (facebookresearch/dinov3)", META_DINOV3_TO_OURS,
            lambda keys: "storage_tokens" in keys and "patch_embed.proj.weight" in keys, _prepare_meta_dinov3),
     Layout("meta_dinov2", "Meta's DINOv2 release (facebookresearch/dinov2)", META_DINOV2_TO_OURS,
-           lambda keys: "mask_token" in keys and "patch_embed.proj.weight" in keys, _prepare_meta, _finish_registers),
+           lambda keys: "mask_token" in keys and "patch_embed.proj.weight" in keys, _prepare_meta, _finish_registers,
+           position_resize="bicubic_offset"),
     Layout("timm", "timm's VisionTransformer, Eva and Beit (the hub's timm/ files)", TIMM_READ_TABLE,
            _has("patch_embed.proj.weight"), _prepare_timm),
     Layout("torchvision", "torchvision.models.VisionTransformer (vit_b_16, ..., vit_h_14)", TORCHVISION_TO_OURS,
@@ -526,19 +535,22 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first t
     Layout("openclip", "OpenCLIP and OpenAI CLIP (the image tower)", OPENCLIP_TO_OURS,
            _has("visual.conv1.weight", "module.visual.conv1.weight"), _prepare_openclip, _finish_clip),
     Layout("big_vision", "google-research/big_vision (.npz: SigLIP, later ViTs)", BIG_VISION_TO_OURS,
-           _is_big_vision, _prepare_jax),
+           _is_big_vision, _prepare_jax, position_resize="bilinear"),  # (as timm's .npz reader)
     Layout("jax_vit", "the ViT paper's JAX release (google-research/vision_transformer .npz)", JAX_VIT_TO_OURS,
-           lambda keys: jax_prefix(keys) is not None, _prepare_jax),
+           lambda keys: jax_prefix(keys) is not None, _prepare_jax, position_resize="bilinear"),
     Layout("hf_dinov2", "transformers' Dinov2Model / Dinov2WithRegistersModel", HF_DINOV2_TO_OURS,
-           _ends("layer_scale1.lambda1"), _prepare_hf_dinov2, _finish_registers, hf_defaults=(1e-6, "gelu")),
+           _ends("layer_scale1.lambda1"), _prepare_hf_dinov2, _finish_registers, hf_defaults=(1e-6, "gelu"),
+           # Dinov2Model without antialiasing, Dinov2WithRegistersModel with it (transformers 5)
+           position_resize=lambda keys: "bicubic" if "embeddings.register_tokens" in keys else "bicubic_plain"),
     Layout("hf", "transformers' ViTModel / ViTForImageClassification", HF_TO_OURS,
-           _ends("embeddings.patch_embeddings.projection.weight"), _prepare_hf_vit, hf_defaults=(1e-12, "gelu")),
+           _ends("embeddings.patch_embeddings.projection.weight"), _prepare_hf_vit, hf_defaults=(1e-12, "gelu"),
+           position_resize="bicubic_plain"),
     Layout("hf_clip", "transformers' CLIPVisionModel / CLIPModel (the image tower)", HF_CLIP_TO_OURS,
            _ends("embeddings.class_embedding"), _prepare_hf_clip, _finish_clip,
-           hf_defaults=(1e-5, "quick_gelu")),
+           hf_defaults=(1e-5, "quick_gelu"), position_resize="bicubic_plain"),
     Layout("hf_siglip", "transformers' SiglipVisionModel / SiglipModel (the image tower)", HF_SIGLIP_TO_OURS,
            _ends("embeddings.patch_embedding.weight"), _prepare_hf_siglip, _finish_positions_table,
-           hf_defaults=(1e-6, "gelu_pytorch_tanh")),
+           hf_defaults=(1e-6, "gelu_pytorch_tanh"), position_resize="bicubic_plain"),
 )}
 
 

@@ -42,6 +42,7 @@ class Pretrained:
     layout: str  # the layout the file was in (weights/layouts.py's LAYOUTS: "timm", "torchvision", ...)
     layer_norm_eps: float | None = None  # None: the model's default
     activation: str | None = None  # the MLP's, where a transformers config.json names it; None: the model's
+    position_resize: str | None = None  # how the file's code resizes its position table; None: the model's
     mean: tuple[float, float, float] | None = None  # None: the file does not say (the model's default)
     std: tuple[float, float, float] | None = None
     extra: dict = field(default_factory=dict)
@@ -283,7 +284,8 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     except ValueError as error:  # UnknownLayout, or keys the layout's table does not know
         raise WeightsError(f"{path}: {error}") from None
     check_finite(state_dict, path)
-    result = Pretrained(state_dict=state_dict, source=str(path), layout=layout.name, extra=extra)
+    result = Pretrained(state_dict=state_dict, source=str(path), layout=layout.name, extra=extra,
+                        position_resize=layout.resize_for(set(tensors)))
 
     config = _read_config(path)
     if "layer_norm_eps" in extra:  # our own .pth checkpoints record it (and converted files, activation too)
@@ -310,23 +312,38 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     return result
 
 
+# How a position table is resized for another grid (ViTConfig.position_resize), as each code base
+# does it; a file is resized as its own code would (Layout.position_resize), so it gives that
+# code's outputs at any size:
+POSITION_RESIZES = {
+    "bicubic": "bicubic, antialiased (timm's default)",
+    "bilinear": "bilinear, not antialiased (FlexiViT, RADIO; timm's reader of the JAX .npz files)",
+    "bilinear_corners": "bilinear with the corners aligned (RADIO v3's base and huge)",
+    "bicubic_plain": "bicubic, not antialiased (transformers' ViTs, at every forward pass)",
+    "bicubic_offset": "bicubic, not antialiased, by the scale factor (G' + 0.1) / G (Meta's DINOv2 code)",
+}
+
+
 def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int, num_prefix: int = 1,
                                 mode: str = "bicubic") -> torch.Tensor:
-    """(1, prefix+G*G, D) -> (1, prefix+new_grid**2, D), as timm does it: the entries of the
-    prefix tokens (CLS, ...; none where positions cover only the patches) are kept, the patch
-    entries are viewed as a G x G image with D channels and resized: bicubically, antialiased
-    (timm's default), or as `mode` (ViTConfig.position_resize) says: bilinearly (FlexiViT, RADIO),
-    with the corners aligned ("bilinear_corners": RADIO v3's base and huge)."""
+    """(1, prefix+G*G, D) -> (1, prefix+new_grid**2, D): the entries of the prefix tokens (CLS,
+    ...; none where positions cover only the patches) are kept, the patch entries are viewed as a
+    G x G image with D channels and resized as `mode` says (POSITION_RESIZES)."""
     prefix_entries, patch_entries = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     old_grid = math.isqrt(patch_entries.shape[1])
     if old_grid == new_grid:
         return pos_embed
     grid = patch_entries.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, D, G, G)
+    size = (new_grid, new_grid)
     if mode == "bicubic":
-        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True)
+        grid = F.interpolate(grid, size=size, mode="bicubic", antialias=True)
+    elif mode == "bicubic_plain":
+        grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
+    elif mode == "bicubic_offset":  # Meta's "historical kludge" against floating-point error, kept for its weights
+        scale = (new_grid + 0.1) / old_grid
+        grid = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", antialias=False)
     else:
-        grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bilinear", antialias=False,
-                             align_corners=mode == "bilinear_corners")
+        grid = F.interpolate(grid, size=size, mode="bilinear", antialias=False, align_corners=mode == "bilinear_corners")
     patch_entries = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos_embed.dtype)
     return torch.cat([prefix_entries, patch_entries], dim=1)
 
