@@ -40,6 +40,7 @@ class Description:
     head_classes: int | None  # None: no classifier in the file (a backbone)
     names: tuple[str, ...]  # timm names whose model has exactly these tensors
     other_size_names: tuple[str, ...]  # names that fit once the position table is resampled
+    ignored: tuple[str, ...] = ()  # a larger model's tensors outside its ViT (an .onnx graph's decoder)
 
     def lines(self) -> list[str]:
         """The description as `python -m weights inspect` prints it."""
@@ -64,6 +65,9 @@ class Description:
                                     f"pretrained='{self.source}')"))
         else:
             rows.append(("timm names", "none has these shapes"))
+        if self.ignored:
+            shown = ", ".join(self.ignored[:4]) + (", ..." if len(self.ignored) > 4 else "")
+            rows.append(("ignored", f"{len(self.ignored)} tensors outside the ViT: {shown}"))
         width = max(len(label) for label, _ in rows)
         return [self.source] + [f"  {label:<{width}}  {text}" for label, text in rows]
 
@@ -94,7 +98,8 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
         parameters=sum(v.numel() for v in tensors.values()), depth=depth, width=width, patch=tuple(patch),
         in_channels=in_channels, mlp_hidden=mlp_hidden, gated_mlp=gated, prefix_tokens=tuple(prefix),
         positions=positions, img_size=img_size,
-        head_classes=None if head is None else head.shape[0], names=names, other_size_names=other_size)
+        head_classes=None if head is None else head.shape[0], names=names, other_size_names=other_size,
+        ignored=weights.ignored)
 
 
 def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> tuple[str, int | None]:

@@ -12,6 +12,7 @@ an error, never dropped), stack the parts of fused tensors, then finish.
 To add a layout: write its table, and one Layout(...) in LAYOUTS.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -381,11 +382,32 @@ def _prepare_hf_vit(tensors: Tensors) -> Tensors:
     """A ViTModel has no "vit." prefix, and may carry a pooler ViTForImageClassification never uses."""
     if not any(k.startswith("vit.") for k in tensors):
         tensors = {f"vit.{k}": v for k, v in tensors.items()}
-    return {k: v for k, v in tensors.items() if not k.startswith("vit.pooler.")}
+    return {k: v for k, v in _hub_names(tensors, HF_VIT_NAMES).items() if not k.startswith("vit.pooler.")}
+
+
+# transformers 5 names some modules otherwise in memory (what an ONNX export of a live model
+# records) than in its files, which keep the hub's names that the tables read: (regex, hub name).
+HF_ATTENTION_NAMES = [(r"\.attention\.q_proj\.", ".attention.attention.query."),
+                      (r"\.attention\.k_proj\.", ".attention.attention.key."),
+                      (r"\.attention\.v_proj\.", ".attention.attention.value."),
+                      (r"\.attention\.o_proj\.", ".attention.output.dense.")]
+HF_VIT_NAMES = [(r"^(vit\.)?layers\.(\d+)\.", r"\1encoder.layer.\2."), *HF_ATTENTION_NAMES,
+                (r"\.mlp\.fc1\.", ".intermediate.dense."), (r"\.mlp\.fc2\.", ".output.dense.")]
+
+
+def _hub_names(tensors: Tensors, names: list[tuple[str, str]]) -> Tensors:
+    """Keys in transformers' in-memory names -> the hub's (keys already so stay as they are)."""
+    def hub(key: str) -> str:
+        for pattern, replacement in names:
+            key = re.sub(pattern, replacement, key)
+        return key
+
+    return {hub(k): v for k, v in tensors.items()}
 
 
 def _prepare_hf_dinov2(tensors: Tensors) -> Tensors:
-    """The `dinov2.` part of a classifier, without the mask token."""
+    """The `dinov2.` part of a classifier, without the mask token, in the hub's names."""
+    tensors = _hub_names(tensors, HF_ATTENTION_NAMES)
     return {k.removeprefix("dinov2."): v for k, v in tensors.items() if not k.endswith("mask_token")}
 
 

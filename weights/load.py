@@ -15,6 +15,7 @@ allow_pickle=False, and `.pth` files with `torch.load(weights_only=True)`.
 import json
 import math
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from weights.layouts import detect_layout
+from weights.layouts import UnknownLayout, detect_layout
 from weights.messages import first_line
 
 
@@ -43,6 +44,7 @@ class Pretrained:
     layer_norm_eps: float | None = None  # None: the model's default
     activation: str | None = None  # the MLP's, where a transformers config.json names it; None: the model's
     position_resize: str | None = None  # how the file's code resizes its position table; None: the model's
+    ignored: tuple[str, ...] = ()  # a larger model's tensors outside its ViT (an .onnx graph's decoder, ...)
     mean: tuple[float, float, float] | None = None  # None: the file does not say (the model's default)
     std: tuple[float, float, float] | None = None
     extra: dict = field(default_factory=dict)
@@ -225,10 +227,43 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
 
 
+def _read_onnx(path: Path) -> tuple[dict, dict]:
+    """An ONNX graph's weights under their parameter names (weights/onnx_graph.py), and the names
+    of those left anonymous (extra["anonymous"])."""
+    try:
+        from weights.onnx_graph import read_onnx
+
+        tensors, anonymous = read_onnx(path)
+    except ImportError:
+        raise WeightsError(f"{path}: reading .onnx files needs the onnx package: pip install -e \".[onnx]\"") from None
+    except Exception as error:  # onnx's DecodeError and others for a file that is not a graph
+        raise WeightsError(f"{path}: not a readable ONNX graph ({type(error).__name__}: {first_line(error)[:120]})") from None
+    return tensors, {"anonymous": anonymous}
+
+
+def backbone_prefix(tensors: dict) -> str:
+    """Where the ViT is among a larger model's tensors: "" for a file that is a ViT, "backbone."
+    (or any one or two leading names) for one inside a model, whichever leaves keys that a layout
+    reads whole; ValueError, one line, where none does."""
+    candidates = [""] + sorted({m.group(0) for key in tensors for m in [re.match(r"[^.]+\.([^.]+\.)?", key)] if m}
+                               | {key.split(".", 1)[0] + "." for key in tensors if "." in key}, key=len)
+    for prefix in candidates:
+        inside = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            detect_layout(inside).to_ours(inside)
+            return prefix
+        except ValueError:
+            continue
+    raise UnknownLayout(f"no ViT of a known layout among its {len(tensors)} tensors, nor under a prefix of them "
+                        f"(first keys: {', '.join(list(tensors)[:4])})")
+
+
 def _read_tensors(path: Path) -> tuple[dict, dict]:
-    """Tensors of a .safetensors, .npz or weights-only .pth file, and the .pth's other entries."""
+    """Tensors of a .safetensors, .npz, .onnx or weights-only .pth file, and the .pth's other entries."""
     if path.suffix == ".npz":
         return _read_npz(path), {}
+    if path.suffix == ".onnx":
+        return _read_onnx(path)
     if path.suffix in TORCH_SUFFIXES:
         checkpoint = load_weights_only(path)
         if not isinstance(checkpoint, dict):
@@ -278,14 +313,19 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     """Read pretrained weights from a path or hub id and convert them to our layout."""
     path = resolve(pretrained)
     tensors, extra = _read_tensors(path)
+    ignored: list[str] = extra.pop("anonymous", [])
     try:
+        if path.suffix == ".onnx":  # a graph may hold a whole model with the ViT inside it
+            prefix = backbone_prefix(tensors)
+            ignored = sorted(k for k in tensors if not k.startswith(prefix)) + ignored
+            tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         layout = detect_layout(tensors)
         state_dict = layout.to_ours(tensors)
     except ValueError as error:  # UnknownLayout, or keys the layout's table does not know
         raise WeightsError(f"{path}: {error}") from None
     check_finite(state_dict, path)
     result = Pretrained(state_dict=state_dict, source=str(path), layout=layout.name, extra=extra,
-                        position_resize=layout.resize_for(set(tensors)))
+                        position_resize=layout.resize_for(set(tensors)), ignored=tuple(ignored))
 
     config = _read_config(path)
     if "layer_norm_eps" in extra:  # our own .pth checkpoints record it (and converted files, activation too)
