@@ -50,6 +50,9 @@ def timm_embedding(timm_model, images):
         return torch.cat([timm_model.cls_token.expand(len(images), -1, -1), patches], dim=1), None
     if type(timm_model).__name__ == "Eva":
         return timm_model._pos_embed(timm_model.patch_embed(images))
+    if type(timm_model).__name__ == "VisionTransformerRelPos":  # no table: the CLS token, if any, in front
+        prefix = [] if timm_model.cls_token is None else [timm_model.cls_token.expand(len(images), -1, -1)]
+        return torch.cat([*prefix, patches], dim=1), None
     return timm_model._pos_embed(patches), None
 
 

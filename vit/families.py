@@ -34,6 +34,8 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
     pe_core         Perception Encoder: axial RoPE beside the table, norm before the blocks, MAP head   0.5
     pe_spatial      Perception Encoder's spatial / language towers: no final norm, mean of the patches   0.5
     aimv2           AIMv2: RMSNorm (also after the patch embedding), SwiGLU, no biases, mean pooling   OpenAI CLIP
+    relpos          timm's relpos ViTs: no position table; each block's bias per (dy, dx) offset from an MLP of
+                    the log-spaced offset; no CLS token, layer scale, mean pooling  0.5
     --- other blocks: how attention and the MLP are arranged, and attention variants
     parallel_xp     ViT-22B's parallel block (attention and MLP from one norm), q/k norms, RMSNorm,
                     a norm before the blocks, positions for the patches only               0.5
@@ -46,7 +48,8 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
 The mean/std above are each name's default; a hub download reads the tag's own from its
 config.json (e.g. `vit_large_patch14_clip_224.openai` uses OpenAI's, its default tag 0.5).
 
-Not here: BEiT-3 (a multiway transformer: one set of weights per modality, not a ViT's block).
+Not here: BEiT-3 (a multiway transformer: one set of weights per modality, not a ViT's block);
+timm's two srelpos ViTs (one relative position MLP shared by every block: LEFT_OUT).
 """
 
 from dataclasses import dataclass, field
@@ -153,6 +156,8 @@ FAMILIES: dict[str, Family] = {
     "aimv2": Family(dict(patch_size=14, class_token=False, pool="avg", qkv_bias=False, proj_bias=False, gated_mlp=True,
                          norm="rmsnorm", layer_norm_eps=1e-5, norm_after_patches=True, num_classes=0), OPENAI_CLIP,
                    timm_keys=("swiglu",)),
+    "relpos": Family(dict(absolute_positions=False, relative_position_mlp=128, class_token=False, pool="avg",
+                          layer_scale=1e-6, qkv_bias=False, norm_after_pool=True)),
     # --- Other blocks: how attention and the MLP are arranged, and attention variants
     "parallel_xp": Family(dict(parallel=True, qk_norm=True, norm="rmsnorm", norm_before_blocks=True, patch_bias=False,
                                positions_cover_prefix=False, qkv_bias=False), timm_keys=("parallel",)),
@@ -163,8 +168,8 @@ FAMILIES: dict[str, Family] = {
                        timm_keys=("gamma", "qkv_biased")),
 }
 
-# timm's ViT names that are not here (see the docstring): none. BEiT-3's multiway names are not ViTs.
-LEFT_OUT: tuple[str, ...] = ()
+# timm's ViT names that are not here (see the docstring). BEiT-3's multiway names are not ViTs.
+LEFT_OUT: tuple[str, ...] = ("vit_srelpos_small_patch16_224", "vit_srelpos_medium_patch16_224")
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -505,6 +510,22 @@ TABLE: dict[str, Row] = {
     "vit_pe_spatial_large_patch14_448": row("pe_spatial", LARGE, "fb", img_size=448, patch_size=14),
     "vit_pe_spatial_small_patch16_512": row("pe_spatial", SMALL, "fb", img_size=512),
     "vit_pe_spatial_tiny_patch16_512": row("pe_spatial", TINY, "fb", img_size=512),
+    # timm's relpos ViTs (vision_transformer_relpos): a relative position MLP in every block instead of the table
+    "vit_relpos_small_patch16_224": row("relpos", SMALL, "sw_in1k"),
+    "vit_relpos_medium_patch16_224": row("relpos", MEDIUM, "sw_in1k"),
+    "vit_relpos_base_patch16_224": row("relpos", BASE, "sw_in1k"),
+    "vit_relpos_base_patch16_plus_240": row("relpos", PLUS, None, img_size=240, qkv_bias=True, norm_after_pool=False),
+    "vit_relpos_medium_patch16_cls_224": row("relpos", MEDIUM, "sw_in1k", relative_position_mlp=256, class_token=True,
+                                             pool="token", norm_after_pool=False),
+    "vit_relpos_base_patch16_cls_224": row("relpos", BASE, None, class_token=True, pool="token", norm_after_pool=False),
+    "vit_relpos_base_patch16_clsgap_224": row("relpos", BASE, "sw_in1k", class_token=True),  # mean of the patches
+    # ... with res-post-norm blocks (x + norm(f(x)); timm initialises those norms' weights small instead)
+    "vit_relpos_small_patch16_rpn_224": row("relpos", SMALL, None, post_norm=True, layer_scale=None, norm_after_pool=False),
+    "vit_relpos_medium_patch16_rpn_224": row("relpos", MEDIUM, "sw_in1k", post_norm=True, layer_scale=None,
+                                             norm_after_pool=False),
+    "vit_relpos_base_patch16_rpn_224": row("relpos", BASE, None, post_norm=True, layer_scale=None, norm_after_pool=False),
+    "vit_relpos_base_patch32_plus_rpn_256": row("relpos", PLUS, "sw_in1k", img_size=256, patch_size=32, qkv_bias=True,
+                                                post_norm=True, layer_scale=None, norm_after_pool=False),
     # Other blocks: ViT-22B's parallel block with q/k norms (no weights in timm), "Three things"' 2 branches
     "vit_base_patch16_xp_224": row("parallel_xp", BASE, None),
     "vit_large_patch14_xp_224": row("parallel_xp", LARGE, None, patch_size=14),

@@ -21,8 +21,9 @@ functions at its end. No forward method asks which family it runs:
 
     where positions enter      a learned table added to the tokens (the original; AddPositions,
                                or AddPositionsToPatches), rotary (AxialRope, DinoV3Rope, MixedRope
-                               hand each block a Rotation of q and k), or BEiT's RelativePositionBias
-                               (attention's `relative_bias` slot)
+                               hand each block a Rotation of q and k), or a bias on the logits in
+                               attention's `relative_bias` slot: BEiT's RelativePositionBias table, or
+                               timm's relpos ViTs' RelativePositionMlp
     the attention              QVBiasAttention (no key bias), GroupedQueryAttention (fewer key/value
                                heads), DifferentialSelfAttention (two softmax maps, one subtracted)
     the MLP and the norm       GatedMLP (SwiGLU); RMSNorm instead of LayerNorm (make_norm)
@@ -120,6 +121,8 @@ class ViTConfig:
     #                                         pretraining grid at any image size [ref_feat_shape]
     relative_position_bias: bool = False  # BEiT: every block adds a learned bias per head and (dy, dx)
     #                                       offset to the attention logits [use_rel_pos_bias]
+    relative_position_mlp: int = 0  # timm's relpos ViTs: every block's bias per (dy, dx) offset comes from an
+    #                                 MLP of this hidden width on the log-spaced offset (0: none) [rel_pos_dim]
     key_bias: bool = True  # BEiT, EVA, DINOv3: q and v have a bias, k none (with RoPE it would not cancel)
     proj_bias: bool = True  # AIMv2: the attention output and the MLP without bias
     gated_mlp: bool = False  # SwiGLU: silu(x W_gate) * (x W_value) -> W_out, hidden int(D * mlp_ratio)
@@ -162,6 +165,8 @@ class ViTConfig:
                              f"position_resize one of {list(RESIZES)}")
         if self.rope and self.head_dim % 4:
             raise ValueError(f"RoPE needs a head dimension divisible by 4 (x and y pairs), not {self.head_dim}")
+        if self.relative_position_bias and self.relative_position_mlp:
+            raise ValueError("one relative position scheme per model: a bias table (BEiT) or an MLP (relpos)")
         if self.relative_position_bias and self.num_prefix_tokens != 1:
             raise ValueError("the relative position bias (BEiT) has entries for exactly one prefix token, the CLS token")
         if self.relative_position_bias and self.grid_shape[0] != self.grid_shape[1]:
@@ -357,7 +362,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.embed_dim, sum(self.split), bias=cfg.qkv_bias)
         self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()  # ViT-22B, Sapiens2
         self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else nn.Identity()
-        self.relative_bias = RelativePositionBias(cfg) if cfg.relative_position_bias else NoRelativeBias()  # BEiT
+        self.relative_bias = make_relative_bias(cfg)  # BEiT's table, relpos' MLP; NoRelativeBias in the original
         self.softmax_attention = SoftmaxAttention()
         self.inner_norm = make_norm(cfg, cfg.embed_dim) if cfg.attention_inner_norm else nn.Identity()  # EVA-02 CLIP
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.proj_bias)
@@ -799,6 +804,48 @@ class RelativePositionBias(nn.Module):
         return rearrange(self.table[self.index], "i j h -> 1 h i j").to(dtype)  # (1, H, T, T)
 
 
+class OffsetMlp(nn.Module):
+    """(dy, dx), log-spaced -> a bias per head: Linear(2, hidden), ReLU, Linear(hidden, heads)."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.fc1 = nn.Linear(2, hidden)
+        self.fc2 = nn.Linear(hidden, heads)
+
+    def forward(self, offsets: torch.Tensor) -> torch.Tensor:  # (..., 2) -> (..., heads)
+        return self.fc2(F.relu(self.fc1(offsets)))
+
+
+class RelativePositionMlp(nn.Module):
+    """timm's relpos ViTs (after Swin v2's continuous position bias, timm's "cr" mode): the bias
+    for two patches comes from an MLP of their offset, log-spaced so that near offsets are told
+    apart finely and far ones coarsely:
+
+        logits[h, i, j] += mlp(sign(d) * ln(1 + |d|))[h],   d = (dy, dx) from patch j to patch i
+
+    The MLP has no table of offsets to resize: any grid gets its biases from the same weights.
+    Prefix tokens (a CLS token) get no bias (a zero row and column)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        rows, columns = cfg.grid_shape
+        self.prefix, self.num_heads = cfg.num_prefix_tokens, cfg.num_heads
+        self.mlp = OffsetMlp(cfg.relative_position_mlp, cfg.num_heads)
+        dy, dx = torch.meshgrid(torch.arange(-(rows - 1), rows).float(), torch.arange(-(columns - 1), columns).float(),
+                                indexing="ij")  # every offset: (2R-1, 2C-1) each
+        offsets = torch.stack([dy, dx], dim=-1)
+        self.register_buffer("log_offsets", offsets.sign() * torch.log1p(offsets.abs()), persistent=False)  # (2R-1, 2C-1, 2)
+        y, x = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
+        y, x = y.flatten(), x.flatten()  # (N,) each, row-major as the tokens
+        index = (y[:, None] - y[None, :] + rows - 1) * (2 * columns - 1) + (x[:, None] - x[None, :] + columns - 1)
+        self.register_buffer("index", index, persistent=False)  # (N, N): patch pair -> its offset's row
+
+    def forward(self, dtype: torch.dtype) -> torch.Tensor:
+        per_offset = self.mlp(self.log_offsets).reshape(-1, self.num_heads)  # ((2R-1)(2C-1), H)
+        bias = rearrange(per_offset[self.index], "i j h -> h i j")  # (H, N, N)
+        return F.pad(bias, (self.prefix, 0, self.prefix, 0))[None].to(dtype)  # (1, H, T, T)
+
+
 # --- Other attentions: each changes one step of MultiHeadSelfAttention.
 
 class QVBiasAttention(MultiHeadSelfAttention):
@@ -996,6 +1043,12 @@ def make_add_positions(cfg: ViTConfig) -> nn.Module:
 
 def make_rope(cfg: ViTConfig) -> nn.Module:
     return {None: NoRope, "axial": AxialRope, "dinov3": DinoV3Rope, "mixed": MixedRope}[cfg.rope](cfg)
+
+
+def make_relative_bias(cfg: ViTConfig) -> nn.Module:
+    if cfg.relative_position_bias:
+        return RelativePositionBias(cfg)
+    return RelativePositionMlp(cfg) if cfg.relative_position_mlp else NoRelativeBias()
 
 
 def make_attention(cfg: ViTConfig, index: int) -> MultiHeadSelfAttention:

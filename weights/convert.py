@@ -62,6 +62,10 @@ TIMM_TO_OURS: dict[str, str] = {
     "blocks.{i}.attn.q_bias": "blocks.{i}.attention.q_bias",  # BEiT, EVA, DINOv3: biases for q and v only
     "blocks.{i}.attn.v_bias": "blocks.{i}.attention.v_bias",
     "blocks.{i}.attn.relative_position_bias_table": "blocks.{i}.attention.relative_bias.table",  # BEiT
+    "blocks.{i}.attn.rel_pos.mlp.fc1.weight": "blocks.{i}.attention.relative_bias.mlp.fc1.weight",  # relpos ViTs:
+    "blocks.{i}.attn.rel_pos.mlp.fc1.bias": "blocks.{i}.attention.relative_bias.mlp.fc1.bias",  # the offsets' MLP
+    "blocks.{i}.attn.rel_pos.mlp.fc2.weight": "blocks.{i}.attention.relative_bias.mlp.fc2.weight",
+    "blocks.{i}.attn.rel_pos.mlp.fc2.bias": "blocks.{i}.attention.relative_bias.mlp.fc2.bias",
     "blocks.{i}.attn.norm.weight": "blocks.{i}.attention.inner_norm.weight",  # EVA-02 CLIP
     "blocks.{i}.attn.norm.bias": "blocks.{i}.attention.inner_norm.bias",
     "blocks.{i}.mlp.norm.weight": "blocks.{i}.mlp.inner_norm.weight",  # EVA-02's SwiGLU
