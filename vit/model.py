@@ -141,7 +141,7 @@ class ViTConfig:
     qk_norm: bool = False  # a norm on each head's q and k before the logits, which keeps them bounded (ViT-22B,
     #                        Sapiens2)
     differential: bool = False  # Differential attention (Ye et al. 2024): two softmax maps per head, the second
-    #                             subtracted with a learned weight (see DifferentialAttention) [attn_layer='diff']
+    #                             subtracted with a learned weight (see DifferentialSelfAttention) [attn_layer='diff']
     kv_heads: int | None = None  # grouped-query attention: this many key/value heads, each shared by
     #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
     full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
