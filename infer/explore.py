@@ -385,9 +385,9 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     host, port = server.server_address[:2]
-    print(f"exploring {subject.name} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     signal.signal(signal.SIGTERM, _stop)  # as Ctrl-C: the scratch folder is removed on the way out
-    try:
+    try:  # (the handler is in place before the line that says the server is ready)
+        print(f"exploring {subject.name} at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
