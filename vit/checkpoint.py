@@ -40,7 +40,7 @@ from vit.cli import first_line
 from vit.families import MODELS, model_config
 from vit.model import ACTIVATIONS, ViTConfig, VisionTransformer
 from vit.device import AMP_DTYPES
-from weights.load import WeightsError, check_finite, check_tensors, load_weights_only, normalisation
+from weights.load import WeightsError, check_finite, check_tensors, is_layer_norm_eps, load_weights_only, normalisation
 
 
 class CheckpointError(Exception):
@@ -128,9 +128,7 @@ def _check_card(entries: dict, path) -> None:
                         "a list of class names (strings)"),
         "source_size": (entries.get("source_size") is None or positive_int(entries.get("source_size")),
                         "a positive whole number of pixels, or None"),
-        "layer_norm_eps": (isinstance(entries.get("layer_norm_eps", 1e-6), (int, float))
-                           and not isinstance(entries.get("layer_norm_eps", 1e-6), bool)
-                           and 0 < entries.get("layer_norm_eps", 1e-6) < 1, "a small positive number"),
+        "layer_norm_eps": (is_layer_norm_eps(entries.get("layer_norm_eps", 1e-6)), "a small positive number"),
         "activation": (entries.get("activation", "gelu") in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
         "eval_amp": (entries.get("eval_amp", "none") in AMP_DTYPES, f"one of {', '.join(AMP_DTYPES)}"),
     }

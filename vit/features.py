@@ -13,7 +13,6 @@ of these options.
 
 import torch
 from einops import rearrange
-from torch.utils.checkpoint import checkpoint
 
 
 def take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
@@ -53,8 +52,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
     blocks = model.blocks[: max(taken) + 1] if stop_early else model.blocks
     outputs = []
     for i, (block, rotation) in enumerate(zip(blocks, model.rope.rotations(grid))):
-        use_checkpoint = model.grad_checkpointing and torch.is_grad_enabled()
-        x = checkpoint(block, x, rotation, use_reentrant=False) if use_checkpoint else block(x, rotation)
+        x = model.run_block(block, x, rotation)
         if i in taken:
             outputs.append(token_norm(x) if norm else x)
     prefix = cfg.num_prefix_tokens

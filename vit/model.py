@@ -556,14 +556,17 @@ class VisionTransformer(nn.Module):
         x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
         grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)  # (rows, columns)
         for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                # backward re-runs the block; the random state is replayed, so drop path drops the same
-                x = checkpoint(block, x, rotation, use_reentrant=False)
-            else:
-                x = block(x, rotation)
+            x = self.run_block(block, x, rotation)
         if self.cfg.norm_after_pool:  # (GAP ViTs with registers, BEiT, EVA: the head normalises the pooled vector)
             return x
         return self.final_norm(x)
+
+    def run_block(self, block: nn.Module, x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
+        """One block, (B, T, D) -> (B, T, D); with activation checkpointing in training, its
+        backward re-runs it (the random state replayed: drop path drops the same samples)."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, rotation, use_reentrant=False)
+        return block(x, rotation)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Token sequence (B, T, D) -> logits (B, num_classes): pool one vector, classify it."""

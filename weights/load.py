@@ -184,6 +184,11 @@ def check_tensors(tensors, source) -> dict:
     return tensors
 
 
+def is_layer_norm_eps(value) -> bool:
+    """A LayerNorm epsilon as a file or card may give it: a number between 0 and 1."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+
 def normalisation(mean, std, source) -> tuple[tuple, tuple]:
     """(mean, std) as tuples of 3 floats, or WeightsError: std must be positive (it divides)."""
     for name, values in (("mean", mean), ("std", std)):
@@ -330,7 +335,7 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     config = _read_config(path)
     if "layer_norm_eps" in extra:  # our own .pth checkpoints record it (and converted files, activation too)
         eps = extra["layer_norm_eps"]
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        if not is_layer_norm_eps(eps):
             raise WeightsError(f"{path}: layer_norm_eps {str(eps)[:40]!r} is not a small positive number")
         result.layer_norm_eps = float(eps)
         result.activation = extra.get("activation")
