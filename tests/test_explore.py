@@ -316,3 +316,43 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header_and_decodes_are
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(lambda _: call(f"{url}/api/image", image)[0], range(8))) == [200] * 8
     assert 1 <= most[0] <= infer.explore.DECODES_AT_ONCE
+
+
+def test_the_server_answers_at_most_max_threads_connections_at_once(checkpoint, monkeypatch):
+    """Item 3: connections beyond MAX_THREADS wait in the backlog instead of each taking a thread
+    (1000 half-sent requests held 1000 threads before). Here 2 threads, 5 silent connections, each
+    closed by a 1 s timeout in turn: never more than 2 handled at once, and every one answered."""
+    import socket
+
+    import infer.explore
+
+    monkeypatch.setattr(infer.explore, "MAX_THREADS", 2)
+    monkeypatch.setattr(infer.explore.Handler, "timeout", 1)
+    active, most, lock = [0], [0], threading.Lock()
+    real_handle = infer.explore.Handler.handle
+
+    def counted(handler):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            real_handle(handler)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(infer.explore.Handler, "handle", counted)
+    explore = ExploreServer(Explorer(Subject.from_checkpoint(str(checkpoint), torch.device("cpu"))), port=0)
+    threading.Thread(target=explore.serve_forever, daemon=True).start()
+    try:
+        host, port = explore.server_address[:2]
+        connections = [socket.create_connection((host, port), timeout=30) for _ in range(5)]
+        for connection in connections:
+            connection.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1")  # never finished
+        for connection in connections:
+            assert connection.recv(1024) == b""  # closed by the server's timeout (the event waited for)
+            connection.close()
+        assert most[0] == 2
+    finally:
+        explore.shutdown()
+        explore.close()
