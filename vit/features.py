@@ -37,8 +37,8 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
     """timm's `forward_intermediates`, with its arguments and results:
 
     images (B, C, H, W) -> (final tokens, [block outputs]), or only the list (intermediates_only).
-    indices: the blocks (take_indices). norm: each output through the final norm (where the model
-    normalises tokens; after-pooling norms do not). output_fmt: "NCHW" maps (B, D, rows, columns)
+    indices: the blocks (take_indices). norm: each output through the model's `norm_tokens` (the
+    final norm, where the model normalises tokens; after-pooling norms do not). output_fmt: "NCHW" maps (B, D, rows, columns)
     or "NLC" tokens (B, N, D), the prefix tokens (CLS, registers) cut off either way, and given
     beside each output, as (output, (B, prefix, D)) pairs, with return_prefix_tokens. stop_early:
     run no block past the last one taken (the final tokens are then that block's)."""
@@ -47,14 +47,13 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
     cfg = model.cfg
     taken = take_indices(len(model.blocks), indices)
     grid = (images.shape[-2] // cfg.patch_size, images.shape[-1] // cfg.patch_size)  # (rows, columns)
-    token_norm = torch.nn.Identity() if cfg.norm_after_pool else model.final_norm  # timm's `norm`
     x = model.norm_before_blocks(model.embed(images))
     blocks = model.blocks[: max(taken) + 1] if stop_early else model.blocks
     outputs = []
     for i, (block, rotation) in enumerate(zip(blocks, model.rope.rotations(grid))):
         x = model.run_block(block, x, rotation)
         if i in taken:
-            outputs.append(token_norm(x) if norm else x)
+            outputs.append(model.norm_tokens(x) if norm else x)
     prefix = cfg.num_prefix_tokens
     prefixes = [y[:, :prefix] for y in outputs]  # (B, prefix, D) each
     outputs = [y[:, prefix:] for y in outputs]  # (B, N, D) each
@@ -64,7 +63,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
         outputs = list(zip(outputs, prefixes))
     if intermediates_only:
         return outputs
-    return token_norm(x), outputs
+    return model.norm_tokens(x), outputs
 
 
 def get_intermediate_layers(model, images: torch.Tensor, n: int | list[int] = 1, reshape: bool = False,

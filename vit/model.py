@@ -557,7 +557,13 @@ class VisionTransformer(nn.Module):
         grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)  # (rows, columns)
         for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
             x = self.run_block(block, x, rotation)
-        if self.cfg.norm_after_pool:  # (GAP ViTs with registers, BEiT, EVA: the head normalises the pooled vector)
+        return self.norm_tokens(x)
+
+    def norm_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm on every token (B, T, D), where the model normalises tokens; with
+        norm_after_pool (GAP ViTs with registers, BEiT, EVA) the head normalises the pooled vector
+        instead, and the tokens stay as the last block left them (timm's `norm` is Identity there)."""
+        if self.cfg.norm_after_pool:
             return x
         return self.final_norm(x)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from weights.layouts import UnknownLayout, detect_layout
+from weights.layouts import Layout, UnknownLayout, detect_layout
 from weights.messages import first_line
 
 
@@ -205,8 +205,8 @@ def load_weights_only(path: str | os.PathLike):
     for anything else (a code payload) is refused before it can run. The project's one place
     that reads .pth/.pt files."""
     path = Path(path)
-    if not_a_file(path):
-        raise WeightsError(f"{path}: {not_a_file(path)}")
+    if (what := not_a_file(path)) is not None:
+        raise WeightsError(f"{path}: {what}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), ...
@@ -246,17 +246,18 @@ def _read_onnx(path: Path) -> tuple[dict, dict]:
     return tensors, {"anonymous": anonymous}
 
 
-def backbone_prefix(tensors: dict) -> str:
-    """Where the ViT is among a larger model's tensors: "" for a file that is a ViT, "backbone."
-    (or any one or two leading names) for one inside a model, whichever leaves keys that a layout
-    reads whole; ValueError, one line, where none does."""
+def find_vit(tensors: dict) -> tuple[str, Layout, dict]:
+    """Where the ViT is among a larger model's tensors: (its prefix, its layout, its tensors in
+    our layout). The prefix is "" for a file that is a ViT, "backbone." (or any one or two leading
+    names) for one inside a model, whichever leaves keys that a layout reads whole; ValueError,
+    one line, where none does."""
     candidates = [""] + sorted({m.group(0) for key in tensors for m in [re.match(r"[^.]+\.([^.]+\.)?", key)] if m}
                                | {key.split(".", 1)[0] + "." for key in tensors if "." in key}, key=len)
     for prefix in candidates:
         inside = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            detect_layout(inside).to_ours(inside)
-            return prefix
+            layout = detect_layout(inside)
+            return prefix, layout, layout.to_ours(inside)
         except ValueError:
             continue
     raise UnknownLayout(f"no ViT of a known layout among its {len(tensors)} tensors, nor under a prefix of them "
@@ -321,11 +322,12 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
     ignored: list[str] = extra.pop("anonymous", [])
     try:
         if path.suffix == ".onnx":  # a graph may hold a whole model with the ViT inside it
-            prefix = backbone_prefix(tensors)
+            prefix, layout, state_dict = find_vit(tensors)
             ignored = sorted(k for k in tensors if not k.startswith(prefix)) + ignored
-            tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        layout = detect_layout(tensors)
-        state_dict = layout.to_ours(tensors)
+            tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # (for resize_for)
+        else:
+            layout = detect_layout(tensors)
+            state_dict = layout.to_ours(tensors)
     except ValueError as error:  # UnknownLayout, or keys the layout's table does not know
         raise WeightsError(f"{path}: {error}") from None
     check_finite(state_dict, path)
