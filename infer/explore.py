@@ -60,7 +60,7 @@ import vit
 from vit.checkpoint import CheckpointError, load_model
 from vit.cli import ArgumentParser, device_name, first_line, port_number
 from vit.device import pick_device
-from vit.explain import Look, look, patch_pca, patch_similarity, rollout, token_attention
+from vit.explain import Look, check_explainable, look, patch_pca, patch_similarity, rollout, token_attention
 from vit.images import ImageError, expand_paths, load_image
 from vit.preprocess import to_model_input
 from weights.load import HubUnavailable, WeightsError
@@ -114,6 +114,7 @@ class Explorer:
     """The page's Python side: `analyse` an image once, then `view` any layer, token and patch."""
 
     def __init__(self, subject: Subject):
+        check_explainable(subject.model.cfg)  # ValueError: the page cannot draw this model's attention
         self.subject = subject
         self.device = next(subject.model.parameters()).device
         self.analyses: OrderedDict[str, Analysis] = OrderedDict()

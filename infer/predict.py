@@ -12,7 +12,7 @@ from infer.pictures import picture_path, save_explanation
 from vit.checkpoint import CheckpointError, ModelCard, load_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
-from vit.explain import attention_maps, last_cls_attention, rollout
+from vit.explain import attention_maps, check_explainable, last_cls_attention, rollout
 from vit.export import ONNX_CARD_KEY
 from vit.images import ImageError, expand_paths, list_class_folders, load_image
 from vit.preprocess import to_model_input
@@ -216,6 +216,10 @@ class Classifier:
         """explain's (Prediction, picture) pairs one by one, each picture written before it is yielded."""
         if not isinstance(self.model, torch.nn.Module) or self.precision.name == "int8":
             raise OptionError("--explain needs the PyTorch model in full precision: a .pth checkpoint, --quantize none")
+        try:
+            check_explainable(self.model.cfg)
+        except ValueError as error:
+            raise OptionError(f"--explain: {error}") from None
         out_dir, taken = Path(out_dir), set()
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, item in self.read_all(paths):

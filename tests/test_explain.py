@@ -203,3 +203,28 @@ def test_heat_map_covers_the_patches_and_leaves_unread_pixels_cold():
     assert (heat[32:] == 0).all() and (heat[:, 32:] == 0).all()
     whole = heat_map(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), size=32, patch_size=16)
     assert whole[:, 0].max() < 0.5 < whole[:, -1].min()  # left patch column cold, right one hot
+
+
+@torch.no_grad()
+def test_talking_heads_weights_are_timms_and_cait_pictures_are_refused_in_one_line(tmp_path, cifar_dir):
+    """CaiT's talking heads mix the heads' logits and weights (no fused kernel): what
+    recording_attention writes out is timm's mixed map, caught where timm applies it to v. The
+    pictures read the CLS token's row in every block, which CaiT's blocks do not hold: refused."""
+    from vit.explain import recording_attention
+
+    name, size = "cait_xxs24_224", 128
+    timm_model = make_timm_file(name, tmp_path / "model.safetensors", img_size=size, depth=2)
+    ours = vit.create_model(name, img_size=size, pretrained=tmp_path / "model.safetensors", depth=2).eval()
+    images = real_images(cifar_dir, 2, size)
+    expected = []
+    for block in timm_model.blocks:
+        block.attn.attn_drop.register_forward_hook(lambda module, args, out: expected.append(out))
+    timm_model(images)
+    with recording_attention(ours) as recorded:
+        ours(images)
+    got = [recorded[block.attention][0] for block in ours.blocks]
+    assert len(got) == len(expected) == 2
+    for mine, theirs in zip(got, expected):
+        assert mine.shape == (2, 4, 64, 64) and (mine - theirs).abs().max() <= 1e-5  # patches only: no CLS
+    with pytest.raises(ValueError, match="CaiT's CLS token joins only after them"):
+        attention_maps(ours, images)

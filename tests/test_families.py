@@ -45,6 +45,8 @@ def what_shapes_cannot_tell(reference) -> dict:
         kv_heads=min((b.attn.num_kv_heads for b in reference.blocks if getattr(b, "attn", None) is not None
                       and getattr(b.attn, "num_kv_heads", attn_heads(b)) < attn_heads(b)), default=None),
         layer_scale_mlp=not (getattr(block, "gamma_1", None) is not None and getattr(block, "gamma_2", 0) is None),
+        talking_heads=type(attn).__name__ == "TalkingHeadAttn",
+        class_attention_blocks=len(getattr(reference, "blocks_token_only", ())),  # CaiT
     )
     fused = getattr(attn, "in_proj" if parallel else "qkv", None)
     q_proj = getattr(attn, "q_proj", None)
@@ -99,7 +101,7 @@ def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
     aside); the ones left out are exactly those vit/families.py's docstring names."""
     import timm
 
-    names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos")
+    names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos", "cait")
              for name in timm.list_models(module=module) if not name.startswith(("test_vit", "beit3"))}
     left_out = names - set(MODELS)
     assert set(MODELS) <= names
@@ -166,6 +168,10 @@ CASES = [
     ("vit_relpos_medium_patch16_cls_224", {"depth": 2}, 256),  # a CLS token: no bias for it
     ("vit_relpos_base_patch16_clsgap_224", {"depth": 1}, 192),  # CLS token, mean of the patches
     ("vit_relpos_base_patch32_plus_rpn_256", {"depth": 2}, 224),  # res-post-norm blocks
+    ("vit_srelpos_small_patch16_224", {"depth": 2}, 192),  # one MLP shared by the blocks
+    # CaiT: talking heads, then the CLS token's class-attention blocks
+    ("cait_xxs24_224", {"depth": 2}, 160),
+    ("cait_xs24_384", {"depth": 1}, 224),
     # Other blocks: parallel, branched, differential, grouped-query
     ("vit_base_patch16_xp_224", {"depth": 2, "embed_dim": 192, "num_heads": 3}, 160),  # in_proj + mlp_bias, q/k norms
     ("vit_small_patch16_18x2_224", {"depth": 2}, 160),  # 2 attentions, then 2 MLPs, side by side
@@ -186,6 +192,25 @@ def with_prefix(output) -> tuple:
     """A forward_intermediates output as (map, prefix tokens or None): a model without prefix
     tokens gives the map alone."""
     return (output, None) if isinstance(output, torch.Tensor) else output
+
+
+def timm_at_size(name, size, path, reference, smaller):
+    """timm's model at another image size, loading the file as timm does. CaiT's loader keeps the
+    table as it is (its names have fixed sizes), so there the table goes through timm's own
+    resample_abs_pos_embed first, as timm resizes every other ViT's."""
+    import timm
+    from safetensors.torch import load_file
+    from timm.layers import resample_abs_pos_embed
+
+    if MODELS[name].family != "cait":
+        overlay = dict(file=str(path), num_classes=reference.num_classes)
+        return timm.create_model(name, img_size=size, pretrained=True, pretrained_cfg_overlay=overlay,
+                                 **timm_arguments(smaller)).eval()
+    model = timm.create_model(name, img_size=size, **smaller).eval()
+    state = load_file(str(path))
+    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], model.patch_embed.grid_size, num_prefix_tokens=0)
+    model.load_state_dict(state)
+    return model
 
 
 @pytest.mark.parametrize("name,smaller,other_size", CASES, ids=[case[0] for case in CASES])
@@ -210,19 +235,17 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
 
     # timm's forward_intermediates: every block's patch tokens as maps on the patch grid, normed,
     # with the prefix tokens beside them, and the final tokens.
-    # (timm's relpos model fails on return_prefix_tokens without prefix tokens: asked only where there are some)
-    prefix = ours.cfg.num_prefix_tokens > 0
-    final, maps = ours.forward_intermediates(images, norm=True, return_prefix_tokens=prefix)
-    expected_final, expected_maps = reference.forward_intermediates(images, norm=True, return_prefix_tokens=prefix)
+    # (asked only where the blocks have prefix tokens: timm's relpos model fails without, CaiT's has no argument)
+    prefix = {"return_prefix_tokens": True} if ours.cfg.prefix_in_blocks else {}
+    final, maps = ours.forward_intermediates(images, norm=True, **prefix)
+    expected_final, expected_maps = reference.forward_intermediates(images, norm=True, **prefix)
     assert max_diff(final, expected_final) <= TOLERANCE and len(maps) == len(expected_maps) == len(ours.blocks)
     for mine, theirs in zip(map(with_prefix, maps), map(with_prefix, expected_maps)):
         assert max_diff(mine[0], theirs[0]) <= TOLERANCE and shape_of(mine[1]) == shape_of(theirs[1])
         assert mine[1] is None or max_diff(mine[1], theirs[1]) <= TOLERANCE
 
     # Another size: timm resamples the positions as it loads the file; so must we.
-    overlay = dict(file=str(path), num_classes=reference.num_classes)
-    resized = timm.create_model(name, img_size=other_size, pretrained=True, pretrained_cfg_overlay=overlay,
-                                **timm_arguments(smaller)).eval()
+    resized = timm_at_size(name, other_size, path, reference, smaller)
     ours = vit.create_model(name, img_size=other_size, pretrained=path, **smaller).eval()
     assert shape_of(ours.position_embedding) == shape_of(getattr(resized, "pos_embed", None))  # None: in attention
     if ours.cfg.relative_position_bias:  # BEiT: tables resampled for the new grid, as timm's

@@ -50,6 +50,8 @@ def timm_embedding(timm_model, images):
         return torch.cat([timm_model.cls_token.expand(len(images), -1, -1), patches], dim=1), None
     if type(timm_model).__name__ == "Eva":
         return timm_model._pos_embed(timm_model.patch_embed(images))
+    if type(timm_model).__name__ == "Cait":  # the table on the patches; the CLS token joins after the blocks
+        return patches + timm_model.pos_embed, None
     if type(timm_model).__name__ == "VisionTransformerRelPos":  # no table: the CLS token, if any, in front
         prefix = [] if timm_model.cls_token is None else [timm_model.cls_token.expand(len(images), -1, -1)]
         return torch.cat([*prefix, patches], dim=1), None
@@ -64,7 +66,11 @@ def stages(timm_model, ours, images):
     rotations = ours.rope.rotations(grid)  # one per block (the identity without RoPE)
     mixed = ours.cfg.rope == "mixed"
 
+    shared = getattr(timm_model, "shared_rel_pos", None)  # srelpos: one bias, handed to every block
+
     def timm_block(i, block):
+        if shared is not None:
+            return lambda x: block(x, shared_rel_pos=shared.get_bias())
         if timm_rope is None:
             return block
         return lambda x: block(x, rope=timm_rope[i] if mixed else timm_rope)
@@ -79,6 +85,8 @@ def stages(timm_model, ours, images):
         ("norm_before_blocks", getattr(timm_model, "norm_pre", torch.nn.Identity()), ours.norm_before_blocks),
     ]
     pairs += [(f"block_{i}", timm_block(i, t), our_block(i, o)) for i, (t, o) in enumerate(zip(timm_model.blocks, ours.blocks))]
+    if ours.cfg.class_attention_blocks:  # CaiT: the CLS token's class-attention blocks, after the patch blocks
+        pairs.append(("class_attention", timm_model.forward_cls, lambda x: ours.class_attention(x, ours.cls_token)))
     # With norm_after_pool the final norm belongs to the head (timm: fc_norm; its `norm` is Identity).
     pairs += [("final_norm", timm_model.norm, (lambda x: x) if ours.cfg.norm_after_pool else ours.final_norm),
               ("head", timm_model.forward_head, ours.forward_head)]

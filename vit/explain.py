@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from vit.model import MultiHeadSelfAttention, SoftmaxAttention, ViTConfig, VisionTransformer
+from vit.model import MultiHeadSelfAttention, ViTConfig, VisionTransformer
 
 
 @dataclass
@@ -55,7 +55,7 @@ def recording_attention(model: VisionTransformer):
 
         def keep(core, args, output, maps=recorded[attention]):
             q, k, _, bias = args
-            maps.append(SoftmaxAttention.weights(q, k, bias))
+            maps.append(core.weights(q, k, bias))
 
         handles.append(attention.softmax_attention.register_forward_hook(keep))
     try:
@@ -65,11 +65,20 @@ def recording_attention(model: VisionTransformer):
             handle.remove()
 
 
+def check_explainable(cfg: ViTConfig) -> None:
+    """ValueError (one line) for a model whose blocks do not hold the token its classifier reads:
+    CaiT's CLS token joins only after them, in its class-attention blocks."""
+    if cfg.class_attention_blocks:
+        raise ValueError("attention maps read the CLS token's row in every block; CaiT's CLS token joins only after "
+                         "them (its class-attention blocks), which these pictures do not cover")
+
+
 @torch.no_grad()
 def look(model: VisionTransformer, images: torch.Tensor) -> Look:
     """Run `model` once on `images` (B, 3, S, S), recording each block's attention weights (the
     module docstring): the maps, from the model's own attention (vit/model.py); a block of
     several attentions side by side (BranchedBlock) gives all their heads, branch after branch."""
+    check_explainable(model.cfg)
     with recording_attention(model) as recorded:
         tokens = model.forward_features(images)
         logits = model.forward_head(tokens)

@@ -35,21 +35,23 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
     pe_spatial      Perception Encoder's spatial / language towers: no final norm, mean of the patches   0.5
     aimv2           AIMv2: RMSNorm (also after the patch embedding), SwiGLU, no biases, mean pooling   OpenAI CLIP
     relpos          timm's relpos ViTs: no position table; each block's bias per (dy, dx) offset from an MLP of
-                    the log-spaced offset; no CLS token, layer scale, mean pooling  0.5
+                    the log-spaced offset (srelpos: one MLP for all blocks); no CLS token, layer scale,
+                    mean pooling                                                         0.5
     --- other blocks: how attention and the MLP are arranged, and attention variants
     parallel_xp     ViT-22B's parallel block (attention and MLP from one norm), q/k norms, RMSNorm,
                     a norm before the blocks, positions for the patches only               0.5
     branched        "Three things": 2 attentions side by side, then 2 MLPs; layer scale  0.5
     reg_gap + parallel / differential   timm's pwee (parallel), dwee and dlittle (differential
                     attention), dpwee (both)                                              0.5
+    cait            CaiT: talking heads; the CLS token skips the blocks and joins after them in 2
+                    class-attention blocks; layer scale, positions for the patches only, 384 px   ImageNet
     sapiens2        DINOv3's RoPE at 1024 x 768 px, CLS + 8 registers, q/k norms, RMSNorm, SwiGLU,
                     layer scale on attention only, grouped-query attention in the middle blocks   ImageNet
 
 The mean/std above are each name's default; a hub download reads the tag's own from its
 config.json (e.g. `vit_large_patch14_clip_224.openai` uses OpenAI's, its default tag 0.5).
 
-Not here: BEiT-3 (a multiway transformer: one set of weights per modality, not a ViT's block);
-timm's two srelpos ViTs (one relative position MLP shared by every block: LEFT_OUT).
+Not here: BEiT-3 (a multiway transformer: one set of weights per modality, not a ViT's block).
 """
 
 from dataclasses import dataclass, field
@@ -162,6 +164,8 @@ FAMILIES: dict[str, Family] = {
     "parallel_xp": Family(dict(parallel=True, qk_norm=True, norm="rmsnorm", norm_before_blocks=True, patch_bias=False,
                                positions_cover_prefix=False, qkv_bias=False), timm_keys=("parallel",)),
     "branched": Family(dict(branches=2, layer_scale=1e-5)),
+    "cait": Family(dict(class_attention_blocks=2, talking_heads=True, positions_cover_prefix=False, layer_scale=1e-5,
+                        img_size=384), IMAGENET, timm_keys=EVA_KEYS),
     "sapiens2": Family(dict(img_size=(1024, 768), rope="dinov3", rope_temperature=100.0, absolute_positions=False,
                             register_tokens=8, layer_scale=1.0, layer_scale_mlp=False, qk_norm=True, gated_mlp=True,
                             norm="rmsnorm", full_attention_ends=8, num_classes=0), IMAGENET,
@@ -169,7 +173,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 # timm's ViT names that are not here (see the docstring). BEiT-3's multiway names are not ViTs.
-LEFT_OUT: tuple[str, ...] = ("vit_srelpos_small_patch16_224", "vit_srelpos_medium_patch16_224")
+LEFT_OUT: tuple[str, ...] = ()
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -519,6 +523,11 @@ TABLE: dict[str, Row] = {
                                              pool="token", norm_after_pool=False),
     "vit_relpos_base_patch16_cls_224": row("relpos", BASE, None, class_token=True, pool="token", norm_after_pool=False),
     "vit_relpos_base_patch16_clsgap_224": row("relpos", BASE, "sw_in1k", class_token=True),  # mean of the patches
+    # ... with one MLP shared by every block (srelpos)
+    "vit_srelpos_small_patch16_224": row("relpos", SMALL, "sw_in1k", relative_position_mlp=384,
+                                         relative_position_shared=True, norm_after_pool=False),
+    "vit_srelpos_medium_patch16_224": row("relpos", MEDIUM, "sw_in1k", relative_position_mlp=512,
+                                          relative_position_shared=True, norm_after_pool=False),
     # ... with res-post-norm blocks (x + norm(f(x)); timm initialises those norms' weights small instead)
     "vit_relpos_small_patch16_rpn_224": row("relpos", SMALL, None, post_norm=True, layer_scale=None, norm_after_pool=False),
     "vit_relpos_medium_patch16_rpn_224": row("relpos", MEDIUM, "sw_in1k", post_norm=True, layer_scale=None,
@@ -542,6 +551,18 @@ TABLE: dict[str, Row] = {
     "vit_dpwee_patch16_reg1_gap_256": row("reg_gap", dict(WEE, depth=16), "sbb_nadamuon_in1k",
                                           timm_keys=("parallel", "fused_out"), img_size=256, register_tokens=1,
                                           parallel=True, differential=True),
+    # CaiT (Touvron et al. 2021): talking-heads blocks on the patches, then 2 class-attention blocks for the CLS token
+    "cait_xxs24_224": row("cait", dict(embed_dim=192, depth=24, num_heads=4), "fb_dist_in1k", img_size=224),
+    "cait_xxs24_384": row("cait", dict(embed_dim=192, depth=24, num_heads=4), "fb_dist_in1k"),
+    "cait_xxs36_224": row("cait", dict(embed_dim=192, depth=36, num_heads=4), "fb_dist_in1k", img_size=224),
+    "cait_xxs36_384": row("cait", dict(embed_dim=192, depth=36, num_heads=4), "fb_dist_in1k"),
+    "cait_xs24_384": row("cait", dict(embed_dim=288, depth=24, num_heads=6), "fb_dist_in1k"),
+    "cait_s24_224": row("cait", dict(embed_dim=384, depth=24, num_heads=8), "fb_dist_in1k", img_size=224),
+    "cait_s24_384": row("cait", dict(embed_dim=384, depth=24, num_heads=8), "fb_dist_in1k"),
+    "cait_s36_384": row("cait", dict(embed_dim=384, depth=36, num_heads=8), "fb_dist_in1k", layer_scale=1e-6),
+    "cait_m36_384": row("cait", dict(embed_dim=768, depth=36, num_heads=16), "fb_dist_in1k", layer_scale=1e-6),
+    "cait_m48_448": row("cait", dict(embed_dim=768, depth=48, num_heads=16), "fb_dist_in1k", img_size=448,
+                        layer_scale=1e-6),
     # Meta's Sapiens2 (human-centric backbones, 2026): DINOv3's RoPE at 1024 x 768, grouped-query middle blocks
     "vit_base_patch16_sapiens2": row("sapiens2", BASE, "fb"),  # 12 blocks: all within 8 of an end, none grouped
     "vit_large_patch16_sapiens2": row("sapiens2", LARGE, "fb", kv_heads=8),

@@ -54,7 +54,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
         x = model.run_block(block, x, rotation)
         if i in taken:
             outputs.append(model.norm_tokens(x) if norm else x)
-    prefix = cfg.num_prefix_tokens
+    prefix = cfg.prefix_in_blocks  # (CaiT's CLS token is not in the blocks)
     prefixes = [y[:, :prefix] for y in outputs]  # (B, prefix, D) each
     outputs = [y[:, prefix:] for y in outputs]  # (B, N, D) each
     if output_fmt == "NCHW":
@@ -63,7 +63,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
         outputs = list(zip(outputs, prefixes))
     if intermediates_only:
         return outputs
-    return model.norm_tokens(x), outputs
+    return model.norm_tokens(model.class_attention(x, model.cls_token)), outputs
 
 
 def get_intermediate_layers(model, images: torch.Tensor, n: int | list[int] = 1, reshape: bool = False,
@@ -72,11 +72,11 @@ def get_intermediate_layers(model, images: torch.Tensor, n: int | list[int] = 1,
     blocks (or of the blocks listed), normed by default, as a tuple of (B, N, D), or of
     (B, D, rows, columns) maps with reshape; with return_class_token, (patches, (B, D) CLS
     token) pairs. Registers are cut off with the CLS token, as DINOv2 does."""
-    if return_class_token and not model.cfg.class_token:
-        raise ValueError("return_class_token: this model has no CLS token")
+    if return_class_token and "cls_token" not in model.prefix_names:
+        raise ValueError("return_class_token: this model has no CLS token in its blocks")
     outputs = forward_intermediates(model, images, n, return_prefix_tokens=True, norm=norm,
                                     output_fmt="NCHW" if reshape else "NLC", intermediates_only=True)
-    if not model.cfg.num_prefix_tokens:
+    if not model.cfg.prefix_in_blocks:
         return tuple(outputs)
     if return_class_token:
         return tuple((patches, prefix[:, 0]) for patches, prefix in outputs)

@@ -25,12 +25,14 @@ functions at its end. No forward method asks which family it runs:
                                attention's `relative_bias` slot: BEiT's RelativePositionBias table, or
                                timm's relpos ViTs' RelativePositionMlp
     the attention              QVBiasAttention (no key bias), GroupedQueryAttention (fewer key/value
-                               heads), DifferentialSelfAttention (two softmax maps, one subtracted)
+                               heads), DifferentialSelfAttention (two softmax maps, one subtracted),
+                               TalkingHeadsAttention (CaiT: the heads' maps mixed)
     the MLP and the norm       GatedMLP (SwiGLU); RMSNorm instead of LayerNorm (make_norm)
     the block                  PostNormBlock (x + norm(f(x))), ParallelBlock (ViT-22B: attention and
                                MLP from one norm), BranchedBlock (several blocks side by side)
     the tokens and the head    distillation and register tokens, mean or attention pooling, a norm
-                               after the pooling (VisionTransformer.forward_head)
+                               after the pooling (VisionTransformer.forward_head); CaiT's CLS token,
+                               which joins after the blocks (ClassAttentionStage)
 
 All position schemes meet the logits in one line of `MultiHeadSelfAttention.forward`:
 
@@ -123,6 +125,7 @@ class ViTConfig:
     #                                       offset to the attention logits [use_rel_pos_bias]
     relative_position_mlp: int = 0  # timm's relpos ViTs: every block's bias per (dy, dx) offset comes from an
     #                                 MLP of this hidden width on the log-spaced offset (0: none) [rel_pos_dim]
+    relative_position_shared: bool = False  # timm's srelpos: one such MLP for all blocks, held by the model [shared_rel_pos]
     key_bias: bool = True  # BEiT, EVA, DINOv3: q and v have a bias, k none (with RoPE it would not cancel)
     proj_bias: bool = True  # AIMv2: the attention output and the MLP without bias
     gated_mlp: bool = False  # SwiGLU: silu(x W_gate) * (x W_value) -> W_out, hidden int(D * mlp_ratio)
@@ -146,6 +149,9 @@ class ViTConfig:
     #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
     full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
     layer_scale_mlp: bool = True  # False: layer scale on the attention branch only (Sapiens2) [attn_only_layer_scale]
+    talking_heads: bool = False  # CaiT: the heads' logits, and their weights, mixed across heads (TalkingHeadsSoftmax)
+    class_attention_blocks: int = 0  # CaiT: the CLS token skips the blocks and joins after them, in this many
+    #                                  class-attention blocks that update it alone [depth_token_only]
     # --- Training only: identity at evaluation, so no checkpoint records it.
     drop_path_rate: float = 0.0  # stochastic depth (Huang et al. 2016): in training, each residual branch is
     #                              skipped for a random subset of the samples, block i with probability
@@ -167,6 +173,8 @@ class ViTConfig:
             raise ValueError(f"RoPE needs a head dimension divisible by 4 (x and y pairs), not {self.head_dim}")
         if self.relative_position_bias and self.relative_position_mlp:
             raise ValueError("one relative position scheme per model: a bias table (BEiT) or an MLP (relpos)")
+        if self.relative_position_shared and not self.relative_position_mlp:
+            raise ValueError("relative_position_shared shares a relative position MLP: set its width, relative_position_mlp")
         if self.relative_position_bias and self.num_prefix_tokens != 1:
             raise ValueError("the relative position bias (BEiT) has entries for exactly one prefix token, the CLS token")
         if self.relative_position_bias and self.grid_shape[0] != self.grid_shape[1]:
@@ -178,6 +186,12 @@ class ViTConfig:
             raise ValueError("differential attention splits each head in two halves: an even head_dim, no RoPE, no kv_heads")
         if self.kv_heads and self.num_heads % self.kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of kv_heads {self.kv_heads}")
+        if self.class_attention_blocks and (not self.class_token or self.distillation_token or self.register_tokens
+                                            or self.positions_cover_prefix):
+            raise ValueError("class attention (CaiT) joins a CLS token, and no other prefix token, after the blocks: "
+                             "class_token=True, positions for the patches only")
+        if self.talking_heads and (self.differential or self.kv_heads):
+            raise ValueError("talking heads (CaiT) mix every head's full map: not with differential or grouped-query attention")
         if self.parallel and (self.branches > 1 or self.post_norm):
             raise ValueError("a parallel block has one attention and one MLP, pre-norm")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -212,6 +226,11 @@ class ViTConfig:
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches: CLS (1 in the original), distillation, registers."""
         return int(self.class_token) + int(self.distillation_token) + self.register_tokens
+
+    @property
+    def prefix_in_blocks(self) -> int:
+        """Prefix tokens the encoder blocks see: all of them, but CaiT's CLS token, which joins after."""
+        return self.num_prefix_tokens - int(self.class_token and self.class_attention_blocks > 0)
 
     @property
     def num_tokens(self) -> int:
@@ -311,8 +330,7 @@ class SoftmaxAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=q.shape[-1] ** -0.5)  # (B, H, T, hd)
 
-    @staticmethod
-    def weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The attention weights the forward applies, written out in float32: (B, H, T, T), rows summing to 1."""
         logits = q.float() @ k.float().transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
         return (logits if bias is None else logits + bias.float()).softmax(dim=-1)
@@ -484,8 +502,10 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.distillation_token else None
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.register_tokens, dim)) if cfg.register_tokens else None
-        self.prefix_names = [name for name in ("cls_token", "distillation_token", "register_tokens")
-                             if getattr(self, name) is not None]  # the tokens before the patches, in order
+        # The tokens before the patches in the blocks, in order (CaiT's CLS token joins after them).
+        in_blocks = ("distillation_token", "register_tokens") if cfg.class_attention_blocks else (
+            "cls_token", "distillation_token", "register_tokens")
+        self.prefix_names = [name for name in in_blocks if getattr(self, name) is not None]
         # Attention is blind to order, so each position (CLS + every patch) gets a learned vector,
         # added to the tokens (`add_positions`); or positions enter attention instead (`rope`).
         self.position_embedding = nn.Parameter(torch.zeros(1, cfg.num_positions, dim)) if cfg.absolute_positions else None
@@ -493,6 +513,12 @@ class VisionTransformer(nn.Module):
         self.rope = make_rope(cfg)
         self.norm_before_blocks = make_norm(cfg, dim) if cfg.norm_before_blocks else nn.Identity()  # CLIP
         self.blocks = nn.ModuleList(make_block(cfg, index) for index in range(cfg.depth))
+        # timm's srelpos: one relative position MLP, held here, whose bias every block's attention reads
+        self.shared_relative_bias = RelativePositionMlp(cfg) if cfg.relative_position_shared else None
+        if self.shared_relative_bias is not None:
+            for attention in (attention for block in self.blocks for attention in block.attentions):
+                attention.relative_bias = SharedRelativeBias(self.shared_relative_bias)
+        self.class_attention = ClassAttentionStage(cfg) if cfg.class_attention_blocks else NoClassAttention()  # CaiT
         self.final_norm = make_norm(cfg, dim) if cfg.final_norm else nn.Identity()
         self.attention_pool = AttentionPooling(cfg) if cfg.pool == "map" else None
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -557,7 +583,7 @@ class VisionTransformer(nn.Module):
         grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)  # (rows, columns)
         for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
             x = self.run_block(block, x, rotation)
-        return self.norm_tokens(x)
+        return self.norm_tokens(self.class_attention(x, self.cls_token))  # CaiT's CLS token joins here
 
     def norm_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The final norm on every token (B, T, D), where the model normalises tokens; with
@@ -855,6 +881,19 @@ class RelativePositionMlp(nn.Module):
         return F.pad(bias, (self.prefix, 0, self.prefix, 0))[None].to(dtype)  # (1, H, T, T)
 
 
+class SharedRelativeBias(nn.Module):
+    """timm's srelpos ViTs: every block adds the same bias, from one RelativePositionMlp that the
+    model holds (`shared_relative_bias`). This slot only reads it: the MLP is not registered
+    here, so its weights are the model's, stored once."""
+
+    def __init__(self, shared: RelativePositionMlp):
+        super().__init__()
+        self.shared = (shared,)  # a tuple: not a submodule of this block
+
+    def forward(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.shared[0](dtype)  # (1, H, T, T)
+
+
 # --- Other attentions: each changes one step of MultiHeadSelfAttention.
 
 class QVBiasAttention(MultiHeadSelfAttention):
@@ -940,6 +979,44 @@ class DifferentialSelfAttention(MultiHeadSelfAttention):
     def attention_map(self, recorded: list[torch.Tensor]) -> torch.Tensor:
         first, second = recorded
         return first - self.differential.weight() * second
+
+
+class TalkingHeadsSoftmax(SoftmaxAttention):
+    """Talking heads (Shazeer et al. 2020; CaiT): the heads exchange information around the
+    softmax. Each (i, j) logit vector across the H heads is mixed by a learned H x H matrix before
+    the softmax, and each weight vector by another after it:
+
+        logits = mix_logits(q k^T / sqrt(hd))        over the heads axis     (B, H, T, T)
+        A      = mix_weights(softmax(logits))                                 (B, H, T, T)
+        out    = A v                                                          (B, H, T, hd)
+
+    The weights are written out (no fused kernel: the mixing sits between its steps)."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.mix_logits = nn.Linear(heads, heads)
+        self.mix_weights = nn.Linear(heads, heads)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.mixed(q, k, bias) @ v  # (B, H, T, hd)
+
+    def mixed(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
+        logits = logits if bias is None else logits + bias
+        logits = rearrange(self.mix_logits(rearrange(logits, "b h i j -> b i j h")), "b i j h -> b h i j")
+        weights = rearrange(logits.softmax(dim=-1), "b h i j -> b i j h")
+        return rearrange(self.mix_weights(weights), "b i j h -> b h i j")  # rows no longer sum to 1
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.mixed(q, k, bias).float()
+
+
+class TalkingHeadsAttention(MultiHeadSelfAttention):
+    """CaiT's attention: the original's, with TalkingHeadsSoftmax as its core."""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__(cfg, index)
+        self.softmax_attention = TalkingHeadsSoftmax(cfg.num_heads)
 
 
 # --- Other MLPs and blocks
@@ -1042,6 +1119,77 @@ class AttentionPooling(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+# --- CaiT's class attention (VisionTransformer.class_attention)
+
+class NoClassAttention(nn.Module):
+    """The original: the CLS token went through the blocks with the patches; nothing joins after."""
+
+    def forward(self, x: torch.Tensor, cls_token: torch.Tensor | None) -> torch.Tensor:
+        return x
+
+
+class ClassAttention(nn.Module):
+    """CaiT's class attention: only the CLS token asks; it reads itself and every patch:
+
+        q    = cls W_q                                       (B, H, 1, hd)
+        k, v = [cls; patches] W_k, [cls; patches] W_v        (B, H, 1+N, hd)
+        cls' = softmax(q k^T / sqrt(hd)) v, heads side by side, times W_out    (B, 1, D)
+
+    The patch tokens are read, never updated: the blocks before settled them."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.qkv_bias)
+        self.softmax_attention = SoftmaxAttention()
+        self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, 1+N, D), the CLS token first -> (B, 1, D)
+        q = rearrange(self.q(tokens[:, :1]), "b 1 (h hd) -> b h 1 hd", h=self.num_heads)
+        k, v = (rearrange(projection(tokens), "b t (h hd) -> b h t hd", h=self.num_heads) for projection in (self.k, self.v))
+        cls = self.softmax_attention(q, k, v, None)  # (B, H, 1, hd)
+        return self.out_proj(rearrange(cls, "b h 1 hd -> b 1 (h hd)"))
+
+
+class ClassAttentionBlock(nn.Module):
+    """A block for the CLS token alone, pre-norm with layer scale as CaiT's patch blocks:
+
+        cls = cls + ls(class_attention(norm([cls; patches])))
+        cls = cls + ls(mlp(norm(cls)))"""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.attention_norm = make_norm(cfg, cfg.embed_dim)
+        self.attention = ClassAttention(cfg)
+        self.mlp_norm = make_norm(cfg, cfg.embed_dim)
+        self.mlp = MLP(cfg.embed_dim, 4 * cfg.embed_dim, cfg.activation)  # always 4x [mlp_ratio_token_only]
+        self.attention_scale = LayerScale(cfg)
+        self.mlp_scale = LayerScale(cfg)
+
+    def forward(self, patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:  # (B, N, D), (B, 1, D) -> (B, 1, D)
+        cls = cls + self.attention_scale(self.attention(self.attention_norm(torch.cat([cls, patches], dim=1))))
+        return cls + self.mlp_scale(self.mlp(self.mlp_norm(cls)))
+
+
+class ClassAttentionStage(nn.Module):
+    """CaiT (Touvron et al. 2021, "Going deeper with Image Transformers"): the blocks work on the
+    patches alone; the CLS token joins after them, in a few class-attention blocks that update it
+    alone (ClassAttentionBlock), then stands in front of the patches for the final norm and the
+    head. Self-attention among patches and summarising them for the classifier are two stages."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(ClassAttentionBlock(cfg) for _ in range(cfg.class_attention_blocks))
+
+    def forward(self, patches: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, 1+N, D)
+        cls = cls_token.expand(patches.shape[0], -1, -1)  # (B, 1, D)
+        for block in self.blocks:
+            cls = block(patches, cls)
+        return torch.cat([cls, patches], dim=1)
+
+
 # --- Choosing the classes, once, from the config
 
 def make_add_positions(cfg: ViTConfig) -> nn.Module:
@@ -1057,10 +1205,13 @@ def make_rope(cfg: ViTConfig) -> nn.Module:
 def make_relative_bias(cfg: ViTConfig) -> nn.Module:
     if cfg.relative_position_bias:
         return RelativePositionBias(cfg)
-    return RelativePositionMlp(cfg) if cfg.relative_position_mlp else NoRelativeBias()
+    per_block = cfg.relative_position_mlp and not cfg.relative_position_shared  # shared: the model sets it
+    return RelativePositionMlp(cfg) if per_block else NoRelativeBias()
 
 
 def make_attention(cfg: ViTConfig, index: int) -> MultiHeadSelfAttention:
+    if cfg.talking_heads:
+        return TalkingHeadsAttention(cfg, index)
     if cfg.differential:
         return DifferentialSelfAttention(cfg, index)
     if cfg.kv_heads_in(index) < cfg.num_heads:

@@ -66,6 +66,10 @@ TIMM_TO_OURS: dict[str, str] = {
     "blocks.{i}.attn.rel_pos.mlp.fc1.bias": "blocks.{i}.attention.relative_bias.mlp.fc1.bias",  # the offsets' MLP
     "blocks.{i}.attn.rel_pos.mlp.fc2.weight": "blocks.{i}.attention.relative_bias.mlp.fc2.weight",
     "blocks.{i}.attn.rel_pos.mlp.fc2.bias": "blocks.{i}.attention.relative_bias.mlp.fc2.bias",
+    "shared_rel_pos.mlp.fc1.weight": "shared_relative_bias.mlp.fc1.weight",  # srelpos: one MLP for all blocks
+    "shared_rel_pos.mlp.fc1.bias": "shared_relative_bias.mlp.fc1.bias",
+    "shared_rel_pos.mlp.fc2.weight": "shared_relative_bias.mlp.fc2.weight",
+    "shared_rel_pos.mlp.fc2.bias": "shared_relative_bias.mlp.fc2.bias",
     "blocks.{i}.attn.norm.weight": "blocks.{i}.attention.inner_norm.weight",  # EVA-02 CLIP
     "blocks.{i}.attn.norm.bias": "blocks.{i}.attention.inner_norm.bias",
     "blocks.{i}.mlp.norm.weight": "blocks.{i}.mlp.inner_norm.weight",  # EVA-02's SwiGLU
@@ -80,6 +84,21 @@ TIMM_TO_OURS: dict[str, str] = {
     "blocks.{i}.attn.lambda_q2": "blocks.{i}.attention.differential.lambda_q2",
     "blocks.{i}.attn.lambda_k2": "blocks.{i}.attention.differential.lambda_k2",
     "blocks.{i}.attn.sub_norm.weight": "blocks.{i}.attention.differential.norm.weight",
+    # CaiT: talking heads' mixing of the heads, and the class-attention blocks after the patch blocks
+    "blocks.{i}.attn.proj_l.weight": "blocks.{i}.attention.softmax_attention.mix_logits.weight",  # (H, H)
+    "blocks.{i}.attn.proj_l.bias": "blocks.{i}.attention.softmax_attention.mix_logits.bias",
+    "blocks.{i}.attn.proj_w.weight": "blocks.{i}.attention.softmax_attention.mix_weights.weight",
+    "blocks.{i}.attn.proj_w.bias": "blocks.{i}.attention.softmax_attention.mix_weights.bias",
+    **{f"blocks_token_only.{{i}}.{theirs}": f"class_attention.blocks.{{i}}.{ours}" for theirs, ours in (
+        ("norm1.weight", "attention_norm.weight"), ("norm1.bias", "attention_norm.bias"),
+        ("attn.q.weight", "attention.q.weight"), ("attn.q.bias", "attention.q.bias"),
+        ("attn.k.weight", "attention.k.weight"), ("attn.k.bias", "attention.k.bias"),
+        ("attn.v.weight", "attention.v.weight"), ("attn.v.bias", "attention.v.bias"),
+        ("attn.proj.weight", "attention.out_proj.weight"), ("attn.proj.bias", "attention.out_proj.bias"),
+        ("norm2.weight", "mlp_norm.weight"), ("norm2.bias", "mlp_norm.bias"),
+        ("mlp.fc1.weight", "mlp.fc1.weight"), ("mlp.fc1.bias", "mlp.fc1.bias"),
+        ("mlp.fc2.weight", "mlp.fc2.weight"), ("mlp.fc2.bias", "mlp.fc2.bias"),
+        ("gamma_1", "attention_scale.gamma"), ("gamma_2", "mlp_scale.gamma"))},
     # timm's 18x2: each block holds 2 attentions (attns.{j}) and 2 MLPs (ffns.{j}); ours, 2 branches
     "blocks.{i}.attns.{j}.norm.weight": "blocks.{i}.branches.{j}.attention_norm.weight",
     "blocks.{i}.attns.{j}.norm.bias": "blocks.{i}.branches.{j}.attention_norm.bias",
