@@ -35,7 +35,7 @@ def what_shapes_cannot_tell(reference) -> dict:
         gated_mlp=gated, pool=reference.global_pool, layer_norm_eps=norm.eps,
         norm="rmsnorm" if "Rms" in type(norm).__name__ else "layernorm",
         norm_after_pool=not isinstance(getattr(reference, "fc_norm", None), (type(None), torch.nn.Identity)),
-        final_norm=not (isinstance(reference.norm, torch.nn.Identity)
+        final_norm=not (isinstance(getattr(reference, "norm", None), torch.nn.Identity)  # (SAM: its neck)
                         and isinstance(getattr(reference, "fc_norm", torch.nn.Identity()), torch.nn.Identity)),
         post_norm=kind in ("ResPostBlock", "EvaBlockPostNorm", "ResPostRelPosBlock"),
         parallel=parallel, branches=len(block.attns) if kind == "ParallelThingsBlock" else 1,
@@ -47,7 +47,12 @@ def what_shapes_cannot_tell(reference) -> dict:
         layer_scale_mlp=not (getattr(block, "gamma_1", None) is not None and getattr(block, "gamma_2", 0) is None),
         talking_heads=type(attn).__name__ == "TalkingHeadAttn",
         class_attention_blocks=len(getattr(reference, "blocks_token_only", ())),  # CaiT
+        decomposed_relative_positions=getattr(attn, "use_rel_pos", False),  # SAM
+        window_size=max((getattr(b, "window_size", 0) for b in reference.blocks), default=0),
     )
+    if seen["window_size"]:  # SAM: which blocks attend globally, and its neck
+        seen["global_blocks"] = tuple(i for i, b in enumerate(reference.blocks) if b.window_size == 0)
+        seen["neck_channels"] = reference.neck[0].out_channels if isinstance(reference.neck, torch.nn.Sequential) else 0
     fused = getattr(attn, "in_proj" if parallel else "qkv", None)
     q_proj = getattr(attn, "q_proj", None)
     seen["qkv_bias"] = getattr(attn, "q_bias", None) is not None or (fused or q_proj).bias is not None
@@ -101,7 +106,8 @@ def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
     aside); the ones left out are exactly those vit/families.py's docstring names."""
     import timm
 
-    names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos", "cait")
+    names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos", "cait",
+                                 "vision_transformer_sam")
              for name in timm.list_models(module=module) if not name.startswith(("test_vit", "beit3"))}
     left_out = names - set(MODELS)
     assert set(MODELS) <= names
@@ -178,6 +184,9 @@ CASES = [
     ("vit_pwee_patch16_reg1_gap_256", {"depth": 2}, 224),  # in_proj with biases
     ("vit_dwee_patch16_reg1_gap_256", {"depth": 2}, 192),  # differential attention
     ("vit_dpwee_patch16_reg1_gap_256", {"depth": 3}, 224),  # both, one fused out_proj
+    # SAM at 1024 px: windowed blocks and a global one (block 2), the neck; and without either's tables
+    ("samvit_base_patch16", {"depth": 3, "embed_dim": 192, "num_heads": 3}, 448),  # 448: windows padded 28 -> 28
+    ("samvit_base_patch16_224", {"depth": 3, "embed_dim": 192, "num_heads": 3}, 320),  # 20 patches: padded to 28
     # Sapiens2 at its native 1024 x 768, with a grouped-query middle block (2 kv heads for 4 query heads)
     ("vit_large_patch16_sapiens2", {"depth": 3, "embed_dim": 128, "num_heads": 4, "kv_heads": 2,
                                     "full_attention_ends": 1}, (256, 192)),
@@ -197,11 +206,14 @@ def with_prefix(output) -> tuple:
 def timm_at_size(name, size, path, reference, smaller):
     """timm's model at another image size, loading the file as timm does. CaiT's loader keeps the
     table as it is (its names have fixed sizes), so there the table goes through timm's own
-    resample_abs_pos_embed first, as timm resizes every other ViT's."""
+    resample_abs_pos_embed first, as timm resizes every other ViT's; SAM's model resizes its
+    tables at every forward pass, so there it is the model at its own size."""
     import timm
     from safetensors.torch import load_file
     from timm.layers import resample_abs_pos_embed
 
+    if MODELS[name].family == "sam":  # timm's SAM resizes its tables at every forward: its own model, as it is
+        return reference
     if MODELS[name].family != "cait":
         overlay = dict(file=str(path), num_classes=reference.num_classes)
         return timm.create_model(name, img_size=size, pretrained=True, pretrained_cfg_overlay=overlay,
@@ -239,6 +251,8 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     prefix = {"return_prefix_tokens": True} if ours.cfg.prefix_in_blocks else {}
     final, maps = ours.forward_intermediates(images, norm=True, **prefix)
     expected_final, expected_maps = reference.forward_intermediates(images, norm=True, **prefix)
+    if expected_final.ndim == 4:  # SAM's: the neck's map (B, C, rows, columns); ours, tokens as always
+        expected_final = expected_final.flatten(2).transpose(1, 2)
     assert max_diff(final, expected_final) <= TOLERANCE and len(maps) == len(expected_maps) == len(ours.blocks)
     for mine, theirs in zip(map(with_prefix, maps), map(with_prefix, expected_maps)):
         assert max_diff(mine[0], theirs[0]) <= TOLERANCE and shape_of(mine[1]) == shape_of(theirs[1])
@@ -247,7 +261,8 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     # Another size: timm resamples the positions as it loads the file; so must we.
     resized = timm_at_size(name, other_size, path, reference, smaller)
     ours = vit.create_model(name, img_size=other_size, pretrained=path, **smaller).eval()
-    assert shape_of(ours.position_embedding) == shape_of(getattr(resized, "pos_embed", None))  # None: in attention
+    if MODELS[name].family != "sam":  # (SAM's model keeps its table at the file's size)
+        assert shape_of(ours.position_embedding) == shape_of(getattr(resized, "pos_embed", None))  # None: in attention
     if ours.cfg.relative_position_bias:  # BEiT: tables resampled for the new grid, as timm's
         assert ours.blocks[0].attention.relative_bias.table.shape == resized.blocks[0].attn.relative_position_bias_table.shape
     images = real_images(cifar_dir, 2, other_size)
@@ -259,7 +274,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     fresh.reset_classifier(10)
     ours = vit.create_model(name, img_size=other_size, num_classes=10, pretrained=path, **smaller).eval()
     assert torch.count_nonzero(ours.head.weight) == 0
-    ours.head.load_state_dict(fresh.head.state_dict())
+    ours.head.load_state_dict(getattr(fresh.head, "fc", fresh.head).state_dict())  # (SAM's head holds it as fc)
     if ours.head_distillation is not None:
         ours.head_distillation.load_state_dict(fresh.head_dist.state_dict())
     assert max_diff(ours(images), fresh(images)) <= TOLERANCE

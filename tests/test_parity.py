@@ -50,6 +50,12 @@ def timm_embedding(timm_model, images):
         return torch.cat([timm_model.cls_token.expand(len(images), -1, -1), patches], dim=1), None
     if type(timm_model).__name__ == "Eva":
         return timm_model._pos_embed(timm_model.patch_embed(images))
+    if type(timm_model).__name__ == "VisionTransformerSAM":  # the table as a map, resized to the grid at hand
+        if timm_model.pos_embed is None:
+            return patches, None
+        from timm.layers import resample_abs_pos_embed_nhwc
+        grid = timm_model.patch_embed(images)
+        return (grid + resample_abs_pos_embed_nhwc(timm_model.pos_embed, grid.shape[1:3])).flatten(1, 2), None
     if type(timm_model).__name__ == "Cait":  # the table on the patches; the CLS token joins after the blocks
         return patches + timm_model.pos_embed, None
     if type(timm_model).__name__ == "VisionTransformerRelPos":  # no table: the CLS token, if any, in front
@@ -68,7 +74,11 @@ def stages(timm_model, ours, images):
 
     shared = getattr(timm_model, "shared_rel_pos", None)  # srelpos: one bias, handed to every block
 
+    sam = type(timm_model).__name__ == "VisionTransformerSAM"  # its blocks and neck take maps (B, R, C, D)
+
     def timm_block(i, block):
+        if sam:
+            return lambda x: block(x.unflatten(1, grid)).flatten(1, 2)
         if shared is not None:
             return lambda x: block(x, shared_rel_pos=shared.get_bias())
         if timm_rope is None:
@@ -87,6 +97,10 @@ def stages(timm_model, ours, images):
     pairs += [(f"block_{i}", timm_block(i, t), our_block(i, o)) for i, (t, o) in enumerate(zip(timm_model.blocks, ours.blocks))]
     if ours.cfg.class_attention_blocks:  # CaiT: the CLS token's class-attention blocks, after the patch blocks
         pairs.append(("class_attention", timm_model.forward_cls, lambda x: ours.class_attention(x, ours.cls_token)))
+    if sam:  # the neck in place of the final norm, and a head that pools the map
+        return pairs + [("final_norm", lambda x: timm_model.neck(x.unflatten(1, grid).permute(0, 3, 1, 2)).flatten(2)
+                         .transpose(1, 2), ours.final_norm),
+                        ("head", lambda x: timm_model.forward_head(x.transpose(1, 2).unflatten(2, grid)), ours.forward_head)]
     # With norm_after_pool the final norm belongs to the head (timm: fc_norm; its `norm` is Identity).
     pairs += [("final_norm", timm_model.norm, (lambda x: x) if ours.cfg.norm_after_pool else ours.final_norm),
               ("head", timm_model.forward_head, ours.forward_head)]

@@ -12,6 +12,7 @@ preprocessor config, the ONNX file in its metadata ("vit_card", the checkpoint's
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -57,7 +58,11 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> s
 def timm_state_dict(state_dict: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """Our tensors under the keys of timm's `name` (what its hub `model.safetensors` holds)."""
     tensors = {k: v.contiguous() for k, v in from_ours(state_dict, timm_table(model_spec(name).timm_keys)).items()}
-    if model_config(name).norm_after_pool:  # timm calls a final norm that follows the pooling fc_norm
+    cfg = model_config(name)
+    if cfg.window_size and "pos_embed" in tensors:  # SAM keeps its table as a map (1, R, C, D)
+        table = tensors["pos_embed"]
+        tensors["pos_embed"] = table.reshape(1, math.isqrt(table.shape[1]), -1, table.shape[2])
+    if cfg.norm_after_pool:  # timm calls a final norm that follows the pooling fc_norm
         after_pool = {theirs: fc_norm for fc_norm, theirs in TIMM_FC_NORM.items()}
         tensors = {after_pool.get(k, k): v for k, v in tensors.items()}
     return tensors

@@ -45,6 +45,9 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
                     attention), dpwee (both)                                              0.5
     cait            CaiT: talking heads; the CLS token skips the blocks and joins after them in 2
                     class-attention blocks; layer scale, positions for the patches only, 384 px   ImageNet
+    sam             Segment Anything's encoder: attention in 14 x 14 windows but in 4 global blocks,
+                    decomposed relative positions, no CLS token, a conv neck to 256 channels,
+                    LayerNorm eps 1e-5, native 1024 px, no classifier                    ImageNet
     sapiens2        DINOv3's RoPE at 1024 x 768 px, CLS + 8 registers, q/k norms, RMSNorm, SwiGLU,
                     layer scale on attention only, grouped-query attention in the middle blocks   ImageNet
 
@@ -166,6 +169,9 @@ FAMILIES: dict[str, Family] = {
     "branched": Family(dict(branches=2, layer_scale=1e-5)),
     "cait": Family(dict(class_attention_blocks=2, talking_heads=True, positions_cover_prefix=False, layer_scale=1e-5,
                         img_size=384), IMAGENET, timm_keys=EVA_KEYS),
+    "sam": Family(dict(img_size=1024, class_token=False, positions_cover_prefix=False, pool="avg", window_size=14,
+                       decomposed_relative_positions=True, layer_norm_eps=1e-5, neck_channels=256, num_classes=0),
+                  IMAGENET, timm_keys=("sam",)),
     "sapiens2": Family(dict(img_size=(1024, 768), rope="dinov3", rope_temperature=100.0, absolute_positions=False,
                             register_tokens=8, layer_scale=1.0, layer_scale_mlp=False, qk_norm=True, gated_mlp=True,
                             norm="rmsnorm", full_attention_ends=8, num_classes=0), IMAGENET,
@@ -563,6 +569,12 @@ TABLE: dict[str, Row] = {
     "cait_m36_384": row("cait", dict(embed_dim=768, depth=36, num_heads=16), "fb_dist_in1k", layer_scale=1e-6),
     "cait_m48_448": row("cait", dict(embed_dim=768, depth=48, num_heads=16), "fb_dist_in1k", img_size=448,
                         layer_scale=1e-6),
+    # Segment Anything's image encoder (Kirillov et al. 2023): windowed blocks, 4 global ones, the neck
+    "samvit_base_patch16": row("sam", BASE, "sa1b", global_blocks=(2, 5, 8, 11)),
+    "samvit_large_patch16": row("sam", LARGE, "sa1b", global_blocks=(5, 11, 17, 23)),
+    "samvit_huge_patch16": row("sam", HUGE, "sa1b", global_blocks=(7, 15, 23, 31)),
+    "samvit_base_patch16_224": row("sam", BASE, None, img_size=224, global_blocks=(2, 5, 8, 11),
+                                   absolute_positions=False, neck_channels=0, final_norm_eps=1e-6, num_classes=1000),
     # Meta's Sapiens2 (human-centric backbones, 2026): DINOv3's RoPE at 1024 x 768, grouped-query middle blocks
     "vit_base_patch16_sapiens2": row("sapiens2", BASE, "fb"),  # 12 blocks: all within 8 of an end, none grouped
     "vit_large_patch16_sapiens2": row("sapiens2", LARGE, "fb", kv_heads=8),

@@ -149,6 +149,15 @@ class ViTConfig:
     #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
     full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
     layer_scale_mlp: bool = True  # False: layer scale on the attention branch only (Sapiens2) [attn_only_layer_scale]
+    # --- SAM's image encoder (Segment Anything; ViTDet's backbone).
+    window_size: int = 0  # attention within non-overlapping windows of this many patches a side (0: global)
+    #                       in every block but global_blocks [window_size]
+    global_blocks: tuple[int, ...] = ()  # the blocks that attend globally among windowed ones [global_attn_indexes]
+    decomposed_relative_positions: bool = False  # SAM: a learned vector per row offset and per column offset,
+    #                                              read by the query into a bias on the logits [use_rel_pos]
+    neck_channels: int = 0  # SAM: a neck after the blocks, 1x1 conv to this many channels, LayerNorm, 3x3
+    #                         conv, LayerNorm, instead of the final norm (0: none) [neck_chans]
+    final_norm_eps: float | None = None  # the final norm's eps where it differs from the blocks' (SAM: 1e-6)
     talking_heads: bool = False  # CaiT: the heads' logits, and their weights, mixed across heads (TalkingHeadsSoftmax)
     class_attention_blocks: int = 0  # CaiT: the CLS token skips the blocks and joins after them, in this many
     #                                  class-attention blocks that update it alone [depth_token_only]
@@ -190,6 +199,11 @@ class ViTConfig:
                                             or self.positions_cover_prefix):
             raise ValueError("class attention (CaiT) joins a CLS token, and no other prefix token, after the blocks: "
                              "class_token=True, positions for the patches only")
+        if self.window_size and (self.num_prefix_tokens or self.rope):
+            raise ValueError("windowed attention (SAM) cuts the patch grid alone into windows: no prefix tokens, no RoPE")
+        if self.decomposed_relative_positions and (self.num_prefix_tokens or self.relative_position_bias
+                                                   or self.relative_position_mlp):
+            raise ValueError("decomposed relative positions (SAM) are for patches alone, and one scheme per model")
         if self.talking_heads and (self.differential or self.kv_heads):
             raise ValueError("talking heads (CaiT) mix every head's full map: not with differential or grouped-query attention")
         if self.parallel and (self.branches > 1 or self.post_norm):
@@ -249,6 +263,18 @@ class ViTConfig:
             return self.num_heads
         return self.kv_heads
 
+    def attention_grid(self, block: int) -> tuple[int, int]:
+        """The (rows, columns) of patches that attend to each other in block `block`: the patch
+        grid, or in SAM's windowed blocks a window of window_size x window_size."""
+        if self.window_size and block not in self.global_blocks:
+            return (self.window_size, self.window_size)
+        return self.grid_shape
+
+    @property
+    def feature_dim(self) -> int:
+        """The width of the final tokens, which the head reads: D, or the channels of SAM's neck."""
+        return self.neck_channels or self.embed_dim
+
     @property
     def mlp_hidden(self) -> int:
         """The MLP's hidden width: 4D in the original (a gated MLP has two such layers side by side)."""
@@ -287,8 +313,7 @@ class ViTConfig:
         if unknown:
             raise ValueError(f"unknown model config field(s) {', '.join(unknown)}: written by a newer version of "
                              "this project?")
-        img_size = fields.get("img_size", cls.img_size)
-        return cls(**{**fields, "img_size": tuple(img_size) if isinstance(img_size, list) else img_size})
+        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,9 +544,9 @@ class VisionTransformer(nn.Module):
             for attention in (attention for block in self.blocks for attention in block.attentions):
                 attention.relative_bias = SharedRelativeBias(self.shared_relative_bias)
         self.class_attention = ClassAttentionStage(cfg) if cfg.class_attention_blocks else NoClassAttention()  # CaiT
-        self.final_norm = make_norm(cfg, dim) if cfg.final_norm else nn.Identity()
+        self.final_norm = make_final_norm(cfg)
         self.attention_pool = AttentionPooling(cfg) if cfg.pool == "map" else None
-        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.head = nn.Linear(cfg.feature_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.head_distillation = None  # DeiT distilled: the distillation token's own classifier
         if cfg.distillation_token:
             self.head_distillation = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -629,11 +654,12 @@ class VisionTransformer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def make_norm(cfg: ViTConfig, dim: int) -> nn.Module:
-    """LayerNorm (the original: (x - mean) / std * w + b) or RMSNorm (AIMv2: x / rms(x) * w)."""
+def make_norm(cfg: ViTConfig, dim: int, eps: float | None = None) -> nn.Module:
+    """LayerNorm (the original: (x - mean) / std * w + b) or RMSNorm (AIMv2: x / rms(x) * w); eps:
+    the config's unless given."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=cfg.layer_norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        return nn.RMSNorm(dim, eps=eps or cfg.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=eps or cfg.layer_norm_eps)
 
 
 # --- Where the learned position table goes (VisionTransformer.add_positions). It is the model's
@@ -1190,6 +1216,93 @@ class ClassAttentionStage(nn.Module):
         return torch.cat([cls, patches], dim=1)
 
 
+# --- SAM's image encoder: windows, decomposed relative positions, the neck
+
+class DecomposedRelativePositions(nn.Module):
+    """SAM (after MViTv2, Li et al. 2022): a learned vector per row offset and one per column
+    offset, which each query reads into a bias on its logits. For query patch i and key patch j
+    of an R x C grid,
+
+        bias[i, j] = q_i . rows[row_i - row_j + R - 1] + q_i . columns[col_i - col_j + C - 1]
+
+    (2R-1) + (2C-1) vectors instead of BEiT's (2R-1)(2C-1) per-head numbers, and the bias depends
+    on the query's content, not only on where the patches are."""
+
+    def __init__(self, grid: tuple[int, int], head_dim: int):
+        super().__init__()
+        rows, columns = grid
+        self.grid = grid
+        self.rows = nn.Parameter(torch.zeros(2 * rows - 1, head_dim))  # (2R-1, hd)
+        self.columns = nn.Parameter(torch.zeros(2 * columns - 1, head_dim))  # (2C-1, hd)
+        for name, side in (("row_offsets", rows), ("column_offsets", columns)):
+            index = torch.arange(side)
+            self.register_buffer(name, index[:, None] - index[None, :] + side - 1, persistent=False)  # (side, side)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:  # (B, H, R*C, hd) -> (B, H, R*C, R*C)
+        q = rearrange(q, "b h (r c) d -> b h r c d", r=self.grid[0])
+        by_row = torch.einsum("bhrcd,rkd->bhrck", q, self.rows[self.row_offsets].to(q.dtype))  # key rows k
+        by_column = torch.einsum("bhrcd,ckd->bhrck", q, self.columns[self.column_offsets].to(q.dtype))  # key columns k
+        bias = by_row[..., :, None] + by_column[..., None, :]  # (B, H, R, C, key rows, key columns)
+        return rearrange(bias, "b h r c kr kc -> b h (r c) (kr kc)")
+
+
+class RelativePositionsAttention(MultiHeadSelfAttention):
+    """SAM's attention: the original's, with the query-dependent bias of DecomposedRelativePositions
+    on the logits, for the grid the block attends over (a window, or the whole patch grid)."""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__(cfg, index)
+        self.relative_positions = DecomposedRelativePositions(cfg.attention_grid(index), cfg.head_dim)
+
+    def weighted_values(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.softmax_attention(q, k, v, self.relative_positions(q))  # (B, H, T, hd)
+
+
+class WindowedBlock(EncoderBlock):
+    """SAM's and ViTDet's block (Li et al. 2022, "Exploring Plain Vision Transformer Backbones"):
+    attention within non-overlapping S x S windows of the patch grid, so its cost grows with the
+    number of patches, not its square; a few global blocks (plain EncoderBlocks) connect the
+    windows. The normed grid is zero-padded at the bottom and right to a multiple of S, and the
+    padding tokens take part as keys (as in SAM); the MLP is the original's.
+
+        (B, R*C, D) -> pad -> (B * windows, S*S, D) -> attention -> (B, R*C, D)"""
+
+    def __init__(self, cfg: ViTConfig, index: int = 0):
+        super().__init__(cfg, index)
+        self.grid, self.window = cfg.grid_shape, cfg.window_size
+
+    def attention_branch(self, x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
+        (rows, columns), s = self.grid, self.window
+        grid = rearrange(self.attention_norm(x), "b (r c) d -> b r c d", r=rows)
+        grid = F.pad(grid, (0, 0, 0, -columns % s, 0, -rows % s))  # (B, R', C', D), multiples of S
+        windows = rearrange(grid, "b (wr s) (wc t) d -> (b wr wc) (s t) d", s=s, t=s)  # (B*W, S*S, D)
+        out = self.attention(windows, rotation)
+        grid = rearrange(out, "(b wr wc) (s t) d -> b (wr s) (wc t) d", b=x.shape[0], wr=grid.shape[1] // s, s=s)
+        return self.drop_path(self.attention_scale(rearrange(grid[:, :rows, :columns], "b r c d -> b (r c) d")))
+
+
+class Neck(nn.Module):
+    """SAM's neck, in place of the final norm: the final tokens as a map, 1x1 conv to fewer
+    channels, LayerNorm, 3x3 conv, LayerNorm (eps 1e-6, over the channels of each patch):
+
+        (B, R*C, D) -> (B, D, R, C) -> (B, C', R, C) -> (B, R*C, C')"""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.rows = cfg.grid_shape[0]
+        channels = cfg.neck_channels
+        self.reduce = nn.Conv2d(cfg.embed_dim, channels, kernel_size=1, bias=False)
+        self.reduce_norm = nn.LayerNorm(channels, eps=1e-6)
+        self.mix = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.mix_norm = nn.LayerNorm(channels, eps=1e-6)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.reduce(rearrange(tokens, "b (r c) d -> b d r c", r=self.rows))
+        x = self.reduce_norm(rearrange(x, "b d r c -> b r c d"))
+        x = self.mix(rearrange(x, "b r c d -> b d r c"))
+        return self.mix_norm(rearrange(x, "b d r c -> b (r c) d"))
+
+
 # --- Choosing the classes, once, from the config
 
 def make_add_positions(cfg: ViTConfig) -> nn.Module:
@@ -1209,7 +1322,17 @@ def make_relative_bias(cfg: ViTConfig) -> nn.Module:
     return RelativePositionMlp(cfg) if per_block else NoRelativeBias()
 
 
+def make_final_norm(cfg: ViTConfig) -> nn.Module:
+    if cfg.neck_channels:
+        return Neck(cfg)
+    if not cfg.final_norm:
+        return nn.Identity()
+    return make_norm(cfg, cfg.embed_dim, cfg.final_norm_eps)
+
+
 def make_attention(cfg: ViTConfig, index: int) -> MultiHeadSelfAttention:
+    if cfg.decomposed_relative_positions:
+        return RelativePositionsAttention(cfg, index)
     if cfg.talking_heads:
         return TalkingHeadsAttention(cfg, index)
     if cfg.differential:
@@ -1229,6 +1352,8 @@ def make_mlp(cfg: ViTConfig, out_bias: bool = True) -> nn.Module:
 
 
 def make_block(cfg: ViTConfig, index: int) -> nn.Module:
+    if cfg.window_size and index not in cfg.global_blocks:
+        return WindowedBlock(cfg, index)
     if cfg.parallel:
         return ParallelBlock(cfg, index)
     if cfg.branches > 1:

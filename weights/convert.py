@@ -169,6 +169,20 @@ TIMM_SPELLINGS: dict[str, dict[str, str]] = {
         "blocks.{i}.lambda_k2": "blocks.{i}.attention.differential.lambda_k2",
         "blocks.{i}.sub_norm.weight": "blocks.{i}.attention.differential.norm.weight",
     },
+    "sam": {  # SAM: the neck in place of the final norm, decomposed relative positions, the head's fc
+        "neck.0.weight": "final_norm.reduce.weight",  # (C', D, 1, 1)
+        "neck.1.weight": "final_norm.reduce_norm.weight",
+        "neck.1.bias": "final_norm.reduce_norm.bias",
+        "neck.2.weight": "final_norm.mix.weight",  # (C', C', 3, 3)
+        "neck.3.weight": "final_norm.mix_norm.weight",
+        "neck.3.bias": "final_norm.mix_norm.bias",
+        "neck.weight": "final_norm.weight",  # samvit_base_patch16_224: the neck is one LayerNorm2d
+        "neck.bias": "final_norm.bias",
+        "blocks.{i}.attn.rel_pos_h": "blocks.{i}.attention.relative_positions.rows",  # (2R-1, head_dim)
+        "blocks.{i}.attn.rel_pos_w": "blocks.{i}.attention.relative_positions.columns",  # (2C-1, head_dim)
+        "head.fc.weight": "head.weight",
+        "head.fc.bias": "head.bias",
+    },
     "fused_out": {  # dpwee: one output projection, columns [attention; MLP], its bias the attention's
         "blocks.{i}.out_proj.weight[attn]": "blocks.{i}.attention.out_proj.weight",
         "blocks.{i}.out_proj.weight[mlp]": "blocks.{i}.mlp.fc2.weight",
@@ -186,6 +200,7 @@ TIMM_SPELLING_REPLACES: dict[str, tuple[str, ...]] = {
     "qkv_biased": ("blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.qkv.bias"),
     "swiglu": ("blocks.{i}.mlp.fc1.weight", "blocks.{i}.mlp.fc1.bias"),
     "parallel": tuple(f"blocks.{{i}}.{key}" for key in _SEQUENTIAL),
+    "sam": ("norm.weight", "norm.bias", "head.weight", "head.bias"),
     "fused_out": ("blocks.{i}.attn_out_proj.weight", "blocks.{i}.attn_out_proj.bias", "blocks.{i}.mlp_out_proj.weight",
                   "blocks.{i}.mlp_out_proj.bias"),
 }

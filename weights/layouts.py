@@ -344,9 +344,11 @@ def _as_is(tensors: Tensors) -> Tensors:
 
 def _prepare_timm(tensors: Tensors) -> Tensors:
     """timm's parallel blocks fuse two of our tensors in one (split here); a final norm after the
-    pooling is fc_norm; Sapiens2 keeps a bias on each of q, k and v, stacked here into the one
+    pooling is fc_norm; SAM keeps its position table as a map; Sapiens2 keeps a bias on each of q, k and v, stacked here into the one
     qkv bias timm's ViT spells."""
     tensors = {TIMM_FC_NORM.get(k, k): v for k, v in split_theirs(tensors).items()}
+    if "pos_embed" in tensors and tensors["pos_embed"].ndim == 4:  # SAM's table as a map (1, R, C, D)
+        tensors["pos_embed"] = tensors["pos_embed"].flatten(1, 2)  # -> (1, R*C, D), rows first as the tokens
     for key in [k for k in tensors if k.endswith("attn.k_proj.bias")]:
         attn = key.removesuffix("k_proj.bias")
         tensors[attn + "qkv.bias"] = torch.cat([tensors.pop(f"{attn}{p}_proj.bias") for p in "qkv"])

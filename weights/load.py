@@ -430,12 +430,22 @@ def resample_relative_bias(table: torch.Tensor, new_grid: int) -> torch.Tensor:
     return torch.cat([both.reshape(both.shape[0], -1).T.to(table.dtype), extra])
 
 
+def resample_offsets(table: torch.Tensor, length: int) -> torch.Tensor:
+    """SAM's decomposed relative positions, one vector per offset (2G-1, head_dim), for another
+    grid (2G'-1 offsets): linear interpolation along the offsets, as SAM's code does at every
+    forward pass where the table and the grid differ."""
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.float().T[None], size=length, mode="linear")  # (1, head_dim, length)
+    return resized[0].T.to(table.dtype)
+
+
 HEADS = ("head.weight", "head.bias", "head_distillation.weight", "head_distillation.bias")
 
 
 def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Adapt weights to `model`: resample the position embedding (and BEiT's relative position
-    tables) to its grid; where the classes differ (1000 ImageNet classes -> 10, or a backbone file
+    tables, SAM's decomposed ones) to its grid; where the classes differ (1000 ImageNet classes -> 10, or a backbone file
     without a classifier), the model keeps its fresh, zeroed head; raise WeightsError on anything
     else. (RoPE needs nothing: its angles are computed for the grid at hand.)"""
     expected = model.state_dict()
@@ -451,6 +461,9 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) ->
         table = state_dict[key]
         if key in expected and table.shape != expected[key].shape and table.shape[1] == expected[key].shape[1]:
             state_dict[key] = resample_relative_bias(table, model.cfg.grid_size)
+    for key in [k for k in state_dict if k.endswith(("relative_positions.rows", "relative_positions.columns"))]:
+        if key in expected and state_dict[key].shape[1:] == expected[key].shape[1:]:  # SAM's global blocks
+            state_dict[key] = resample_offsets(state_dict[key], expected[key].shape[0])
     theirs = {k: state_dict[k].shape for k in HEADS if k in state_dict}
     ours = {k: expected[k].shape for k in HEADS if k in expected}
     if theirs != ours:
