@@ -123,12 +123,12 @@ class Explorer:
 
     @property
     def grid(self) -> int:
-        return self.subject.img_size // self.subject.model.cfg.patch_size
+        return self.subject.img_size // self.subject.model.cfg.token_stride
 
     def info(self, images: list[Path]) -> dict:
         cfg = self.subject.model.cfg
         return {"model": self.subject.name, "img_size": self.subject.img_size, "grid": self.grid,
-                "patch_size": cfg.patch_size, "layers": cfg.depth, "heads": len(self.subject.model.blocks[0].attentions)
+                "patch_size": cfg.token_stride, "layers": cfg.depth, "heads": len(self.subject.model.blocks[0].attentions)
                 * cfg.num_heads, "classifier": self.subject.class_names is not None,
                 "images": [str(p) for p in images]}
 

@@ -235,7 +235,7 @@ class Classifier:
             save_explanation(picture, item[0], self.card.mean, self.card.std, rollout(maps, cfg)[0],
                              last_cls_attention(maps, cfg)[0],
                              f"{Path(path).name}: {prediction.top[0][0]} ({confidence.item():.1%})",
-                             patch_size=cfg.patch_size, reader="CLS" if cfg.class_token else "mean patch-token")
+                             patch_size=cfg.token_stride, reader="CLS" if cfg.class_token else "mean patch-token")
             yield prediction, picture
 
     def evaluate_folder(self, folder: Path) -> dict:

@@ -107,7 +107,7 @@ def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
     import timm
 
     names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos", "cait",
-                                 "vision_transformer_sam")
+                                 "vision_transformer_sam", "vision_transformer_hybrid")
              for name in timm.list_models(module=module) if not name.startswith(("test_vit", "beit3"))}
     left_out = names - set(MODELS)
     assert set(MODELS) <= names
@@ -184,6 +184,12 @@ CASES = [
     ("vit_pwee_patch16_reg1_gap_256", {"depth": 2}, 224),  # in_proj with biases
     ("vit_dwee_patch16_reg1_gap_256", {"depth": 2}, 192),  # differential attention
     ("vit_dpwee_patch16_reg1_gap_256", {"depth": 3}, 224),  # both, one fused out_proj
+    # The paper's hybrids: a CNN stem's map in place of the patches
+    ("vit_base_r50_s16_224", {"depth": 1, "embed_dim": 192, "num_heads": 3}, 256),  # BiT R50, 3 stages: the paper's
+    ("vit_small_r26_s32_224", {"depth": 1}, 256),  # 4 stages, stride 32
+    ("vit_tiny_r_s16_p8_224", {"depth": 2}, 256),  # the stem alone, patch 8
+    ("vit_small_resnet50d_s16_224", {"depth": 1, "embed_dim": 192, "num_heads": 3}, 160),  # ResNet-D, BatchNorm
+    ("vit_base_mci_224", {"depth": 1}, 256),  # MobileCLIP's conv stem, no projection
     # SAM at 1024 px: windowed blocks and a global one (block 2), the neck; and without either's tables
     ("samvit_base_patch16", {"depth": 3, "embed_dim": 192, "num_heads": 3}, 448),  # 448: windows padded 28 -> 28
     ("samvit_base_patch16_224", {"depth": 3, "embed_dim": 192, "num_heads": 3}, 320),  # 20 patches: padded to 28
@@ -207,20 +213,26 @@ def timm_at_size(name, size, path, reference, smaller):
     """timm's model at another image size, loading the file as timm does. CaiT's loader keeps the
     table as it is (its names have fixed sizes), so there the table goes through timm's own
     resample_abs_pos_embed first, as timm resizes every other ViT's; SAM's model resizes its
-    tables at every forward pass, so there it is the model at its own size."""
+    tables at every forward pass, so there it is the model at its own size. timm's ResNet-D
+    hybrids load their stem's own weights when asked for pretrained ones: their file goes through
+    timm's filter (which resizes the table) and load_state_dict."""
     import timm
     from safetensors.torch import load_file
     from timm.layers import resample_abs_pos_embed
 
     if MODELS[name].family == "sam":  # timm's SAM resizes its tables at every forward: its own model, as it is
         return reference
-    if MODELS[name].family != "cait":
+    family = MODELS[name].family
+    if family not in ("cait", "hybrid_d"):
         overlay = dict(file=str(path), num_classes=reference.num_classes)
         return timm.create_model(name, img_size=size, pretrained=True, pretrained_cfg_overlay=overlay,
                                  **timm_arguments(smaller)).eval()
     model = timm.create_model(name, img_size=size, **smaller).eval()
     state = load_file(str(path))
-    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], model.patch_embed.grid_size, num_prefix_tokens=0)
+    if family == "cait":
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], model.patch_embed.grid_size, num_prefix_tokens=0)
+    else:  # (pretrained=True would fetch the ResNet-D stem's own ImageNet weights first: timm's filter instead)
+        state = timm.models.vision_transformer.checkpoint_filter_fn(state, model)
     model.load_state_dict(state)
     return model
 

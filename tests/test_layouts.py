@@ -561,3 +561,19 @@ def test_real_trained_weights_from_an_onnx_file_give_onnx_runtimes_backbone_toke
     assert ours.cfg.position_resize == "bicubic_plain"
     assert (ours.forward_features(images) - expected).abs().max() <= 1e-4
     assert expected.abs().max() > 1  # real, trained activations
+
+
+@pytest.mark.parametrize("name,stem,stride", [
+    ("vit_tiny_r_s16_p8_224", "a CNN stem: BiT's ResNet's first convolution", 32),  # stride 4, patch 8
+    ("vit_small_resnet26d_224", "a CNN stem: a ResNet-D, stages (2, 2, 2, 2)", 32),
+    ("vit_base_mci_224", "MobileCLIP's convolutional stem", 16),
+])
+def test_describe_reads_a_hybrids_stem_and_its_pixels_per_token(name, stem, stride, tmp_path):
+    """A hybrid's tokens come from a CNN's map: the table's grid is in tokens of `stride` px, not
+    of the projection's kernel; the names are found by the same shapes."""
+    from tests.conftest import make_timm_file
+
+    make_timm_file(name, tmp_path / "model.safetensors")
+    found = describe(tmp_path / "model.safetensors")
+    assert found.stem == stem and found.token_stride == stride and found.img_size == 224
+    assert found.names == (name,)

@@ -82,7 +82,7 @@ def parse_args(argv=None) -> TrainConfig:
     if args.probe and (args.fsdp or args.lora or args.grad_checkpointing):
         parser.error("argument --probe: evaluates the frozen backbone in one process; --fsdp, --lora and "
                      "--grad-checkpointing are for fine-tuning")
-    patch = model_config(args.model).patch_size
+    patch = model_config(args.model).token_stride  # the patch size (a hybrid's: times its stem's stride)
     if args.img_size % patch:
         parser.error(f"argument --img-size: {args.img_size} is not a multiple of {args.model}'s patch size {patch} "
                      f"(e.g. {max(patch, round(args.img_size / patch) * patch)})")

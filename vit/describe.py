@@ -16,6 +16,7 @@ import torch
 
 from vit.families import MODELS, model_config
 from vit.model import VisionTransformer
+from vit.stems import stem_stride
 from weights.layouts import LAYOUTS
 from weights.load import Pretrained, load_pretrained
 
@@ -41,6 +42,8 @@ class Description:
     names: tuple[str, ...]  # timm names whose model has exactly these tensors
     other_size_names: tuple[str, ...]  # names that fit once the position table is resampled
     ignored: tuple[str, ...] = ()  # a larger model's tensors outside its ViT (an .onnx graph's decoder)
+    stem: str | None = None  # a hybrid's CNN stem (vit/stems.py): its kind and stages
+    token_stride: int = 0  # pixels per token along a side (the patch, times a stem's stride)
 
     def lines(self) -> list[str]:
         """The description as `python -m weights inspect` prints it."""
@@ -50,7 +53,8 @@ class Description:
             ("layout", f"{layout.name}: {layout.code}"),
             ("tensors", f"{self.tensors} in our layout, {self.parameters / 1e6:.1f} M parameters"),
             ("blocks", f"{self.depth} blocks of width {self.width}, {mlp}"),
-            ("patches", f"{self.patch[0]} x {self.patch[1]} px, {self.in_channels} channels"),
+            ("patches", f"{self.patch[0]} x {self.patch[1]} px, {self.in_channels} channels" if self.stem is None else
+             f"{self.stem}; {self.patch[0]} x {self.patch[1]} patches of its map: {self.token_stride} px per token"),
             ("tokens", ", ".join(self.prefix_tokens) or "patches only"),
             ("positions", self.positions),
             ("head", f"{self.head_classes} classes" if self.head_classes else "none: a backbone (pooled features)"),
@@ -76,8 +80,12 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
     """Read a checkpoint (any layout, path or hub id; or weights already read) and say what it is."""
     weights = pretrained if isinstance(pretrained, Pretrained) else load_pretrained(pretrained)
     tensors = weights.state_dict
-    patch_weight = tensors["patch_embedding.projection.weight"]  # (D, C, P, P)
-    width, in_channels, *patch = patch_weight.shape
+    stem, stride = _stem(tensors)
+    projection = tensors.get("patch_embedding.projection.weight")  # (D, C, P, P); MobileCLIP's stem has none
+    if projection is None:
+        projection = tensors["patch_embedding.stem.conv3.weight"][:, :, :1, :1]  # its map is D wide: patch 1
+    width, in_channels, *patch = projection.shape
+    stride = stride * patch[0]
     depth = len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
     fc1 = next((v for k, v in tensors.items() if k.endswith("mlp.fc1.weight")), None)  # (hidden, D)
     fc2 = next((v for k, v in tensors.items() if k.endswith("mlp.fc2.weight")), None)  # (D, hidden)
@@ -92,14 +100,34 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
         prefix.append(f"{tensors['register_tokens'].shape[1]} registers")
     head = tensors.get("head.weight")
     names, other_size = _matching_names(tensors, depth, width, patch[0], head.shape[0] if head is not None else 0)
-    positions, img_size = _positions(tensors, patch[0], int("cls_token" in tensors) + int("distillation_token" in tensors))
+    positions, img_size = _positions(tensors, stride, int("cls_token" in tensors) + int("distillation_token" in tensors))
     return Description(
         source=weights.source, layout=weights.layout, tensors=len(tensors),
         parameters=sum(v.numel() for v in tensors.values()), depth=depth, width=width, patch=tuple(patch),
         in_channels=in_channels, mlp_hidden=mlp_hidden, gated_mlp=gated, prefix_tokens=tuple(prefix),
         positions=positions, img_size=img_size,
         head_classes=None if head is None else head.shape[0], names=names, other_size_names=other_size,
-        ignored=weights.ignored)
+        ignored=weights.ignored, stem=stem, token_stride=stride)
+
+
+def _stem(tensors: dict[str, torch.Tensor]) -> tuple[str | None, int]:
+    """A hybrid's stem from its tensors (vit/stems.py): what it is, and the stride of its map (1: none)."""
+    stages = {}  # stage -> blocks
+    for key in tensors:
+        parts = key.split(".")
+        if key.startswith("patch_embedding.stem.stages."):
+            stages[int(parts[3])] = max(stages.get(int(parts[3]), 0), int(parts[4]) + 1)
+    depths = tuple(stages[i] for i in sorted(stages))
+    if "patch_embedding.stem.conv.weight" in tensors:
+        kind, what = "bit", "BiT's ResNet"
+    elif "patch_embedding.stem.norm3.weight" in tensors:
+        kind, what = "resnet_d", "a ResNet-D"
+    elif "patch_embedding.stem.conv3.weight" in tensors:
+        return "MobileCLIP's convolutional stem", stem_stride("mobileclip", ())
+    else:
+        return None, 1
+    return f"a CNN stem: {what}, stages {depths}" if depths else f"a CNN stem: {what}'s first convolution", \
+        stem_stride(kind, depths)
 
 
 def _positions(tensors: dict[str, torch.Tensor], patch: int, tokens: int) -> tuple[str, int | None]:

@@ -45,6 +45,9 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
                     attention), dpwee (both)                                              0.5
     cait            CaiT: talking heads; the CLS token skips the blocks and joins after them in 2
                     class-attention blocks; layer scale, positions for the patches only, 384 px   ImageNet
+    hybrid          the ViT paper's hybrids: tokens from a ResNet's feature map (BiT's ResNet: weight-
+                    standardised convs, GroupNorm), patch 1 (8 on the stem alone); MobileCLIP's conv stem   0.5
+    hybrid_d        timm's own hybrids on ResNet-D (deep stem, BatchNorm, average-pooled shortcuts)  ImageNet
     sam             Segment Anything's encoder: attention in 14 x 14 windows but in 4 global blocks,
                     decomposed relative positions, no CLS token, a conv neck to 256 channels,
                     LayerNorm eps 1e-5, native 1024 px, no classifier                    ImageNet
@@ -169,6 +172,8 @@ FAMILIES: dict[str, Family] = {
     "branched": Family(dict(branches=2, layer_scale=1e-5)),
     "cait": Family(dict(class_attention_blocks=2, talking_heads=True, positions_cover_prefix=False, layer_scale=1e-5,
                         img_size=384), IMAGENET, timm_keys=EVA_KEYS),
+    "hybrid": Family(dict(stem="bit", patch_size=1)),
+    "hybrid_d": Family(dict(stem="resnet_d", patch_size=1, mlp_ratio=3.0), IMAGENET, timm_keys=("resnet_d",)),
     "sam": Family(dict(img_size=1024, class_token=False, positions_cover_prefix=False, pool="avg", window_size=14,
                        decomposed_relative_positions=True, layer_norm_eps=1e-5, neck_channels=256, num_classes=0),
                   IMAGENET, timm_keys=("sam",)),
@@ -569,6 +574,29 @@ TABLE: dict[str, Row] = {
     "cait_m36_384": row("cait", dict(embed_dim=768, depth=36, num_heads=16), "fb_dist_in1k", layer_scale=1e-6),
     "cait_m48_448": row("cait", dict(embed_dim=768, depth=48, num_heads=16), "fb_dist_in1k", img_size=448,
                         layer_scale=1e-6),
+    # The ViT paper's hybrids: a ResNet's feature map in place of the patches (R50+ViT-B/16 is its Table 2's)
+    "vit_tiny_r_s16_p8_224": row("hybrid", TINY, "augreg_in21k_ft_in1k", timm_keys=("bit_stem_only",), patch_size=8),
+    "vit_tiny_r_s16_p8_384": row("hybrid", TINY, "augreg_in21k_ft_in1k", timm_keys=("bit_stem_only",), patch_size=8,
+                                 img_size=384),
+    "vit_small_r26_s32_224": row("hybrid", SMALL, "augreg_in21k_ft_in1k", timm_keys=("bit",), stem_depths=(2, 2, 2, 2)),
+    "vit_small_r26_s32_384": row("hybrid", SMALL, "augreg_in21k_ft_in1k", timm_keys=("bit",), stem_depths=(2, 2, 2, 2),
+                                 img_size=384),
+    "vit_base_r26_s32_224": row("hybrid", BASE, None, timm_keys=("bit",), stem_depths=(2, 2, 2, 2)),
+    "vit_base_r50_s16_224": row("hybrid", BASE, "orig_in21k", timm_keys=("bit",), stem_depths=(3, 4, 9), num_classes=0),
+    "vit_base_r50_s16_384": row("hybrid", BASE, "orig_in21k_ft_in1k", timm_keys=("bit",), stem_depths=(3, 4, 9),
+                                img_size=384),
+    "vit_large_r50_s32_224": row("hybrid", LARGE, "augreg_in21k_ft_in1k", timm_keys=("bit",),
+                                 stem_depths=(3, 4, 6, 3)),
+    "vit_large_r50_s32_384": row("hybrid", LARGE, "augreg_in21k_ft_in1k", timm_keys=("bit",),
+                                 stem_depths=(3, 4, 6, 3), img_size=384),
+    "vit_small_resnet26d_224": row("hybrid_d", dict(embed_dim=768, depth=8, num_heads=8), None,
+                                   stem_depths=(2, 2, 2, 2)),
+    "vit_small_resnet50d_s16_224": row("hybrid_d", dict(embed_dim=768, depth=8, num_heads=8), None,
+                                       stem_depths=(3, 4, 6)),
+    "vit_base_resnet26d_224": row("hybrid_d", BASE, None, stem_depths=(2, 2, 2, 2), mlp_ratio=4.0),
+    "vit_base_resnet50d_224": row("hybrid_d", BASE, None, stem_depths=(3, 4, 6, 3), mlp_ratio=4.0),
+    "vit_base_mci_224": row("hybrid", BASE, "apple/mobileclip_b_lt_timm", mean_std=ZERO_ONE, timm_keys=("mobileclip",),
+                            stem="mobileclip", positions_cover_prefix=False, num_classes=512),
     # Segment Anything's image encoder (Kirillov et al. 2023): windowed blocks, 4 global ones, the neck
     "samvit_base_patch16": row("sam", BASE, "sa1b", global_blocks=(2, 5, 8, 11)),
     "samvit_large_patch16": row("sam", LARGE, "sa1b", global_blocks=(5, 11, 17, 23)),

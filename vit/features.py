@@ -46,7 +46,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
         raise ValueError(f"output_fmt {output_fmt!r}: 'NCHW' (maps) or 'NLC' (tokens)")
     cfg = model.cfg
     taken = take_indices(len(model.blocks), indices)
-    grid = (images.shape[-2] // cfg.patch_size, images.shape[-1] // cfg.patch_size)  # (rows, columns)
+    grid = (images.shape[-2] // cfg.token_stride, images.shape[-1] // cfg.token_stride)  # (rows, columns)
     x = model.norm_before_blocks(model.embed(images))
     blocks = model.blocks[: max(taken) + 1] if stop_early else model.blocks
     outputs = []

@@ -51,7 +51,7 @@ def mean_attention_distance(model: VisionTransformer, images: torch.Tensor) -> t
     """(depth, heads): per block and head, the attention-weighted distance in pixels between a
     patch (query) and the patches it attends to (keys), averaged over patches and images; the
     prefix tokens (CLS, ...) are left out on both sides."""
-    grid, patch, prefix = model.cfg.grid_size, model.cfg.patch_size, model.cfg.num_prefix_tokens
+    grid, patch, prefix = model.cfg.grid_size, model.cfg.token_stride, model.cfg.num_prefix_tokens
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).float() * patch  # (N, 2) in pixels
     distance = torch.cdist(centres, centres)  # (N, N)

@@ -19,20 +19,25 @@ What the general model adds, each a `ViTConfig` field (off by default) and, wher
 computation, a class of its own in the second half of the file, picked once by the make_*
 functions at its end. No forward method asks which family it runs:
 
+    where the tokens come from the image's patches (PatchEmbedding), or a CNN stem's feature map
+                               (HybridPatchEmbedding: the paper's ResNet hybrids, vit/stems.py)
     where positions enter      a learned table added to the tokens (the original; AddPositions,
                                or AddPositionsToPatches), rotary (AxialRope, DinoV3Rope, MixedRope
                                hand each block a Rotation of q and k), or a bias on the logits in
                                attention's `relative_bias` slot: BEiT's RelativePositionBias table, or
-                               timm's relpos ViTs' RelativePositionMlp
+                               timm's relpos ViTs' RelativePositionMlp (SharedRelativeBias: one MLP
+                               for all blocks); SAM's DecomposedRelativePositions, read by each query
     the attention              QVBiasAttention (no key bias), GroupedQueryAttention (fewer key/value
                                heads), DifferentialSelfAttention (two softmax maps, one subtracted),
                                TalkingHeadsAttention (CaiT: the heads' maps mixed)
     the MLP and the norm       GatedMLP (SwiGLU); RMSNorm instead of LayerNorm (make_norm)
     the block                  PostNormBlock (x + norm(f(x))), ParallelBlock (ViT-22B: attention and
-                               MLP from one norm), BranchedBlock (several blocks side by side)
+                               MLP from one norm), BranchedBlock (several blocks side by side),
+                               WindowedBlock (SAM: attention within windows of the grid)
     the tokens and the head    distillation and register tokens, mean or attention pooling, a norm
                                after the pooling (VisionTransformer.forward_head); CaiT's CLS token,
-                               which joins after the blocks (ClassAttentionStage)
+                               which joins after the blocks (ClassAttentionStage); SAM's Neck in
+                               place of the final norm
 
 All position schemes meet the logits in one line of `MultiHeadSelfAttention.forward`:
 
@@ -52,6 +57,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from vit import features
+from vit.stems import STEMS, make_stem, stem_channels, stem_stride
 from weights.load import POSITION_RESIZES
 
 
@@ -149,6 +155,10 @@ class ViTConfig:
     #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
     full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
     layer_scale_mlp: bool = True  # False: layer scale on the attention branch only (Sapiens2) [attn_only_layer_scale]
+    # --- The ViT paper's hybrids: a CNN stem's feature map in place of the image's patches (vit/stems.py).
+    stem: str | None = None  # "bit" (the paper's ResNet, BiT's), "resnet_d", "mobileclip" (stems.STEMS)
+    stem_depths: tuple[int, ...] = ()  # Bottleneck blocks per ResNet stage: (3, 4, 9) is ResNet-50's first
+    #                                    three, stride 16 (the paper's R50+ViT-B/16); () the stem conv alone
     # --- SAM's image encoder (Segment Anything; ViTDet's backbone).
     window_size: int = 0  # attention within non-overlapping windows of this many patches a side (0: global)
     #                       in every block but global_blocks [window_size]
@@ -167,8 +177,13 @@ class ViTConfig:
     #                              drop_path_rate * i / (depth - 1), rising to this at the last block [drop_path_rate]
 
     def __post_init__(self):
-        if min(self.image_shape) < self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
+        if self.stem is not None and self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {list(STEMS)}, not {self.stem!r}")
+        if min(self.image_shape) < self.token_stride:
+            raise ValueError(f"img_size {self.img_size} is smaller than one patch ({self.token_stride} px)")
+        if self.stem and any(side % self.token_stride for side in self.image_shape):
+            raise ValueError(f"img_size {self.img_size}: a hybrid's image sides are multiples of its {self.token_stride} "
+                             "px per token")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.activation not in ACTIVATIONS or self.pool not in POOLS:
@@ -217,12 +232,18 @@ class ViTConfig:
         return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
 
     @property
+    def token_stride(self) -> int:
+        """Pixels per token along a side: the patch size, times a hybrid's stem stride (R50+ViT-B/16:
+        patch 1 on a map of stride 16)."""
+        return self.patch_size * (stem_stride(self.stem, self.stem_depths) if self.stem else 1)
+
+    @property
     def grid_shape(self) -> tuple[int, int]:
         """Patches down and across: 224 // 16 = 14 each. A remainder is never seen, as by timm's
         strided convolution: SigLIP so400m/14 at 384 px has 27 x 14 = 378, its last 6 pixel rows
         and columns unread."""
         height, width = self.image_shape
-        return height // self.patch_size, width // self.patch_size
+        return height // self.token_stride, width // self.token_stride
 
     @property
     def grid_size(self) -> int:
@@ -520,7 +541,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
-        self.patch_embedding = PatchEmbedding(cfg)
+        self.patch_embedding = HybridPatchEmbedding(cfg) if cfg.stem else PatchEmbedding(cfg)
         self.norm_after_patches = make_norm(cfg, dim) if cfg.norm_after_patches else nn.Identity()  # AIMv2
         # The CLS token carries no image content; through attention it gathers a summary of
         # the patches, and the classifier reads only it.
@@ -552,7 +573,7 @@ class VisionTransformer(nn.Module):
             self.head_distillation = nn.Linear(dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         # On the meta device (counting parameters, planning memory) there are no values to draw;
         # skipping them also spares the first meta normal_ importing torch._dynamo (1.4 s).
-        if not self.patch_embedding.projection.weight.is_meta:
+        if not next(self.parameters()).is_meta:
             self.reset_parameters()
         # Activation checkpointing (train --grad-checkpointing): in training, each block keeps only
         # its input for backward and recomputes the rest there. Memory per block falls from all
@@ -605,7 +626,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
         x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
-        grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)  # (rows, columns)
+        grid = (images.shape[-2] // self.cfg.token_stride, images.shape[-1] // self.cfg.token_stride)  # (rows, columns)
         for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
             x = self.run_block(block, x, rotation)
         return self.norm_tokens(self.class_attention(x, self.cls_token))  # CaiT's CLS token joins here
@@ -660,6 +681,25 @@ def make_norm(cfg: ViTConfig, dim: int, eps: float | None = None) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps or cfg.layer_norm_eps)
     return nn.LayerNorm(dim, eps=eps or cfg.layer_norm_eps)
+
+
+class HybridPatchEmbedding(nn.Module):
+    """The ViT paper's hybrids (its section 3.1): a CNN stem's feature map instead of the raw
+    image, each P x P patch of the map projected to a token (P = 1 in the paper's R50+ViT-B/16:
+    every position of ResNet-50's stride-16 map is a token). vit/stems.py has the stems; MobileCLIP's
+    is D wide already, and has no projection.
+
+        image (B, 3, H, W) -> stem (B, C, H/s, W/s) -> projection (B, D, H/sP, W/sP) -> (B, N, D)"""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.stem = make_stem(cfg.stem, cfg.stem_depths, cfg.embed_dim)
+        channels = stem_channels(cfg.stem, cfg.stem_depths, cfg.embed_dim)
+        self.projection = nn.Identity() if cfg.stem == "mobileclip" else nn.Conv2d(
+            channels, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.projection(self.stem(images)), "b d gh gw -> b (gh gw) d")
 
 
 # --- Where the learned position table goes (VisionTransformer.add_positions). It is the model's

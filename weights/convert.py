@@ -189,6 +189,43 @@ TIMM_SPELLINGS: dict[str, dict[str, str]] = {
         "blocks.{i}.out_proj.bias": "blocks.{i}.attention.out_proj.bias",
     },
 }
+# The hybrids' stems (vit/stems.py): timm keeps them under patch_embed.backbone, with its ResNets'
+# own names; one spelling per kind of stem.
+_BOTTLENECK = ("conv1.weight", "conv2.weight", "conv3.weight") + tuple(
+    f"norm{n}.{p}" for n in (1, 2, 3) for p in ("weight", "bias"))
+_BATCH_NORM = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_STEM = "patch_embedding.stem"
+TIMM_SPELLINGS["bit"] = {  # ResNetV2 (BiT): stem.conv, stem.norm, stages.{i}.blocks.{j}
+    "patch_embed.backbone.stem.conv.weight": f"{_STEM}.conv.weight",
+    "patch_embed.backbone.stem.norm.weight": f"{_STEM}.norm.weight",
+    "patch_embed.backbone.stem.norm.bias": f"{_STEM}.norm.bias",
+    **{f"patch_embed.backbone.stages.{{i}}.blocks.{{j}}.{key}": f"{_STEM}.stages.{{i}}.{{j}}.{key}" for key in _BOTTLENECK},
+    **{f"patch_embed.backbone.stages.{{i}}.blocks.{{j}}.downsample.{key}": f"{_STEM}.stages.{{i}}.{{j}}.downsample.{key}"
+       for key in ("conv.weight", "norm.weight", "norm.bias")},
+}
+TIMM_SPELLINGS["bit_stem_only"] = {  # no stages: timm's backbone is the stem itself
+    "patch_embed.backbone.conv.weight": f"{_STEM}.conv.weight",
+    "patch_embed.backbone.norm.weight": f"{_STEM}.norm.weight",
+    "patch_embed.backbone.norm.bias": f"{_STEM}.norm.bias",
+}
+TIMM_SPELLINGS["resnet_d"] = {  # timm's resnet.py: conv1 a Sequential (convs 0, 3, 6; norms 1, 4), bn1, layer1..4
+    **{f"patch_embed.backbone.conv1.{index}.weight": f"{_STEM}.conv{n}.weight" for n, index in ((1, 0), (2, 3), (3, 6))},
+    **{f"patch_embed.backbone.conv1.{index}.{key}": f"{_STEM}.norm{n}.{key}" for n, index in ((1, 1), (2, 4))
+       for key in _BATCH_NORM},
+    **{f"patch_embed.backbone.bn1.{key}": f"{_STEM}.norm3.{key}" for key in _BATCH_NORM},
+    **{f"patch_embed.backbone.layer{stage + 1}.{{i}}.{theirs}": f"{_STEM}.stages.{stage}.{{i}}.{ours}"
+       for stage in range(4) for theirs, ours in (  # (layer1..4: stages 0..3; {i}: the block)
+           [(f"conv{n}.weight", f"conv{n}.weight") for n in (1, 2, 3)]
+           + [(f"bn{n}.{key}", f"norm{n}.{key}") for n in (1, 2, 3) for key in _BATCH_NORM]
+           + [("downsample.1.weight", "downsample.conv.weight")]  # (downsample.0: the average pool)
+           + [(f"downsample.2.{key}", f"downsample.norm.{key}") for key in _BATCH_NORM])},
+}
+TIMM_SPELLINGS["mobileclip"] = {  # ConvNormAct modules 0, 1, 2: conv and bn each (the last without a norm)
+    **{f"patch_embed.backbone.{n - 1}.conv.weight": f"{_STEM}.conv{n}.weight" for n in (1, 2, 3)},
+    "patch_embed.backbone.2.conv.bias": f"{_STEM}.conv3.bias",
+    **{f"patch_embed.backbone.{n - 1}.bn.{key}": f"{_STEM}.norm{n}.{key}" for n in (1, 2) for key in _BATCH_NORM},
+}
+
 # What each spelling replaces (in TIMM_TO_OURS, or in the spellings before it in a name's list).
 _SEQUENTIAL = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
                "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
@@ -201,6 +238,7 @@ TIMM_SPELLING_REPLACES: dict[str, tuple[str, ...]] = {
     "swiglu": ("blocks.{i}.mlp.fc1.weight", "blocks.{i}.mlp.fc1.bias"),
     "parallel": tuple(f"blocks.{{i}}.{key}" for key in _SEQUENTIAL),
     "sam": ("norm.weight", "norm.bias", "head.weight", "head.bias"),
+    "bit": (), "bit_stem_only": (), "resnet_d": (), "mobileclip": (),
     "fused_out": ("blocks.{i}.attn_out_proj.weight", "blocks.{i}.attn_out_proj.bias", "blocks.{i}.mlp_out_proj.weight",
                   "blocks.{i}.mlp_out_proj.bias"),
 }
