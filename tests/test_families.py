@@ -50,6 +50,17 @@ def what_shapes_cannot_tell(reference) -> dict:
         decomposed_relative_positions=getattr(attn, "use_rel_pos", False),  # SAM
         window_size=max((getattr(b, "window_size", 0) for b in reference.blocks), default=0),
     )
+    embeds = getattr(reference, "embeds", None)  # NaFlexVit: its table and how it is resized at every forward
+    seen["naflex"] = embeds is not None
+    if embeds is not None:
+        factorized = embeds.pos_embed_type == "factorized"
+        seen.update(factorized_positions=factorized, position_keeps_aspect=embeds.pos_embed_ar_preserving,
+                    position_grid=(embeds.pos_embed_y if factorized else embeds.pos_embed).shape[1])
+        if not factorized:  # (a factorized table is stretched linearly, whatever the mode)
+            mode, antialias, corners = embeds.pos_embed_interp_mode, embeds.pos_embed_antialias, embeds.pos_embed_align_corners
+            seen["position_resize"] = {("bicubic", True, False): "bicubic", ("bilinear", True, False): "bilinear_antialiased",
+                                       ("bilinear", False, False): "bilinear",
+                                       ("bilinear", False, True): "bilinear_corners"}[mode, antialias, corners]
     if seen["window_size"]:  # SAM: which blocks attend globally, and its neck
         seen["global_blocks"] = tuple(i for i, b in enumerate(reference.blocks) if b.window_size == 0)
         seen["neck_channels"] = reference.neck[0].out_channels if isinstance(reference.neck, torch.nn.Sequential) else 0
@@ -107,7 +118,7 @@ def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
     import timm
 
     names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos", "cait",
-                                 "vision_transformer_sam", "vision_transformer_hybrid")
+                                 "vision_transformer_sam", "vision_transformer_hybrid", "naflexvit")
              for name in timm.list_models(module=module) if not name.startswith(("test_vit", "beit3"))}
     left_out = names - set(MODELS)
     assert set(MODELS) <= names
@@ -184,6 +195,11 @@ CASES = [
     ("vit_pwee_patch16_reg1_gap_256", {"depth": 2}, 224),  # in_proj with biases
     ("vit_dwee_patch16_reg1_gap_256", {"depth": 2}, 192),  # differential attention
     ("vit_dpwee_patch16_reg1_gap_256", {"depth": 3}, 224),  # both, one fused out_proj
+    # NaFlex: the table resized to every input (here at the native 384 px and another size)
+    ("naflexvit_base_patch16_gap", {"depth": 1}, 224),
+    ("naflexvit_base_patch16_parfac_gap", {"depth": 1}, 256),  # a table per axis, the aspect kept
+    ("naflexvit_base_patch16_siglip", {"depth": 1}, 192),  # bilinear with antialiasing, attention pool
+    ("naflexvit_base_patch16_radio_v3", {"depth": 1}, 256),  # 128 x 128 table, CLS + 7 registers
     # The paper's hybrids: a CNN stem's map in place of the patches
     ("vit_base_r50_s16_224", {"depth": 1, "embed_dim": 192, "num_heads": 3}, 256),  # BiT R50, 3 stages: the paper's
     ("vit_small_r26_s32_224", {"depth": 1}, 256),  # 4 stages, stride 32
@@ -213,15 +229,15 @@ def timm_at_size(name, size, path, reference, smaller):
     """timm's model at another image size, loading the file as timm does. CaiT's loader keeps the
     table as it is (its names have fixed sizes), so there the table goes through timm's own
     resample_abs_pos_embed first, as timm resizes every other ViT's; SAM's model resizes its
-    tables at every forward pass, so there it is the model at its own size. timm's ResNet-D
+    tables at every forward pass (and NaFlex's its table), so there it is the model at its own size. timm's ResNet-D
     hybrids load their stem's own weights when asked for pretrained ones: their file goes through
     timm's filter (which resizes the table) and load_state_dict."""
     import timm
     from safetensors.torch import load_file
     from timm.layers import resample_abs_pos_embed
 
-    if MODELS[name].family == "sam":  # timm's SAM resizes its tables at every forward: its own model, as it is
-        return reference
+    if MODELS[name].family in ("sam", "naflex", "naflex_radio"):  # these resize their tables at every forward:
+        return reference  # timm's own model, as it is
     family = MODELS[name].family
     if family not in ("cait", "hybrid_d"):
         overlay = dict(file=str(path), num_classes=reference.num_classes)
@@ -273,7 +289,7 @@ def test_family_member_matches_timm_at_its_size_another_size_and_with_a_new_head
     # Another size: timm resamples the positions as it loads the file; so must we.
     resized = timm_at_size(name, other_size, path, reference, smaller)
     ours = vit.create_model(name, img_size=other_size, pretrained=path, **smaller).eval()
-    if MODELS[name].family != "sam":  # (SAM's model keeps its table at the file's size)
+    if ours.cfg.absolute_positions:  # (SAM's and NaFlex's models keep their tables at the file's size)
         assert shape_of(ours.position_embedding) == shape_of(getattr(resized, "pos_embed", None))  # None: in attention
     if ours.cfg.relative_position_bias:  # BEiT: tables resampled for the new grid, as timm's
         assert ours.blocks[0].attention.relative_bias.table.shape == resized.blocks[0].attn.relative_position_bias_table.shape
@@ -507,3 +523,29 @@ def test_forward_intermediates_options_and_dinov2s_get_intermediate_layers_match
         assert cls is None or max_diff(cls, want[1][:, 0]) <= TOLERANCE
     with pytest.raises(ValueError, match="the model's blocks are 0 to"):
         ours.forward_intermediates(images, indices=[len(ours.blocks)])
+
+
+@pytest.mark.parametrize("name", ["naflexvit_base_patch16_par_gap", "naflexvit_so150m2_patch16_reg1_map",
+                                  "naflexvit_so400m_patch16_radio_v4"])
+@torch.no_grad()
+def test_naflex_input_of_images_of_different_sizes_and_aspects_matches_timm(name, tmp_path, cifar_dir):
+    """NaFlex's own input (vit/naflex.py): four real images of different sizes and aspects packed
+    as patches, coordinates and a validity mask; timm runs the padded batch with its attention
+    mask, ours each image on its real patches. Same logits; and each equals that image alone."""
+    from vit.naflex import pack
+
+    smaller = {"depth": 2, "embed_dim": 192, "num_heads": 3}
+    reference = make_timm_file(name, tmp_path / "model.safetensors", img_size=384, **smaller)
+    ours = vit.create_model(name, pretrained=tmp_path / "model.safetensors", **smaller).eval()
+    pictures = real_images(cifar_dir, 4, 160)
+    images = [pictures[0], pictures[1][:, :96, :], pictures[2][:, :64, :144], pictures[3][:, :, :80]]  # 10x10 .. 4x9
+    batch = pack(images, 16)
+    assert batch["patch_valid"].sum(1).tolist() == [100, 60, 36, 50]
+    expected = reference(batch)
+    assert expected.abs().max() > 0.1
+    assert max_diff(ours.forward_naflex(batch), expected) <= TOLERANCE
+    assert max_diff(ours.forward_naflex(**batch)[1], ours(images[1][None])[0]) <= TOLERANCE  # the image alone
+
+    batch["patch_coord"][1, 0] = torch.tensor([5, 0])  # a row out of place: not the image's grid
+    with pytest.raises(ValueError, match="not a 6 x 10 grid in rows-first order"):
+        ours.forward_naflex(batch)

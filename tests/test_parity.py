@@ -45,6 +45,8 @@ def test_forward_features_match_timm(base_pair):
 def timm_embedding(timm_model, images):
     """timm's tokens after CLS/registers and positions, and its RoPE embedding (None without):
     VisionTransformer's and Eva's `_pos_embed` (Eva's returns both), Beit's lines written out."""
+    if type(timm_model).__name__ == "NaFlexVit":  # its table belongs to the patch embedding (`embeds`)
+        return timm_model.embeds(images)[0], None
     patches = timm_model.patch_embed(images).flatten(1, -2)  # Eva's dynamic size gives (B, H, W, D)
     if type(timm_model).__name__ == "Beit":
         return torch.cat([timm_model.cls_token.expand(len(images), -1, -1), patches], dim=1), None
@@ -88,8 +90,12 @@ def stages(timm_model, ours, images):
     def our_block(i, block):
         return lambda x: block(x, rotations[i])
 
+    if type(timm_model).__name__ == "NaFlexVit":  # patches and their positions: NaFlex's embedding holds both
+        timm_patches = lambda x: timm_model.embeds(x)[0][:, timm_model.num_prefix_tokens:]  # noqa: E731
+    else:
+        timm_patches = lambda x: timm_model.patch_embed(x).flatten(1, -2)  # noqa: E731
     pairs = [
-        ("patch_embedding", lambda x: timm_model.patch_embed(x).flatten(1, -2),
+        ("patch_embedding", timm_patches,
          lambda x: ours.norm_after_patches(ours.patch_embedding(x))),  # AIMv2's norm is timm's patch_embed.norm
         ("cls_and_position", lambda x: timm_embedding(timm_model, x)[0], ours.embed),
         ("norm_before_blocks", getattr(timm_model, "norm_pre", torch.nn.Identity()), ours.norm_before_blocks),

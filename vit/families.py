@@ -45,6 +45,11 @@ A family is a handful of `ViTConfig` fields (vit/model.py says what each one doe
                     attention), dpwee (both)                                              0.5
     cait            CaiT: talking heads; the CLS token skips the blocks and joins after them in 2
                     class-attention blocks; layer scale, positions for the patches only, 384 px   ImageNet
+    naflex          NaFlex (SigLIP 2's, timm's NaFlexVit): patches through a Linear, the table kept at
+                    16 x 16 and resized to each input; its own input, images of any size and aspect
+                    packed in one batch (vit/naflex.py); registers, layer scale, mean pooling   0.5
+    naflex_radio    RADIO's NaFlex: CLS + 7 or 9 registers, a 128 x 128 table resized bilinearly, keeping
+                    the aspect, no final norm                                           OpenAI CLIP
     hybrid          the ViT paper's hybrids: tokens from a ResNet's feature map (BiT's ResNet: weight-
                     standardised convs, GroupNorm), patch 1 (8 on the stem alone); MobileCLIP's conv stem   0.5
     hybrid_d        timm's own hybrids on ResNet-D (deep stem, BatchNorm, average-pooled shortcuts)  ImageNet
@@ -172,6 +177,11 @@ FAMILIES: dict[str, Family] = {
     "branched": Family(dict(branches=2, layer_scale=1e-5)),
     "cait": Family(dict(class_attention_blocks=2, talking_heads=True, positions_cover_prefix=False, layer_scale=1e-5,
                         img_size=384), IMAGENET, timm_keys=EVA_KEYS),
+    "naflex": Family(dict(naflex=True, absolute_positions=False, class_token=False, img_size=384, layer_scale=1e-5,
+                          pool="avg", register_tokens=4, norm_after_pool=True), timm_keys=("naflex",)),
+    "naflex_radio": Family(dict(naflex=True, absolute_positions=False, img_size=512, position_grid=128,
+                                position_resize="bilinear", position_keeps_aspect=True, register_tokens=7,
+                                final_norm=False, num_classes=0), OPENAI_CLIP, timm_keys=("naflex",)),
     "hybrid": Family(dict(stem="bit", patch_size=1)),
     "hybrid_d": Family(dict(stem="resnet_d", patch_size=1, mlp_ratio=3.0), IMAGENET, timm_keys=("resnet_d",)),
     "sam": Family(dict(img_size=1024, class_token=False, positions_cover_prefix=False, pool="avg", window_size=14,
@@ -574,6 +584,30 @@ TABLE: dict[str, Row] = {
     "cait_m36_384": row("cait", dict(embed_dim=768, depth=36, num_heads=16), "fb_dist_in1k", layer_scale=1e-6),
     "cait_m48_448": row("cait", dict(embed_dim=768, depth=48, num_heads=16), "fb_dist_in1k", img_size=448,
                         layer_scale=1e-6),
+    # NaFlex (timm's NaFlexVit; SigLIP 2's NaFlex, Tschannen et al. 2025): any size and aspect in one batch
+    "naflexvit_base_patch16_gap": row("naflex", BASE, "e300_s576_in1k"),
+    "naflexvit_base_patch16_par_gap": row("naflex", BASE, "e300_s576_in1k", position_keeps_aspect=True),
+    "naflexvit_base_patch16_parfac_gap": row("naflex", BASE, "e300_s576_in1k", position_keeps_aspect=True,
+                                             factorized_positions=True),
+    "naflexvit_base_patch16_map": row("naflex", BASE, None, pool="map", register_tokens=1, norm_after_pool=False),
+    "naflexvit_so150m2_patch16_reg1_gap": row("naflex", SO150M2, None, register_tokens=1, qkv_bias=False),
+    "naflexvit_so150m2_patch16_reg1_map": row("naflex", SO150M2, None, register_tokens=1, qkv_bias=False, pool="map",
+                                              norm_after_pool=False),
+    "naflexvit_base_patch16_siglip": row("naflex", BASE, "v2_webli", activation="gelu_tanh", pool="map",
+                                         position_resize="bilinear_antialiased", layer_scale=None, register_tokens=0,
+                                         norm_after_pool=False, num_classes=0),
+    "naflexvit_so400m_patch16_siglip": row("naflex", SO400M, "v2_webli", activation="gelu_tanh", pool="map",
+                                           position_resize="bilinear_antialiased", layer_scale=None, register_tokens=0,
+                                           norm_after_pool=False, num_classes=0),
+    # ... RADIO's (C-RADIOv3, v4): the CLS token's output, the table on a 128 x 128 grid
+    "naflexvit_base_patch16_radio_v3": row("naflex_radio", BASE, "c_radio", layer_scale=1e-5,
+                                           position_resize="bilinear_corners"),
+    "naflexvit_large_patch16_radio_v3": row("naflex_radio", LARGE, "c_radio", layer_scale=1e-5),
+    "naflexvit_huge_patch16_radio_v3": row("naflex_radio", HUGE, "c_radio", position_resize="bilinear_corners"),
+    "naflexvit_giant_patch16_radio_v3": row("naflex_radio", GIANT2, "c_radio"),
+    "naflexvit_so400m_patch16_radio_v4": row("naflex_radio", dict(SO400M, mlp_ratio=4304 / 1152), "c_radio",
+                                             register_tokens=9),
+    "naflexvit_huge_patch16_radio_v4": row("naflex_radio", HUGE, "c_radio", register_tokens=9),
     # The ViT paper's hybrids: a ResNet's feature map in place of the patches (R50+ViT-B/16 is its Table 2's)
     "vit_tiny_r_s16_p8_224": row("hybrid", TINY, "augreg_in21k_ft_in1k", timm_keys=("bit_stem_only",), patch_size=8),
     "vit_tiny_r_s16_p8_384": row("hybrid", TINY, "augreg_in21k_ft_in1k", timm_keys=("bit_stem_only",), patch_size=8,

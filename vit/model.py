@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from vit import features
+from vit import features, naflex
 from vit.stems import STEMS, make_stem, stem_channels, stem_stride
-from weights.load import POSITION_RESIZES
+from weights.load import POSITION_RESIZES, resize_grid
 
 
 # The input normalisation timm's ViT weights expect (x - 0.5) / 0.5 per channel; other weights
@@ -155,6 +155,14 @@ class ViTConfig:
     #                              num_heads / kv_heads query heads (Sapiens2's middle blocks) [num_kv_heads]
     full_attention_ends: int = 0  # Sapiens2: the first and the last this many blocks keep all key/value heads
     layer_scale_mlp: bool = True  # False: layer scale on the attention branch only (Sapiens2) [attn_only_layer_scale]
+    # --- NaFlex (SigLIP 2, RADIO): any size and aspect, the table resized at every forward (NaFlexPatchEmbedding).
+    naflex: bool = False  # patches through a Linear, pixels in (row, column, channel) order, plus the patch
+    #                       embedding's own table, kept at its grid and resized to each input's [NaFlexVit]
+    position_grid: int = 16  # NaFlex: the side of the stored table (RADIO: 128) [pos_embed_grid_size]
+    position_keeps_aspect: bool = False  # NaFlex: resized to a square of the longer side, its top-left corner
+    #                                      taken, so a patch's position does not stretch with the aspect
+    #                                      [pos_embed_ar_preserving]
+    factorized_positions: bool = False  # NaFlex: a table per axis, rows and columns, summed [pos_embed='factorized']
     # --- The ViT paper's hybrids: a CNN stem's feature map in place of the image's patches (vit/stems.py).
     stem: str | None = None  # "bit" (the paper's ResNet, BiT's), "resnet_d", "mobileclip" (stems.STEMS)
     stem_depths: tuple[int, ...] = ()  # Bottleneck blocks per ResNet stage: (3, 4, 9) is ResNet-50's first
@@ -177,6 +185,9 @@ class ViTConfig:
     #                              drop_path_rate * i / (depth - 1), rising to this at the last block [drop_path_rate]
 
     def __post_init__(self):
+        if self.naflex and (self.absolute_positions or self.stem or self.window_size or self.rope):
+            raise ValueError("NaFlex's patch embedding holds its own position table: absolute_positions=False, "
+                             "no stem, windows or RoPE")
         if self.stem is not None and self.stem not in STEMS:
             raise ValueError(f"stem must be one of {list(STEMS)}, not {self.stem!r}")
         if min(self.image_shape) < self.token_stride:
@@ -541,7 +552,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
-        self.patch_embedding = HybridPatchEmbedding(cfg) if cfg.stem else PatchEmbedding(cfg)
+        self.patch_embedding = make_patch_embedding(cfg)
         self.norm_after_patches = make_norm(cfg, dim) if cfg.norm_after_patches else nn.Identity()  # AIMv2
         # The CLS token carries no image content; through attention it gathers a summary of
         # the patches, and the classifier reads only it.
@@ -619,14 +630,23 @@ class VisionTransformer(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens (B, prefix+N, D): CLS first, plus positions."""
-        patch_tokens = self.norm_after_patches(self.patch_embedding(images))  # (B, N, D)
+        return self.embed_patches(self.patch_embedding(images))
+
+    def embed_patches(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N, D) -> input tokens (B, prefix+N, D): the prefix tokens put in front,
+        positions added."""
+        patch_tokens = self.norm_after_patches(patch_tokens)  # identity but in AIMv2
         prefix = [getattr(self, name).expand(patch_tokens.shape[0], -1, -1) for name in self.prefix_names]  # (B, 1, D) each
         return self.add_positions(prefix, patch_tokens, self.position_embedding)  # (B, prefix+N, D)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
-        x = self.norm_before_blocks(self.embed(images))  # identity but in CLIP and PE
         grid = (images.shape[-2] // self.cfg.token_stride, images.shape[-1] // self.cfg.token_stride)  # (rows, columns)
+        return self.encode(self.embed(images), grid)
+
+    def encode(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Input tokens (B, T, D) of a (rows, columns) patch grid -> the final tokens (B, T, D)."""
+        x = self.norm_before_blocks(x)  # identity but in CLIP and PE
         for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
             x = self.run_block(block, x, rotation)
         return self.norm_tokens(self.class_attention(x, self.cls_token))  # CaiT's CLS token joins here
@@ -667,6 +687,8 @@ class VisionTransformer(nn.Module):
     # vit/features.py (not the classification path, which the methods above are).
     forward_intermediates = features.forward_intermediates
     get_intermediate_layers = features.get_intermediate_layers
+    # NaFlex's own input, images of different sizes packed as patches, coordinates and a mask (vit/naflex.py).
+    forward_naflex = naflex.forward_naflex
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,6 +703,70 @@ def make_norm(cfg: ViTConfig, dim: int, eps: float | None = None) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=eps or cfg.layer_norm_eps)
     return nn.LayerNorm(dim, eps=eps or cfg.layer_norm_eps)
+
+
+class NaFlexPatchEmbedding(nn.Module):
+    """NaFlex (SigLIP 2, Tschannen et al. 2025; timm's NaFlexVit, RADIO): each patch's pixels, in
+    (row, column, channel) order, through one Linear, plus a learned position table that this
+    module keeps at its own grid (16 x 16) and resizes to the input's patch grid at every forward
+    pass, so one model reads any size and aspect:
+
+        token[i, j] = W pixels(i, j) + b + resize(table, (rows, columns))[i, j]       (B, N, D)
+
+    With position_keeps_aspect (RADIO, par_gap) the table is resized to a square of the longer
+    side and its top-left corner taken: a patch's position does not stretch with the aspect.
+    `from_patches` takes the pixels already cut out (NaFlex's own input, vit/naflex.py)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.patch_size, self.keeps_aspect, self.resize = cfg.patch_size, cfg.position_keeps_aspect, cfg.position_resize
+        self.projection = nn.Linear(cfg.in_channels * cfg.patch_size**2, cfg.embed_dim, bias=cfg.patch_bias)
+        self.make_table(cfg)
+
+    def make_table(self, cfg: ViTConfig) -> None:
+        side = cfg.position_grid
+        self.position_embedding = nn.Parameter(torch.zeros(1, side, side, cfg.embed_dim))  # (1, G, G, D), a map
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, N, D)
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        p = self.patch_size
+        pixels = rearrange(images[..., :grid[0] * p, :grid[1] * p], "b c (r p) (w q) -> b (r w) (p q c)", p=p, q=p)
+        return self.from_patches(pixels, grid)
+
+    def from_patches(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, rows*columns, P*P*C) pixels, rows first -> (B, N, D) tokens with their positions."""
+        tokens = self.projection(pixels)
+        return tokens + self.positions(grid).to(tokens.dtype)
+
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The table for a (rows, columns) grid: (1, rows*columns, D)."""
+        rows, columns = grid
+        table = rearrange(self.position_embedding, "1 gh gw d -> 1 d gh gw")
+        if tuple(table.shape[-2:]) != (rows, columns):
+            size = (max(grid), max(grid)) if self.keeps_aspect else grid
+            table = resize_grid(table.float(), size, self.resize)[:, :, :rows, :columns]
+        return rearrange(table, "1 d r c -> 1 (r c) d")
+
+
+class FactorizedNaFlexPatchEmbedding(NaFlexPatchEmbedding):
+    """NaFlex with a table per axis (timm's parfac): a learned vector per row and one per column,
+    each stretched linearly to the grid, and summed: position[i, j] = rows[i] + columns[j]."""
+
+    def make_table(self, cfg: ViTConfig) -> None:
+        self.position_rows = nn.Parameter(torch.zeros(1, cfg.position_grid, cfg.embed_dim))  # (1, G, D)
+        self.position_columns = nn.Parameter(torch.zeros(1, cfg.position_grid, cfg.embed_dim))
+
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        lengths = (max(grid), max(grid)) if self.keeps_aspect else grid
+        rows, columns = (self.stretched(table, length)[:, :side]
+                         for table, length, side in zip((self.position_rows, self.position_columns), lengths, grid))
+        return rearrange(rows[:, :, None] + columns[:, None], "1 r c d -> 1 (r c) d")  # (1, N, D)
+
+    @staticmethod
+    def stretched(table: torch.Tensor, length: int) -> torch.Tensor:  # (1, G, D) -> (1, length, D)
+        if table.shape[1] == length:
+            return table
+        return F.interpolate(table.float().transpose(1, 2), size=length, mode="linear").transpose(1, 2)
 
 
 class HybridPatchEmbedding(nn.Module):
@@ -1360,6 +1446,12 @@ def make_relative_bias(cfg: ViTConfig) -> nn.Module:
         return RelativePositionBias(cfg)
     per_block = cfg.relative_position_mlp and not cfg.relative_position_shared  # shared: the model sets it
     return RelativePositionMlp(cfg) if per_block else NoRelativeBias()
+
+
+def make_patch_embedding(cfg: ViTConfig) -> nn.Module:
+    if cfg.naflex:
+        return FactorizedNaFlexPatchEmbedding(cfg) if cfg.factorized_positions else NaFlexPatchEmbedding(cfg)
+    return HybridPatchEmbedding(cfg) if cfg.stem else PatchEmbedding(cfg)
 
 
 def make_final_norm(cfg: ViTConfig) -> nn.Module:

@@ -226,6 +226,16 @@ TIMM_SPELLINGS["mobileclip"] = {  # ConvNormAct modules 0, 1, 2: conv and bn eac
     **{f"patch_embed.backbone.{n - 1}.bn.{key}": f"{_STEM}.norm{n}.{key}" for n in (1, 2) for key in _BATCH_NORM},
 }
 
+TIMM_SPELLINGS["naflex"] = {  # NaFlexVit keeps the patch projection, its table and the prefix tokens in `embeds`
+    "embeds.proj.weight": "patch_embedding.projection.weight",  # (D, P*P*C): a Linear on (row, column, channel)
+    "embeds.proj.bias": "patch_embedding.projection.bias",
+    "embeds.pos_embed": "patch_embedding.position_embedding",  # (1, G, G, D), resized at every forward
+    "embeds.pos_embed_y": "patch_embedding.position_rows",  # (1, G, D): factorized, one table per axis
+    "embeds.pos_embed_x": "patch_embedding.position_columns",
+    "embeds.cls_token": "cls_token",
+    "embeds.reg_token": "register_tokens",
+}
+
 # What each spelling replaces (in TIMM_TO_OURS, or in the spellings before it in a name's list).
 _SEQUENTIAL = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
                "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
@@ -239,6 +249,7 @@ TIMM_SPELLING_REPLACES: dict[str, tuple[str, ...]] = {
     "parallel": tuple(f"blocks.{{i}}.{key}" for key in _SEQUENTIAL),
     "sam": ("norm.weight", "norm.bias", "head.weight", "head.bias"),
     "bit": (), "bit_stem_only": (), "resnet_d": (), "mobileclip": (),
+    "naflex": ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "reg_token"),
     "fused_out": ("blocks.{i}.attn_out_proj.weight", "blocks.{i}.attn_out_proj.bias", "blocks.{i}.mlp_out_proj.weight",
                   "blocks.{i}.mlp_out_proj.bias"),
 }

@@ -553,8 +553,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first t
            lambda keys: "mask_token" in keys and "patch_embed.proj.weight" in keys, _prepare_meta, _finish_registers,
            position_resize="bicubic_offset"),
     Layout("timm", "timm's VisionTransformer, Eva and Beit (the hub's timm/ files)", TIMM_READ_TABLE,
-           lambda keys: "patch_embed.proj.weight" in keys or "patch_embed.backbone.0.conv.weight" in keys,
-           _prepare_timm),  # (MobileCLIP's hybrid has a stem and no projection)
+           _has("patch_embed.proj.weight", "patch_embed.backbone.0.conv.weight", "embeds.proj.weight"),
+           _prepare_timm),  # (MobileCLIP's hybrid has a stem and no projection; NaFlexVit's is `embeds`)
     Layout("torchvision", "torchvision.models.VisionTransformer (vit_b_16, ..., vit_h_14)", TORCHVISION_TO_OURS,
            _has("conv_proj.weight")),
     Layout("openclip", "OpenCLIP and OpenAI CLIP (the image tower)", OPENCLIP_TO_OURS,

@@ -365,6 +365,7 @@ def load_pretrained(pretrained: str | os.PathLike) -> Pretrained:
 POSITION_RESIZES = {
     "bicubic": "bicubic, antialiased (timm's default)",
     "bilinear": "bilinear, not antialiased (FlexiViT, RADIO; timm's reader of the JAX .npz files)",
+    "bilinear_antialiased": "bilinear, antialiased (NaFlex's SigLIP 2, at every forward pass)",
     "bilinear_corners": "bilinear with the corners aligned (RADIO v3's base and huge)",
     "bicubic_plain": "bicubic, not antialiased (transformers' ViTs, at every forward pass)",
     "bicubic_offset": "bicubic, not antialiased, by the scale factor (G' + 0.1) / G (Meta's DINOv2 code)",
@@ -381,18 +382,21 @@ def resample_position_embedding(pos_embed: torch.Tensor, new_grid: int, num_pref
     if old_grid == new_grid:
         return pos_embed
     grid = patch_entries.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)  # (1, D, G, G)
-    size = (new_grid, new_grid)
-    if mode == "bicubic":
-        grid = F.interpolate(grid, size=size, mode="bicubic", antialias=True)
-    elif mode == "bicubic_plain":
-        grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
-    elif mode == "bicubic_offset":  # Meta's "historical kludge" against floating-point error, kept for its weights
-        scale = (new_grid + 0.1) / old_grid
-        grid = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", antialias=False)
-    else:
-        grid = F.interpolate(grid, size=size, mode="bilinear", antialias=False, align_corners=mode == "bilinear_corners")
+    grid = resize_grid(grid, (new_grid, new_grid), mode)
     patch_entries = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos_embed.dtype)
     return torch.cat([prefix_entries, patch_entries], dim=1)
+
+
+def resize_grid(grid: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """A table laid out as an image, (1, D, rows, columns) float -> (1, D, *size), resized as `mode`
+    (POSITION_RESIZES) says."""
+    if mode in ("bicubic", "bicubic_plain"):
+        return F.interpolate(grid, size=size, mode="bicubic", antialias=mode == "bicubic")
+    if mode == "bicubic_offset":  # Meta's "historical kludge" against floating-point error, kept for its weights
+        scale = tuple((new + 0.1) / old for new, old in zip(size, grid.shape[-2:]))
+        return F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+    return F.interpolate(grid, size=size, mode="bilinear", antialias=mode == "bilinear_antialiased",
+                         align_corners=mode == "bilinear_corners")
 
 
 def resample_relative_bias(table: torch.Tensor, new_grid: int) -> torch.Tensor:
