@@ -23,7 +23,8 @@ import torch
 from vit.model import VisionTransformer
 
 # Learned tensors with more than one dimension that are not weights to decay (see the docstring).
-NO_WEIGHT_DECAY = ("cls_token", "distillation_token", "register_tokens", "position_embedding", "rope.freqs")
+NO_WEIGHT_DECAY = ("cls_token", "distillation_token", "register_tokens", "position_embedding", "rope.freqs",
+                   "patch_embedding.position_embedding")  # (NaFlex's table; timm decays its factorized ones)
 EMBEDDINGS = ("cls_token", "distillation_token", "register_tokens", "position_embedding", "patch_embedding.", "norm_before_blocks.",
               "norm_after_patches.")
 
@@ -36,14 +37,18 @@ def decays(name: str, param: torch.Tensor) -> bool:
 def layer_ids(model: VisionTransformer) -> dict[str, int]:
     """Each parameter's layer, timm's way (the docstring): 0 for the embeddings, i + 1 for block i,
     the last block's for the final norm, and one above it for everything after the blocks."""
-    depth = model.cfg.depth
-    final_norm_joins_blocks = not model.cfg.norm_after_pool  # timm's `norm`; after the pooling it is fc_norm
+    cfg = model.cfg
+    depth = cfg.depth
+    # timm's `norm` joins the last block; after the pooling it is fc_norm, and SAM's is its neck: the top layer
+    final_norm_joins_blocks = not cfg.norm_after_pool and not cfg.window_size
     ids = {}
     for name, _ in model.named_parameters():
         if name.startswith(EMBEDDINGS):
             ids[name] = 0
         elif name.startswith("blocks."):
             ids[name] = int(name.split(".")[1]) + 1
+        elif name.startswith("class_attention.blocks."):  # CaiT's: beside the last blocks, as timm counts them
+            ids[name] = int(name.split(".")[2]) + depth - cfg.class_attention_blocks + 1
         elif name.startswith("final_norm.") and final_norm_joins_blocks:
             ids[name] = depth
         else:
