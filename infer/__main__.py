@@ -13,6 +13,7 @@ import re
 import sys
 
 from vit.images import ImageError, expand_paths
+from infer.compiled import AUTO_BUILD_IMAGES
 from infer.predict import Classifier, NonFiniteOutput, OptionError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
@@ -22,7 +23,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m infer", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True,
                         help="a vit_<name>_finetuned.pth written by train, or a .onnx exported from one")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()  # (one of them, but with --prepare)
     source.add_argument("--image", nargs="+", help="image files and/or folders of images")
     source.add_argument("--data", help="labelled folder (<class>/<image>) to evaluate: top-1, top-5, per class")
     parser.add_argument("--explain", metavar="OUT_DIR",
@@ -39,17 +40,33 @@ def build_parser() -> ArgumentParser:
                              "hardware runs it natively; see --quantize)")
     parser.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
                         help="int8: dynamic int8 Linear layers on CPU (default auto: int8 for a GPU-trained "
-                             "checkpoint on a CPU without AMX, where bf16 would be emulated)")
+                             "checkpoint on a CPU without AMX, where bf16 would be emulated; this CPU's fastest "
+                             "precision once the checkpoint is compiled for it, see --prepare)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="compile the checkpoint for this CPU at its fastest precision (int8 here; ViT-S/16 "
+                             "~45 s on 2 cores), kept for every later run, which loads it in a second; a job "
+                             f"of {AUTO_BUILD_IMAGES} images or more does this first by itself (default: off)")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.prepare and (args.explain or args.data or args.image):
+        parser.error("argument --prepare: compiles and exits; run --image or --data after it")
+    if not args.prepare and not (args.image or args.data):
+        parser.error("one of the arguments --image --data is required")
 
     try:
         quantize = "none" if args.explain and args.quantize == "auto" else args.quantize  # exact maps: fp32
         classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp, quantize)
+        if args.prepare:
+            return report_prepared(classifier)
+        paths = expand_paths(args.image) if args.image else None
+        if (classifier.may_compile and not classifier.precision.compiled and not args.explain
+                and (len(paths) if paths is not None else count_images(args.data)) >= AUTO_BUILD_IMAGES):
+            print(f"note: compiling {args.checkpoint} for this CPU first (once; kept for later runs)", file=sys.stderr)
+            classifier.prepare()
         if not 1 <= args.topk <= len(classifier.class_names):
             parser.error(f"argument --topk: choose 1 to {len(classifier.class_names)} (the model's classes)")
         if classifier.precision.note:
@@ -57,10 +74,10 @@ def main(argv=None) -> int:
         if args.data:
             if args.explain:
                 parser.error("--explain goes with --image, not --data")
-            return report_evaluation(classifier.evaluate_folder(args.data), args.json)
+            return report_evaluation(classifier.evaluate_folder(args.data), args.json, classifier)
         if args.explain:
-            return report_explanations(classifier.iter_explain(expand_paths(args.image), args.explain))
-        return report_predictions(classifier.iter_classify(expand_paths(args.image), args.topk), args.json)
+            return report_explanations(classifier.iter_explain(paths, args.explain))
+        return report_predictions(classifier.iter_classify(paths, args.topk), args.json)
     except OptionError as error:
         parser.error(str(error))
     except (CheckpointError, ImageError, NonFiniteOutput) as error:
@@ -74,6 +91,21 @@ def main(argv=None) -> int:
             raise
         print(f"error: out of memory at --batch-size {args.batch_size}; lower --batch-size", file=sys.stderr)
         return 1
+
+
+def report_prepared(classifier: Classifier) -> int:
+    seconds = classifier.prepare()
+    what = f"{classifier.precision.name}, for this CPU"
+    if seconds is None:
+        print(f"already compiled ({what}): python -m infer loads it")
+    else:
+        print(f"compiled in {seconds:.0f} s ({what}); every later python -m infer with this checkpoint loads it")
+    return 0
+
+
+def count_images(folder: str) -> int:
+    """Files under a labelled folder, without reading them."""
+    return len(expand_paths([folder]))
 
 
 def shown(path: str) -> str:
@@ -110,15 +142,22 @@ def report_explanations(explained) -> int:
     return 1 if failed else 0
 
 
-def report_evaluation(result: dict, as_json: bool) -> int:
+def report_evaluation(result: dict, as_json: bool, classifier: Classifier) -> int:
     for path, reason in result["errors"]:
         print(f"error: {shown(str(path))}: {reason}", file=sys.stderr)
+    card, precision = classifier.card, classifier.precision
+    trained = "fp32" if card.eval_amp == "none" else card.eval_amp
     if as_json:
-        print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]]}, indent=1,
+        print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]],
+                          "precision": precision.name, "compiled": precision.compiled,
+                          "trained_precision": trained, "trained_top1": card.trained_accuracy}, indent=1,
                          allow_nan=False))
     else:
         top_k = next(k for k in result if k.startswith("top") and k != "top1")
-        print(f"top-1: {100 * result['top1']:.2f}%")
+        compiled = ", compiled for this CPU" if precision.compiled else ""
+        beside = "" if card.trained_accuracy is None else (
+            f"; training measured {100 * card.trained_accuracy:.2f}% in {trained} on its own test set")
+        print(f"top-1: {100 * result['top1']:.2f}%  (in {precision.name}{compiled}{beside})")
         print(f"{top_k[:3]}-{top_k[3:]}: {100 * result[top_k]:.2f}%  ({result['images']} images)")
         for name, accuracy in result["per_class"].items():
             print(f"  {name:>12}: {100 * accuracy:.2f}%")

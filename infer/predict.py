@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from infer.pictures import picture_path, save_explanation
-from vit.checkpoint import CheckpointError, ModelCard, load_model
+from infer.compiled import CompiledModel, CompileUnavailable, build, existing_package, package_path
+from vit.checkpoint import CheckpointError, ModelCard, load_card, load_model
 from vit.cli import first_line
-from vit.device import AMP_DTYPES, cpu_has_amx_bf16, pick_device
+from vit.device import AMP_DTYPES, cpu_has_amx_bf16, fastest_cpu_precision, pick_device
 from vit.explain import attention_maps, check_explainable, last_cls_attention, rollout
 from vit.export import ONNX_CARD_KEY
 from vit.images import ImageError, expand_paths, list_class_folders, load_image
@@ -36,14 +37,16 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Precision:
-    """How the model runs: 'fp32', 'bf16' or 'fp16' (autocast), or 'int8' (dynamic, CPU)."""
+    """How the model runs: 'fp32', 'bf16' or 'fp16' (autocast), 'int8' (dynamic, CPU), or, in a
+    compiled package (infer/compiled.py), 'int8-bf16' (int8 layers, bf16 between them)."""
 
     name: str
     note: str | None = None  # one line, when this is not the precision training evaluated in
+    compiled: bool = False  # a package compiled ahead of time for this CPU (it autocasts inside)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return AMP_DTYPES.get(self.name)
+        return None if self.compiled else AMP_DTYPES.get(self.name)
 
 
 def choose_precision(device: torch.device, trained: str, amp: str = "auto", quantize: str = "auto") -> Precision:
@@ -130,6 +133,12 @@ class Classifier:
             self.device = pick_device(device)
         except ValueError as error:
             raise OptionError(str(error)) from None
+        self.checkpoint_path = Path(checkpoint_path)
+        self.may_compile = self.device.type == "cpu" and amp == "auto" and quantize == "auto"
+        package = existing_package(checkpoint_path, fastest_cpu_precision()) if self.may_compile else None
+        if package is not None:
+            self._load_package(package)
+            return
         self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         self.precision = choose_precision(self.device, self.card.eval_amp, amp, quantize)
         self.model.to(self.device)
@@ -140,6 +149,34 @@ class Classifier:
                 if quantize == "int8":
                     raise OptionError(str(error)) from None
                 self.precision = Precision("fp32", f"fp32: {error}")
+
+    def _load_package(self, path: Path) -> None:
+        """The checkpoint's compiled package for this CPU: its card from the checkpoint's own
+        (weights read, not built into a model), the package as the model."""
+        self.card = load_card(self.checkpoint_path)
+        self.model = CompiledModel(path)
+        name = fastest_cpu_precision()
+        trained = "fp32" if self.card.eval_amp == "none" else self.card.eval_amp
+        self.precision = Precision(name, None if name == trained else
+                                   f"{name} instead of training's {trained}: this CPU's fastest, compiled for it "
+                                   "(predictions agree on >= 99% of images; --quantize none for training's)",
+                                   compiled=True)
+
+    def prepare(self) -> float | None:
+        """Build this checkpoint's compiled package for this CPU (infer/compiled.py) if it has none,
+        and run on it from now on. Returns the seconds the build took (None: it was there)."""
+        if not self.may_compile:
+            raise OptionError("--prepare compiles for the CPU at the automatic precision: drop --amp, --quantize "
+                              "and --device (or use --device cpu)")
+        if getattr(self.precision, "compiled", False):
+            return None
+        path = package_path(self.checkpoint_path, fastest_cpu_precision())
+        try:
+            seconds = build(self.model, self.card.img_size, fastest_cpu_precision(), path)
+        except CompileUnavailable as error:
+            raise OptionError(f"--prepare: {error}") from None
+        self._load_package(path)
+        return seconds
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""

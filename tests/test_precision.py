@@ -8,7 +8,7 @@ import infer.predict as predict
 import vit.device as device_module
 from infer import Classifier
 from infer.predict import OptionError, choose_precision
-from tests.conftest import run_module
+from tests.conftest import run_cli, run_module
 from vit.images import expand_paths
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -103,3 +103,39 @@ def test_cli_says_once_in_one_line_when_it_overrides_the_checkpoint(gpu_trained,
     cpu_trained = run_module("-m", "infer", "--checkpoint", str(tiny_run["out"] / "vit_cifar10_finetuned.pth"),
                              "--image", *images, env={"ATEN_CPU_CAPABILITY": "avx2"})
     assert cpu_trained.returncode == 0 and cpu_trained.stderr == ""  # fp32 as trained: nothing to say
+
+
+@pytest.mark.long
+def test_prepare_compiles_once_and_later_runs_load_it_with_fp32s_predictions(tiny_run, tmp_path, monkeypatch):
+    """`infer --prepare` builds the checkpoint's package for this CPU (PT2E int8, Inductor, AOTInductor:
+    infer/compiled.py); a later run loads it, says so, and predicts as fp32 does on nearly every
+    image. A job past AUTO_BUILD_IMAGES builds it first by itself; a new checkpoint file gets its own."""
+    from infer import compiled
+    from infer.predict import Classifier
+    from vit.device import fastest_cpu_precision
+
+    monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
+    checkpoint = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    test = tiny_run["data"] / "test"
+    result = run_cli("infer", "--checkpoint", str(checkpoint), "--prepare")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("compiled in ") and fastest_cpu_precision() in result.stdout
+    assert compiled.existing_package(checkpoint, fastest_cpu_precision()) is not None
+    assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare").stdout.startswith("already compiled")
+
+    fast, fp32 = Classifier(checkpoint, device="cpu"), Classifier(checkpoint, device="cpu", quantize="none")
+    assert fast.precision.compiled and fast.precision.name == fastest_cpu_precision()
+    assert isinstance(fast.model, compiled.CompiledModel) and fp32.precision.name == "fp32"
+    paths = sorted(test.glob("*/*.jpg"))  # 300 images: batches of 16, the last one filled up
+    same = [a.top[0][0] == b.top[0][0] for a, b in zip(fast.classify(paths), fp32.classify(paths))]
+    assert len(same) == 300 and sum(same) >= 0.97 * len(same)  # (a 6-epoch model: many near-ties)
+    result = run_cli("infer", "--checkpoint", str(checkpoint), "--data", str(test))
+    assert result.returncode == 0 and f"note: {fastest_cpu_precision()} instead of training's fp32" in result.stderr
+
+    copy = tmp_path / "copy.pth"  # another checkpoint file: no package yet, so a long job builds one first
+    copy.write_bytes(checkpoint.read_bytes())
+    monkeypatch.setattr("infer.__main__.AUTO_BUILD_IMAGES", 100)
+    result = run_cli("infer", "--checkpoint", str(copy), "--data", str(test))
+    assert result.returncode == 0 and "compiling" in result.stderr
+    assert compiled.existing_package(copy, fastest_cpu_precision()) is not None
+    assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--quantize", "none").returncode == 2

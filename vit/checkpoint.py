@@ -61,6 +61,7 @@ class ModelCard:
     activation: str = ViTConfig.activation  # the MLP's (a transformers SigLIP file brings gelu_tanh)
     eval_amp: str = "none"  # the precision training evaluated in: "bf16", "fp16" or "none"
     architecture: ViTConfig | None = None  # None: a file written before it was recorded (the module docstring)
+    trained_accuracy: float | None = None  # the top-1 training measured on its test set, in eval_amp (its metrics)
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +98,9 @@ class ModelCard:
         except WeightsError as error:
             raise CheckpointError(str(error)) from None
         entries["architecture"] = _architecture(checkpoint.get("architecture"), path)
+        measured = (checkpoint.get("metrics") or {}).get("test_acc") if isinstance(checkpoint.get("metrics"), dict) else None
+        if entries.get("trained_accuracy") is None and isinstance(measured, float) and 0.0 <= measured <= 1.0:
+            entries["trained_accuracy"] = measured  # (a file from train: its final metrics)
         card = cls(**{**entries, "class_names": tuple(entries["class_names"]), "mean": mean,
                       "std": std})  # stored as lists, kept as tuples (frozen, hashable)
         if checkpoint.get("num_classes", card.num_classes) != card.num_classes:
@@ -131,6 +135,8 @@ def _check_card(entries: dict, path) -> None:
         "layer_norm_eps": (is_layer_norm_eps(entries.get("layer_norm_eps", 1e-6)), "a small positive number"),
         "activation": (entries.get("activation", "gelu") in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
         "eval_amp": (entries.get("eval_amp", "none") in AMP_DTYPES, f"one of {', '.join(AMP_DTYPES)}"),
+        "trained_accuracy": (entries.get("trained_accuracy") is None or (isinstance(entries["trained_accuracy"], float)
+                             and 0.0 <= entries["trained_accuracy"] <= 1.0), "a fraction from 0 to 1, or None"),
     }
     for name, (fine, what) in checks.items():
         if not fine:
@@ -292,6 +298,14 @@ def not_a_fine_tuned_model(path: Path) -> str | None:
         return (f"{path}: a .safetensors weights file (timm's, Hugging Face's or a converted one), not a fine-tuned "
                 f"model; fine-tune it first (python -m train --pretrained {path})")
     return None
+
+
+def load_card(path: str | os.PathLike) -> ModelCard:
+    """A fine-tuned checkpoint's card alone (a compiled package carries the weights)."""
+    other = not_a_fine_tuned_model(Path(path))
+    if other is not None:
+        raise CheckpointError(other)
+    return ModelCard.from_dict(safe_load(path), path)
 
 
 def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:

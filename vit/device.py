@@ -66,10 +66,34 @@ def cpu_has_amx_bf16() -> bool:
     return onednn_isa in ("ALL", "DEFAULT") or "AMX" in onednn_isa
 
 
-def cpu_kind() -> str:
+def cpu_kind(threads: bool = True) -> str:
     """The processor and its widest vector/matrix unit PyTorch uses, for benchmark records:
     e.g. 'AMD EPYC (AVX2, 2 threads)'."""
     capability = torch.backends.cpu.get_cpu_capability()
     units = capability + ("+AMX" if cpu_has_amx_bf16() else "") + (
-        "+BF16" if "avx512_bf16" in cpu_flags() and capability.startswith("AVX512") else "")
-    return f"{cpu_name()} ({units}, {torch.get_num_threads()} threads)"
+        "+BF16" if cpu_has_avx512_bf16() else "")
+    return f"{cpu_name()} ({units}, {torch.get_num_threads()} threads)" if threads else f"{cpu_name()} ({units})"
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """AVX-512 with its bf16 instructions (AMD Zen 4 and later, Intel Cooper Lake and later), in use."""
+    return "avx512_bf16" in cpu_flags() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def fastest_cpu_precision() -> str:
+    """The precision of the compiled CPU path (infer/compiled.py) on this CPU: the fastest that
+    agrees with fp32 on >= 99% of top-1 predictions, as measured by `python -m benchmarks.cpu_runtimes`
+    (benchmarks/README.md, "CPU inference against ONNX Runtime and OpenVINO"). ViT-S/16 at 224 px,
+    batch 16, 2 threads, model only, img/s:
+
+        CPU                       fp32   bf16   int8   int8-bf16   ONNX Runtime int8   OpenVINO
+        AVX-512 + BF16 (EPYC)     17.1   32.2   39.2   43.4        35.6                37.4 (bf16)
+
+    "int8": int8 Linear layers and attention matmuls, fp32 between them; "int8-bf16": bf16 between
+    them, where the CPU computes bf16 itself (AVX512-BF16, AMX). On AMX, bf16 was the fastest
+    precision measured (an AMX Xeon: bf16 autocast 70-105 img/s, int8 43), and int8-bf16 was not
+    measured there (no AMX machine since): AMX keeps bf16. Without bf16 instructions (AVX2) bf16
+    is emulated, several times slower: int8 with fp32 between."""
+    if cpu_has_amx_bf16():
+        return "bf16"
+    return "int8-bf16" if cpu_has_avx512_bf16() else "int8"

@@ -393,6 +393,16 @@ class SoftmaxAttention(nn.Module):
         return (logits if bias is None else logits + bias.float()).softmax(dim=-1)
 
 
+class MatmulAttention(SoftmaxAttention):
+    """SoftmaxAttention's formula written out as two matmuls and a softmax, for tools that work
+    on matmuls: PT2E quantisation makes both of them int8 (infer/compiled.py swaps this in
+    while it exports, vit.export.with_matmul_attention)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
+        return (logits if bias is None else logits + bias).softmax(dim=-1) @ v  # (B, H, T, hd)
+
+
 class Rotation:
     """What a block's attention applies to q and to k, (B, H, T, hd) -> (B, H, T, hd). In the
     original ViT the identity: positions were added to the tokens before the blocks. A rotary

@@ -1,0 +1,169 @@
+"""The compiled CPU path: a checkpoint quantised and compiled for this CPU once, ahead of time,
+and kept, so that every later `python -m infer` loads it in about a second.
+
+    python -m infer --checkpoint CK --prepare        # once per checkpoint and machine (ViT-S/16: ~45 s)
+    python -m infer --checkpoint CK --image ...      # then: the package, int8, at ONNX Runtime's speed or better
+
+What the package holds, built by PyTorch's own tools (no hand-written kernel):
+
+  1. torch.export traces the model into one graph (the same graph `weights export --format onnx`
+     writes), with attention written out as matmuls (`MatmulAttention`) so that they can be
+     quantised too;
+  2. PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer and both of
+     attention's matmuls int8: weights int8 per output channel, activations int8 with a scale
+     taken from each batch ("dynamic": no calibration data needed);
+  3. Inductor compiles it with the weights frozen (pre-packed for oneDNN's int8 kernels) and
+     what lies between the int8 layers (norms, softmax, GELU) in bf16 where the CPU computes bf16
+     natively (vit.device.fastest_cpu_precision says where, with the figures);
+  4. AOTInductor writes the compiled model as one .pt2 file, loaded without compiling again.
+
+The package is this CPU's (its instruction set is compiled in) and this PyTorch's; it is found by
+the checkpoint's path, size and modification time, so a retrained checkpoint gets a new one. It
+runs batches of a fixed size: a shorter last batch is filled up with copies of its last image,
+whose outputs are dropped (copies leave the batch's int8 scales as they were).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+BATCH_SIZE = 16  # ViT-S/16 int8 here: 42.2 / 43.4 / 43.9 img/s at batch 8 / 16 / 32 (benchmarks/README.md)
+AUTO_BUILD_IMAGES = 2000  # a job this long builds the package first: a build (ViT-S/16 ~45 s, ViT-B/16 ~90 s on
+#                           2 cores) pays for itself within about 1,200 images; shorter jobs run eagerly
+
+
+class CompileUnavailable(Exception):
+    """This installation cannot build the compiled package (torchao missing, no C++ compiler)."""
+
+
+def cache_dir() -> Path:
+    """Where packages are kept: $VIT_CACHE_DIR, else the user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
+    if os.environ.get("VIT_CACHE_DIR"):
+        return Path(os.environ["VIT_CACHE_DIR"]) / "compiled"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vit-from-scratch" / "compiled"
+
+
+def package_path(checkpoint: str | Path, precision: str, batch_size: int = BATCH_SIZE) -> Path:
+    """Where the package of this checkpoint file, precision and batch size is kept on this machine."""
+    from vit.device import cpu_kind
+
+    checkpoint = Path(checkpoint).resolve()
+    stat = checkpoint.stat()
+    key = json.dumps([str(checkpoint), stat.st_size, stat.st_mtime_ns, precision, batch_size, torch.__version__,
+                      cpu_kind(threads=False)])
+    return cache_dir() / f"{checkpoint.stem}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt2"
+
+
+def existing_package(checkpoint: str | Path, precision: str) -> Path | None:
+    """The checkpoint's package for this CPU if it has been built (None for a path that is not a file)."""
+    if not Path(checkpoint).is_file():
+        return None
+    path = package_path(checkpoint, precision)
+    return path if path.is_file() else None
+
+
+def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, batch_size: int = BATCH_SIZE) -> float:
+    """Quantise, compile and write `model`'s package to `path` (atomically: a half-written file is
+    never found). Returns the seconds it took."""
+    try:
+        with quiet_compilers():
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError:
+        raise CompileUnavailable("the compiled int8 path needs torchao: pip install -e \".[fast]\"") from None
+    import torch._inductor.config as inductor_config
+
+    from vit.export import with_matmul_attention
+
+    start = time.perf_counter()
+    example = torch.zeros(batch_size, 3, img_size, img_size)
+    with torch.no_grad(), with_matmul_attention(model.eval().cpu()), quiet_compilers():
+        graph = torch.export.export(model, (example,)).module()
+        if precision.startswith("int8"):
+            quantizer = x86.X86InductorQuantizer()
+            quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
+            prepared = prepare_pt2e(graph, quantizer)
+            prepared(example)  # (dynamic scales: one pass to settle the graph, no statistics kept)
+            graph = convert_pt2e(prepared)
+        runnable = Between(graph, torch.bfloat16 if precision in ("int8-bf16", "bf16") else None)
+        program = torch.export.export(runnable, (example,))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
+        freezing, inductor_config.freezing = inductor_config.freezing, True  # weights pre-packed as constants
+        try:
+            torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+        except Exception as error:  # no C++ compiler, or an operator Inductor cannot compile here
+            partial.unlink(missing_ok=True)
+            raise CompileUnavailable(f"compiling for this CPU failed ({str(error).splitlines()[0][:160]})") from None
+        finally:
+            inductor_config.freezing = freezing
+        os.replace(partial, path)
+    return time.perf_counter() - start
+
+
+@contextmanager
+def quiet_compilers():
+    """The build's notices, which are not the user's business, kept off the terminal: torchao's
+    Enum registration, the C++ toolchain's "no CUDA runtime", the quantiser's tensor copies."""
+    loggers = [logging.getLogger(name) for name in ("torch.utils._pytree", "torch.utils.cpp_extension")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class Between(torch.nn.Module):
+    """The quantised graph with what lies between its int8 layers in `dtype` (bf16 autocast), or
+    fp32 (dtype None); logits in fp32 either way."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.model, self.dtype = model, dtype  # (not `graph`: a GraphModule's own attribute, for its fx.Graph)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            return self.model(images).float()
+
+
+def load_package(path: Path):
+    """The package as a function of one batch. PyTorch's C++ loader directly, as
+    torch._inductor.aoti_load_package wraps it, without that module's import of the compiler
+    stack (1.3 s of a run's start-up); the public loader where this PyTorch lacks it."""
+    try:
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    except (AttributeError, TypeError):
+        runner = torch._inductor.aoti_load_package(str(path))
+        return lambda images: runner(images)
+    return lambda images: loader.boxed_run([images])[0]  # one tensor in, one out: no pytree to (un)flatten
+
+
+class CompiledModel:
+    """A package loaded: (B, 3, S, S) float model input -> (B, classes) logits, any B."""
+
+    def __init__(self, path: Path, batch_size: int = BATCH_SIZE):
+        with quiet_compilers():
+            self.run = load_package(path)
+        self.batch_size = batch_size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for chunk in images.split(self.batch_size):
+            filled = torch.cat([chunk, chunk[-1:].expand(self.batch_size - len(chunk), -1, -1, -1)])
+            outputs.append(self.run(filled.contiguous())[: len(chunk)])
+        return torch.cat(outputs)
+
+    def to(self, device):  # the CPU's, always
+        return self
