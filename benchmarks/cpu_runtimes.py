@@ -7,12 +7,13 @@
 For each model it prints, in one run:
 
   model only     img/s at batch 16 of each path: ours in fp32, bf16 (autocast), int8 (eager,
-                 torch.ao's quantize_dynamic) and compiled (infer --prepare's package, this CPU's
-                 fastest precision); ONNX Runtime fp32 and dynamic int8 (its quantize_dynamic); OpenVINO
+                 torch.ao's quantize_dynamic) and compiled (infer/compiled.py's package, in each of this
+                 CPU's precisions); ONNX Runtime fp32 and dynamic int8 (its quantize_dynamic); OpenVINO
                  with its defaults (bf16 where the CPU has bf16 instructions) and in f32;
   whole process  seconds from launch to the last prediction for --num-images CIFAR-10 test images:
-                 `python -m infer` with its defaults and in training's fp32, and a lean script per
-                 runtime (numpy and PIL, no torch), best of --repeats;
+                 `python -m infer` with its defaults (after `infer --prepare --data` on these images,
+                 which keeps the fastest precision that agrees on >= 99%) and in training's fp32, and a
+                 lean script per runtime (numpy and PIL, no torch), best of --repeats;
   agreement      top-1 agreement of every path with ours in fp32, on the same inputs.
 
 The timed checkpoints are stand-ins: the model's architecture with random weights, saved as
@@ -87,17 +88,27 @@ def stand_in(name: str, folder: Path) -> Path:
     return path
 
 
-def prepare(checkpoint: Path, folder: Path) -> dict:
-    """The ahead-of-time steps of each path, timed: our package, the ONNX export, ORT's int8 file."""
+def prepare(checkpoint: Path, folder: Path, images: Path) -> dict:
+    """The ahead-of-time steps of each path, timed: `infer --prepare` (checked on `images`: the
+    default's choice), the ONNX export, ORT's int8 file; and each compiled precision built alone."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from infer import compiled
     from infer.predict import Classifier
+    from vit.checkpoint import load_model
+    from vit.device import cpu_precisions
     from vit.export import export
+    from vit.images import expand_paths
 
     seconds = {}
-    start = time.perf_counter()
-    built = Classifier(checkpoint, device="cpu").prepare()
-    seconds["ours: infer --prepare"] = built if built is not None else time.perf_counter() - start
+    verdict = Classifier(checkpoint, device="cpu").prepare(expand_paths([images]))
+    seconds["ours: infer --prepare"] = verdict["seconds"]
+    model, card = load_model(checkpoint)
+    packages = {}
+    for precision in cpu_precisions()[:-1]:  # (fp32 runs eagerly)
+        packages[precision] = folder / f"{checkpoint.stem}-{precision}.pt2"
+        if not packages[precision].exists():
+            compiled.build(model, card.img_size, precision, packages[precision])
     onnx = folder / f"{checkpoint.stem}.onnx"
     start = time.perf_counter()
     export(checkpoint, "onnx", onnx)
@@ -106,11 +117,10 @@ def prepare(checkpoint: Path, folder: Path) -> dict:
     start = time.perf_counter()
     quantize_dynamic(str(onnx), str(int8), weight_type=QuantType.QInt8)
     seconds["ORT quantize_dynamic"] = time.perf_counter() - start
-    card = Classifier(checkpoint, device="cpu", quantize="none").card
     meta = {"img_size": card.img_size, "mean": list(card.mean), "std": list(card.std), "class_names": list(card.class_names)}
     for path in (onnx, int8):
         path.with_suffix(".json").write_text(json.dumps(meta))
-    return {"seconds": seconds, "onnx": onnx, "int8": int8}
+    return {"seconds": seconds, "onnx": onnx, "int8": int8, "packages": packages, "verdict": verdict}
 
 
 # --- Model only
@@ -120,21 +130,19 @@ def model_paths(checkpoint: Path, files: dict, skip_other_runtimes: bool) -> dic
     import numpy as np
     import torch
 
-    from infer.compiled import CompiledModel, package_path
+    from infer.compiled import CompiledModel
     from vit.checkpoint import load_model
-    from vit.device import fastest_cpu_precision
     from vit.quantize import quantize_int8
 
     model, _ = load_model(checkpoint)
     int8 = quantize_int8(model)
-    compiled = CompiledModel(package_path(checkpoint, fastest_cpu_precision()))
 
     def bf16(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return model(x).float()
 
-    paths = {"ours fp32": model, "ours bf16 (autocast)": bf16, "ours int8 (eager)": int8,
-             f"ours compiled ({fastest_cpu_precision()})": compiled}
+    paths = {"ours fp32": model, "ours bf16 (autocast)": bf16, "ours int8 (eager)": int8}
+    paths.update({f"ours compiled {precision}": CompiledModel(package) for precision, package in files["packages"].items()})
     if skip_other_runtimes:
         return paths
     import onnxruntime
@@ -239,9 +247,12 @@ def run(args) -> None:
     folder = image_folder(args.num_images, work)
     for name in args.models:
         checkpoint = stand_in(name, work)
-        files = prepare(checkpoint, work)
+        files = prepare(checkpoint, work, folder)
         print(f"\n== {name} at 224 px (stand-in weights), batch {BATCH}, {torch.get_num_threads()} threads")
         print("prepared ahead: " + ", ".join(f"{k} {v:.1f} s" for k, v in files["seconds"].items()))
+        verdict = files["verdict"]
+        print(f"infer --prepare chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}); "
+              f"agreement on {verdict['checked_on']} images: {json.dumps(verdict['agreement'])}")
         paths = model_paths(checkpoint, files, skip_other_runtimes=not others)
         batch = torch.randn(BATCH, 3, 224, 224)
         rates = {label: throughput(fn, batch) for label, fn in paths.items()}
@@ -252,7 +263,7 @@ def run(args) -> None:
             ratio = f"   {rate / best_other:.2f}x the best other" if best_other and label.startswith("ours") else ""
             print(f"  {label + extra:<34} {rate:7.1f}{ratio}")
         if args.agreement:
-            real = prepare_real(Path(args.agreement), work, others)
+            real = prepare_real(Path(args.agreement), work, others, folder)
             inputs = real_inputs(Path(args.agreement), args.agreement_images)
             print(f"top-1 agreement with ours fp32, {args.agreement} on {len(inputs)} CIFAR-10 test images:")
             for label, share in agreement(real, inputs).items():
@@ -276,9 +287,12 @@ def run(args) -> None:
                 print(f"  {label:<44} {value:7.1f}  ({args.num_images / value:5.1f} img/s){ratio}")
 
 
-def prepare_real(checkpoint: Path, work: Path, others: bool) -> dict:
-    """The agreement checkpoint's paths: its own package, exports and sessions."""
-    files = prepare(checkpoint, work)
+def prepare_real(checkpoint: Path, work: Path, others: bool, images: Path) -> dict:
+    """The agreement checkpoint's paths: its own packages, exports and sessions."""
+    files = prepare(checkpoint, work, images)
+    verdict = files["verdict"]
+    print(f"infer --prepare on {checkpoint} chose {verdict['precision']}; agreement on {verdict['checked_on']} "
+          f"images: {json.dumps(verdict['agreement'])}")
     return model_paths(checkpoint, files, skip_other_runtimes=not others)
 
 

@@ -1,23 +1,30 @@
 """The compiled CPU path: a checkpoint quantised and compiled for this CPU once, ahead of time,
-and kept, so that every later `python -m infer` loads it in about a second.
+checked against training's precision on your images, and kept, so that every later
+`python -m infer` loads it in about a second.
 
-    python -m infer --checkpoint CK --prepare        # once per checkpoint and machine (ViT-S/16: ~45 s)
-    python -m infer --checkpoint CK --image ...      # then: the package, int8, at ONNX Runtime's speed or better
+    python -m infer --checkpoint CK --prepare --data FOLDER    # once per checkpoint and machine
+    python -m infer --checkpoint CK --image ...                # then: the package it chose
 
-What the package holds, built by PyTorch's own tools (no hand-written kernel):
+What a package holds, built by PyTorch's own tools (no hand-written kernel):
 
   1. torch.export traces the model into one graph (the same graph `weights export --format onnx`
      writes), with attention written out as matmuls (`MatmulAttention`) so that they can be
      quantised too;
-  2. PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer and both of
-     attention's matmuls int8: weights int8 per output channel, activations int8 with a scale
-     taken from each batch ("dynamic": no calibration data needed);
-  3. Inductor compiles it with the weights frozen (pre-packed for oneDNN's int8 kernels) and
-     what lies between the int8 layers (norms, softmax, GELU) in bf16 where the CPU computes bf16
-     natively (vit.device.fastest_cpu_precision says where, with the figures);
+  2. for int8, PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer and
+     both of attention's matmuls int8: weights int8 per output channel, activations int8 with a
+     scale taken from each batch ("dynamic": no calibration data);
+  3. Inductor compiles it with the weights frozen (pre-packed for oneDNN's kernels), and what lies
+     between the int8 layers in bf16 where the CPU computes bf16 natively;
   4. AOTInductor writes the compiled model as one .pt2 file, loaded without compiling again.
 
-The package is this CPU's (its instruction set is compiled in) and this PyTorch's; it is found by
+Which precision: the fastest of this CPU's candidates (vit.device.cpu_precisions, measured) whose
+top-1 predictions agree with training's precision on >= 99% of up to CHECK_IMAGES of the images
+given; training's own precision needs no check. The check is per checkpoint because it has to
+be: on the real weights measured here (DINOv2-S, benchmarks/README.md) int8 changed 8% of the
+predictions and bf16 about 1%, on a small ViT trained from scratch int8 changed under 1%. The
+verdict is kept beside the package (a .json file), so a checkpoint is checked once.
+
+A package is this CPU's (its instruction set is compiled in) and this PyTorch's; it is found by
 the checkpoint's path, size and modification time, so a retrained checkpoint gets a new one. It
 runs batches of a fixed size: a shorter last batch is filled up with copies of its last image,
 whose outputs are dropped (copies leave the batch's int8 scales as they were).
@@ -35,8 +42,10 @@ from pathlib import Path
 import torch
 
 BATCH_SIZE = 16  # ViT-S/16 int8 here: 42.2 / 43.4 / 43.9 img/s at batch 8 / 16 / 32 (benchmarks/README.md)
-AUTO_BUILD_IMAGES = 2000  # a job this long builds the package first: a build (ViT-S/16 ~45 s, ViT-B/16 ~90 s on
-#                           2 cores) pays for itself within about 1,200 images; shorter jobs run eagerly
+AUTO_BUILD_IMAGES = 2000  # a job this long prepares first, checked on its own images: a build (ViT-S/16 ~30 s,
+#                           ViT-B/16 ~60 s on 2 cores) and its check pay for themselves within about 1,500 images
+CHECK_IMAGES = 300  # images a faster precision is checked on (spread over those given)
+AGREEMENT = 0.99  # the share of top-1 predictions a faster precision must leave unchanged
 
 
 class CompileUnavailable(Exception):
@@ -61,12 +70,31 @@ def package_path(checkpoint: str | Path, precision: str, batch_size: int = BATCH
     return cache_dir() / f"{checkpoint.stem}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt2"
 
 
-def existing_package(checkpoint: str | Path, precision: str) -> Path | None:
-    """The checkpoint's package for this CPU if it has been built (None for a path that is not a file)."""
+def verdict_path(checkpoint: str | Path) -> Path:
+    """Where the checked choice for this checkpoint on this CPU is kept (beside its packages)."""
+    return package_path(checkpoint, "choice").with_suffix(".json")
+
+
+def prepared(checkpoint: str | Path) -> dict | None:
+    """The kept verdict for this checkpoint on this CPU: {"precision", "package" (None: run
+    eagerly in training's precision), "agreement": {precision: share}}; None where not prepared."""
     if not Path(checkpoint).is_file():
         return None
-    path = package_path(checkpoint, precision)
-    return path if path.is_file() else None
+    path = verdict_path(checkpoint)
+    try:
+        verdict = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    package = verdict.get("package")
+    return verdict if package is None or Path(package).is_file() else None
+
+
+def keep_verdict(checkpoint: str | Path, verdict: dict) -> None:
+    path = verdict_path(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(verdict, indent=1))
+    os.replace(partial, path)
 
 
 def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, batch_size: int = BATCH_SIZE) -> float:

@@ -1,6 +1,7 @@
 """Load a fine-tuned checkpoint and classify images with exactly training's eval preprocessing."""
 
 import json
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -9,13 +10,14 @@ from pathlib import Path
 import torch
 
 from infer.pictures import picture_path, save_explanation
-from infer.compiled import CompiledModel, CompileUnavailable, build, existing_package, package_path
+from infer import compiled
+from infer.compiled import CompiledModel, CompileUnavailable
 from vit.checkpoint import CheckpointError, ModelCard, load_card, load_model
 from vit.cli import first_line
-from vit.device import AMP_DTYPES, cpu_has_amx_bf16, fastest_cpu_precision, pick_device
+from vit.device import AMP_DTYPES, cpu_precisions, native_bf16, pick_device
 from vit.explain import attention_maps, check_explainable, last_cls_attention, rollout
 from vit.export import ONNX_CARD_KEY
-from vit.images import ImageError, expand_paths, list_class_folders, load_image
+from vit.images import ImageError, evenly_spaced, expand_paths, list_class_folders, load_image
 from vit.preprocess import to_model_input
 from vit.quantize import QuantizationUnavailable, quantize_int8
 
@@ -56,10 +58,12 @@ def choose_precision(device: torch.device, trained: str, amp: str = "auto", quan
     amp / quantize: the flags; 'auto' lets this rule decide:
       - on a GPU, or for a checkpoint evaluated in fp32: training's precision, so that
         `--data` reproduces the accuracy training reported;
-      - a GPU-trained (bf16/fp16) checkpoint on a CPU: bf16 where the CPU has AMX (native and
-        fastest); elsewhere bf16 is emulated (4x slower than fp32 on AVX2) or slower than int8
-        (AVX512-BF16), so dynamic int8, which agrees with it on >= 99% of predictions
-        (benchmarks/README.md), or fp32 with --quantize none.
+      - a GPU-trained (bf16/fp16) checkpoint on a CPU: bf16 where the CPU computes it natively
+        (AMX, AVX512-BF16: vit.device.native_bf16); elsewhere bf16 is emulated, several times
+        slower than fp32, so fp32, with a one-line note. int8 only when asked (--quantize int8):
+        on real weights it changed 8% of the predictions (benchmarks/README.md).
+    Faster precisions come from `infer --prepare` (infer/compiled.py), which checks them against
+    training's on the user's images first (Classifier, not this function).
     """
     trained_name = "fp32" if trained == "none" else trained
     if quantize == "int8":
@@ -73,12 +77,10 @@ def choose_precision(device: torch.device, trained: str, amp: str = "auto", quan
         return Precision(name, None if name == trained_name else f"{name} instead of training's {trained_name} (--amp)")
     if device.type != "cpu" or trained_name == "fp32":
         return Precision(trained_name)
-    if cpu_has_amx_bf16():
-        return Precision("bf16", None if trained_name == "bf16" else f"bf16 (AMX) instead of training's {trained_name}")
-    if quantize == "none":
-        return Precision("fp32", f"fp32 instead of training's {trained_name}: this CPU has no AMX, where bf16 is slow")
-    return Precision("int8", f"int8 instead of training's {trained_name}: this CPU has no AMX, where int8 is "
-                             "fastest (predictions agree on >= 99% of images; --quantize none for fp32)")
+    if native_bf16() and quantize != "none":
+        return Precision("bf16", None if trained_name == "bf16" else f"bf16 instead of training's {trained_name}")
+    return Precision("fp32", f"fp32 instead of training's {trained_name}: this CPU emulates bf16, several times slower"
+                     if quantize != "none" else f"fp32 instead of training's {trained_name} (--quantize none)")
 
 
 class OnnxModel:
@@ -135,9 +137,9 @@ class Classifier:
             raise OptionError(str(error)) from None
         self.checkpoint_path = Path(checkpoint_path)
         self.may_compile = self.device.type == "cpu" and amp == "auto" and quantize == "auto"
-        package = existing_package(checkpoint_path, fastest_cpu_precision()) if self.may_compile else None
-        if package is not None:
-            self._load_package(package)
+        verdict = compiled.prepared(checkpoint_path) if self.may_compile else None
+        if verdict is not None and verdict["package"] is not None:
+            self._load_package(Path(verdict["package"]), verdict["precision"])
             return
         self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         self.precision = choose_precision(self.device, self.card.eval_amp, amp, quantize)
@@ -150,33 +152,73 @@ class Classifier:
                     raise OptionError(str(error)) from None
                 self.precision = Precision("fp32", f"fp32: {error}")
 
-    def _load_package(self, path: Path) -> None:
-        """The checkpoint's compiled package for this CPU: its card from the checkpoint's own
-        (weights read, not built into a model), the package as the model."""
+    @property
+    def trained_precision(self) -> str:
+        return "fp32" if self.card.eval_amp == "none" else self.card.eval_amp
+
+    def _load_package(self, path: Path, name: str) -> None:
+        """A compiled package as the model (its card from the checkpoint: weights read, no model built)."""
         self.card = load_card(self.checkpoint_path)
         self.model = CompiledModel(path)
-        name = fastest_cpu_precision()
-        trained = "fp32" if self.card.eval_amp == "none" else self.card.eval_amp
+        trained = self.trained_precision
         self.precision = Precision(name, None if name == trained else
-                                   f"{name} instead of training's {trained}: this CPU's fastest, compiled for it "
-                                   "(predictions agree on >= 99% of images; --quantize none for training's)",
-                                   compiled=True)
+                                   f"{name} instead of training's {trained}: compiled for this CPU, checked to agree "
+                                   "with it on >= 99% of your images (--quantize none for training's)", compiled=True)
 
-    def prepare(self) -> float | None:
-        """Build this checkpoint's compiled package for this CPU (infer/compiled.py) if it has none,
-        and run on it from now on. Returns the seconds the build took (None: it was there)."""
+    def prepare(self, check_paths: list[Path]) -> dict:
+        """Compile this checkpoint for this CPU (infer/compiled.py): the fastest of its precisions
+        (vit.device.cpu_precisions) whose top-1 predictions agree with training's precision on
+        >= 99% of up to CHECK_IMAGES of `check_paths`; training's own needs no check. Runs on the
+        choice from now on, and keeps the verdict. Returns it, with "seconds" spent."""
         if not self.may_compile:
             raise OptionError("--prepare compiles for the CPU at the automatic precision: drop --amp, --quantize "
                               "and --device (or use --device cpu)")
-        if getattr(self.precision, "compiled", False):
-            return None
-        path = package_path(self.checkpoint_path, fastest_cpu_precision())
-        try:
-            seconds = build(self.model, self.card.img_size, fastest_cpu_precision(), path)
-        except CompileUnavailable as error:
-            raise OptionError(f"--prepare: {error}") from None
-        self._load_package(path)
-        return seconds
+        known = compiled.prepared(self.checkpoint_path)
+        if known is not None:
+            return {**known, "seconds": 0.0}
+        start = time.perf_counter()
+        images = [item for _, item in self.read_all(evenly_spaced(list(check_paths), compiled.CHECK_IMAGES))
+                  if not isinstance(item, str)]
+        trained = self.trained_precision
+        order = cpu_precisions()
+        candidates = order[: order.index(trained) + 1] if trained in order else order
+        reference = self._top1(images, Precision(trained)) if images else None
+        verdict = {"precision": trained, "package": None, "agreement": {}, "checked_on": len(images)}
+        model = self.model
+        for name in candidates:
+            if name == "fp32" == trained:  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
+                break
+            if name != trained and reference is None:
+                continue  # a precision other than training's is never taken unchecked
+            path = compiled.package_path(self.checkpoint_path, name)
+            try:
+                compiled.build(model, self.card.img_size, name, path)
+            except CompileUnavailable as error:
+                raise OptionError(f"--prepare: {error}") from None
+            self.model, self.precision = CompiledModel(path), Precision(name, compiled=True)
+            if name != trained:
+                agreement = float((self._top1(images, self.precision) == reference).float().mean())
+                verdict["agreement"][name] = agreement
+                if agreement < compiled.AGREEMENT:
+                    path.unlink(missing_ok=True)
+                    self.model = model
+                    continue
+            verdict.update(precision=name, package=str(path))
+            break
+        self.model = model
+        compiled.keep_verdict(self.checkpoint_path, verdict)
+        if verdict["package"] is not None:
+            self._load_package(Path(verdict["package"]), verdict["precision"])
+        else:
+            self.precision = choose_precision(self.device, self.card.eval_amp)
+        return {**verdict, "seconds": time.perf_counter() - start}
+
+    def _top1(self, images: list[torch.Tensor], precision: Precision) -> torch.Tensor:
+        """Top-1 class of each image (model inputs) in `precision` (the model as it is now)."""
+        dtype = precision.autocast_dtype
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return torch.cat([self.model(torch.cat(images[i:i + 16])).float().argmax(1)
+                              for i in range(0, len(images), 16)])
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""

@@ -80,20 +80,31 @@ def cpu_has_avx512_bf16() -> bool:
     return "avx512_bf16" in cpu_flags() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def fastest_cpu_precision() -> str:
-    """The precision of the compiled CPU path (infer/compiled.py) on this CPU: the fastest that
-    agrees with fp32 on >= 99% of top-1 predictions, as measured by `python -m benchmarks.cpu_runtimes`
-    (benchmarks/README.md, "CPU inference against ONNX Runtime and OpenVINO"). ViT-S/16 at 224 px,
-    batch 16, 2 threads, model only, img/s:
+def cpu_precisions() -> list[str]:
+    """This CPU's precisions for inference, fastest first, as measured by `python -m
+    benchmarks.cpu_runtimes` (benchmarks/README.md, "CPU inference against ONNX Runtime and
+    OpenVINO"). The one rule both paths follow: the compiled path (infer/compiled.py) takes the
+    first that agrees with training's precision on the user's images, the eager path the first it
+    can run natively without a check (bf16 or fp32). ViT-S/16 at 224 px, batch 16, 2 threads,
+    model only, img/s, and top-1 agreement with fp32 on a real checkpoint (DINOv2-S's weights with
+    a linear head, 1,000 CIFAR-10 test images):
 
-        CPU                       fp32   bf16   int8   int8-bf16   ONNX Runtime int8   OpenVINO
-        AVX-512 + BF16 (EPYC)     17.1   32.2   39.2   43.4        35.6                37.4 (bf16)
+        AVX-512 + BF16 (EPYC)     fp32   bf16 (compiled)   int8 (eager)   int8-bf16 (compiled)
+        img/s                     17.7   32.8              39.0           43.7
+        agreement with fp32       100%   98.3-99.0%        83.0%          92.1%
 
-    "int8": int8 Linear layers and attention matmuls, fp32 between them; "int8-bf16": bf16 between
-    them, where the CPU computes bf16 itself (AVX512-BF16, AMX). On AMX, bf16 was the fastest
-    precision measured (an AMX Xeon: bf16 autocast 70-105 img/s, int8 43), and int8-bf16 was not
-    measured there (no AMX machine since): AMX keeps bf16. Without bf16 instructions (AVX2) bf16
-    is emulated, several times slower: int8 with fp32 between."""
+        (ONNX Runtime: fp32 18.2, int8 35.6 img/s, 86.5% agreement; OpenVINO: default bf16 40.6
+        img/s, 98.9%; f32 21.4 img/s.)
+
+    "int8": int8 Linear layers and attention matmuls with fp32 between; "int8-bf16": bf16
+    between, where the CPU computes bf16 itself. On AMX, bf16 was the fastest precision measured
+    (an AMX Xeon: bf16 autocast 70-105 img/s, int8 43); int8-bf16 was not measured there. Without
+    bf16 instructions (AVX2) bf16 is emulated, several times slower than fp32: not a candidate."""
     if cpu_has_amx_bf16():
-        return "bf16"
-    return "int8-bf16" if cpu_has_avx512_bf16() else "int8"
+        return ["bf16", "fp32"]
+    return ["int8-bf16", "bf16", "fp32"] if cpu_has_avx512_bf16() else ["int8", "fp32"]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 itself (AMX, AVX512-BF16); elsewhere it is emulated, slow."""
+    return "bf16" in cpu_precisions()
