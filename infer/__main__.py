@@ -32,7 +32,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--topk", type=positive_int, default=1, help="show the K most likely classes (default: 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="images per forward pass (default: 64 on a GPU, 8 on CPU)")
+                        help="images per forward pass (default: 64 on a GPU, 8 on CPU, 16 for a checkpoint "
+                             "compiled by --prepare)")
     parser.add_argument("--workers", type=positive_int, default=2, help="image-decoding threads (default: 2)")
     parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda or cuda:N (default: auto, a GPU if there is one, else the CPU)")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],

@@ -114,8 +114,8 @@ class Classifier:
                  workers: int = 2, amp: str = "auto", quantize: str = "auto"):
         """amp: "bf16", "fp16", "none", or "auto"; quantize: "int8", "none" or "auto": see
         `choose_precision` (auto: training's precision where the hardware runs it natively).
-        batch_size: None picks 64 on a GPU and 8 on CPU, where small batches keep the
-        activations in cache. workers: image-decoding threads, beside the model's threads."""
+        batch_size: None picks 64 on a GPU, on the CPU 8 (small batches keep the activations
+        in cache), or a compiled package's own batch (16). workers: image-decoding threads, beside the model's threads."""
         if amp not in ("auto", *AMP_DTYPES) or quantize not in ("auto", "int8", "none"):
             raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
                               "quantize is auto, int8 or none")
@@ -127,7 +127,8 @@ class Classifier:
         else:
             self._load_pytorch(checkpoint_path, device, amp, quantize)
         self.class_names = list(self.card.class_names)
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.asked_batch_size = batch_size
+        self.batch_size = batch_size or self.default_batch_size()
         self.workers = workers
 
     def _load_pytorch(self, checkpoint_path, device: str, amp: str, quantize: str) -> None:
@@ -151,6 +152,13 @@ class Classifier:
                 if quantize == "int8":
                     raise OptionError(str(error)) from None
                 self.precision = Precision("fp32", f"fp32: {error}")
+
+    def default_batch_size(self) -> int:
+        """64 on a GPU; on the CPU a compiled package's own (its batches are fixed: a shorter one
+        would be filled up), else 8, where small batches keep the activations in cache."""
+        if self.device.type == "cuda":
+            return 64
+        return getattr(self.model, "batch_size", 8)
 
     @property
     def trained_precision(self) -> str:
@@ -211,6 +219,7 @@ class Classifier:
             self._load_package(Path(verdict["package"]), verdict["precision"])
         else:
             self.precision = choose_precision(self.device, self.card.eval_amp)
+        self.batch_size = self.asked_batch_size or self.default_batch_size()
         return {**verdict, "seconds": time.perf_counter() - start}
 
     def _top1(self, images: list[torch.Tensor], precision: Precision) -> torch.Tensor:

@@ -90,12 +90,17 @@ def cpu_precisions() -> list[str]:
     a linear head, 1,000 CIFAR-10 test images):
 
         AVX-512 + BF16 (EPYC)     fp32   bf16 (compiled)   int8 (eager)   int8-bf16 (compiled)
-        img/s                     17.7   32.8              39.0           43.7
-        agreement with fp32       100%   98.3-99.0%        83.0%          92.1%
+        img/s                     19.1   35.1              45.1           48.8
+        agreement with fp32       100%   98.6%             83.0%          92.1%
 
-        (ONNX Runtime: fp32 18.2, int8 35.6 img/s, 86.5% agreement; OpenVINO: default bf16 40.6
-        img/s, 98.9%; f32 21.4 img/s.)
+        (ONNX Runtime: fp32 18.4, int8 39.2 img/s, 86.5% agreement; OpenVINO: default bf16 41.3
+        img/s, 98.9%; f32 21.8 img/s.)
 
+        capped at AVX2            fp32 15.9, int8 (compiled) 17.8, int8 (eager) 33.6, bf16 3.5 (emulated)
+
+    Agreement depends on the checkpoint (int8 agreed on 99.07% with a ViT-Ti trained from
+    scratch), so a precision other than training's is taken only after infer/compiled.py has
+    checked it on the user's images.
     "int8": int8 Linear layers and attention matmuls with fp32 between; "int8-bf16": bf16
     between, where the CPU computes bf16 itself. On AMX, bf16 was the fastest precision measured
     (an AMX Xeon: bf16 autocast 70-105 img/s, int8 43); int8-bf16 was not measured there. Without
