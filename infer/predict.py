@@ -123,6 +123,7 @@ class Classifier:
             if amp not in ("auto", "none") or quantize == "int8" or device not in ("auto", "cpu"):
                 raise OptionError("an .onnx model runs on the CPU in fp32: drop --amp, --quantize and --device")
             self.model = OnnxModel(checkpoint_path)
+            self.checkpoint_path, self.may_compile = Path(checkpoint_path), False  # (ONNX Runtime runs it as it is)
             self.card, self.device, self.precision = self.model.card, torch.device("cpu"), Precision("fp32")
         else:
             self._load_pytorch(checkpoint_path, device, amp, quantize)

@@ -136,7 +136,8 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert fast.precision.compiled and fast.precision.name == verdict["precision"] != "fp32"
         assert isinstance(fast.model, compiled.CompiledModel)
         same = [a.top[0][0] == b.top[0][0] for a, b in zip(fast.classify(paths), fp32.classify(paths))]
-        assert sum(same) / len(same) == pytest.approx(verdict["agreement"][verdict["precision"]])
+        # (the check compares logits' argmax, classify the probabilities' top-1: a near-tie may round apart)
+        assert sum(same) / len(same) == pytest.approx(verdict["agreement"][verdict["precision"]], abs=0.01)
         result = run_cli("infer", "--checkpoint", str(checkpoint), "--data", str(test))
         assert f"(in {verdict['precision']}, compiled for this CPU;" in result.stdout
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test)).stdout.startswith(
