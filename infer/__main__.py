@@ -13,7 +13,7 @@ import re
 import sys
 
 from vit.images import ImageError, expand_paths
-from infer.compiled import AUTO_BUILD_IMAGES, prepared
+from infer.compiled import AUTO_BUILD_IMAGES
 from infer.predict import Classifier, NonFiniteOutput, OptionError
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
@@ -63,14 +63,15 @@ def main(argv=None) -> int:
     try:
         quantize = "none" if args.explain and args.quantize == "auto" else args.quantize  # exact maps: fp32
         classifier = Classifier(args.checkpoint, args.device, args.batch_size, args.workers, args.amp, quantize)
-        paths = expand_paths([args.data] if args.data else args.image)
+        paths = expand_paths(args.image) if args.image else None  # (--data: evaluate_folder finds its images)
         if args.prepare:
-            return report_prepared(classifier.prepare(paths))
-        if (classifier.may_compile and not classifier.precision.compiled and not args.explain
-                and len(paths) >= AUTO_BUILD_IMAGES and prepared(args.checkpoint) is None):
-            print(f"note: compiling {args.checkpoint} for this CPU first, checked on these images (once; kept for "
-                  "later runs)", file=sys.stderr)
-            classifier.prepare(paths)
+            return report_prepared(classifier.prepare(paths or expand_paths([args.data])))
+        if classifier.may_compile and classifier.verdict is None and not args.explain:
+            job = paths or expand_paths([args.data])
+            if len(job) >= AUTO_BUILD_IMAGES:
+                print(f"note: compiling {args.checkpoint} for this CPU first, checked on these images (once; kept "
+                      "for later runs)", file=sys.stderr)
+                classifier.prepare(job)
         if not 1 <= args.topk <= len(classifier.class_names):
             parser.error(f"argument --topk: choose 1 to {len(classifier.class_names)} (the model's classes)")
         if classifier.precision.note:
@@ -146,8 +147,7 @@ def report_explanations(explained) -> int:
 def report_evaluation(result: dict, as_json: bool, classifier: Classifier) -> int:
     for path, reason in result["errors"]:
         print(f"error: {shown(str(path))}: {reason}", file=sys.stderr)
-    card, precision = classifier.card, classifier.precision
-    trained = "fp32" if card.eval_amp == "none" else card.eval_amp
+    card, precision, trained = classifier.card, classifier.precision, classifier.trained_precision
     if as_json:
         print(json.dumps({**result, "errors": [{"path": p, "error": r} for p, r in result["errors"]],
                           "precision": precision.name, "compiled": precision.compiled,

@@ -78,7 +78,8 @@ def verdict_path(checkpoint: str | Path) -> Path:
 
 def prepared(checkpoint: str | Path) -> dict | None:
     """The kept verdict for this checkpoint on this CPU: {"precision", "package" (None: run
-    eagerly in training's precision), "agreement": {precision: share}}; None where not prepared."""
+    eagerly in training's precision), "agreement": {precision: share}, "checked_on", "card" (the
+    checkpoint's ModelCard)}; None where not prepared."""
     if not Path(checkpoint).is_file():
         return None
     path = verdict_path(checkpoint)
@@ -86,16 +87,19 @@ def prepared(checkpoint: str | Path) -> dict | None:
         verdict = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(verdict, dict) or "card" not in verdict:
+        return None  # (not one this version wrote)
     package = verdict.get("package")
     return verdict if package is None or Path(package).is_file() else None
 
 
 def keep_verdict(checkpoint: str | Path, verdict: dict) -> None:
+    """Write the verdict (and the card, so that a later run needs no read of the checkpoint) atomically."""
+    from vit.checkpoint import atomic_write
+
     path = verdict_path(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(verdict, indent=1))
-    os.replace(partial, path)
+    atomic_write(path, lambda file: file.write(json.dumps(verdict, indent=1).encode()))
 
 
 def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, batch_size: int = BATCH_SIZE) -> float:
@@ -118,9 +122,9 @@ def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, bat
         if precision.startswith("int8"):
             quantizer = x86.X86InductorQuantizer()
             quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
-            prepared = prepare_pt2e(graph, quantizer)
-            prepared(example)  # (dynamic scales: one pass to settle the graph, no statistics kept)
-            graph = convert_pt2e(prepared)
+            observed = prepare_pt2e(graph, quantizer)
+            observed(example)  # (dynamic scales: one pass to settle the graph, no statistics kept)
+            graph = convert_pt2e(observed)
         runnable = Between(graph, torch.bfloat16 if precision in ("int8-bf16", "bf16") else None)
         program = torch.export.export(runnable, (example,))
         path.parent.mkdir(parents=True, exist_ok=True)

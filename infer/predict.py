@@ -12,7 +12,7 @@ import torch
 from infer.pictures import picture_path, save_explanation
 from infer import compiled
 from infer.compiled import CompiledModel, CompileUnavailable
-from vit.checkpoint import CheckpointError, ModelCard, load_card, load_model
+from vit.checkpoint import CheckpointError, ModelCard, load_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_precisions, native_bf16, pick_device
 from vit.explain import attention_maps, check_explainable, last_cls_attention, rollout
@@ -123,7 +123,7 @@ class Classifier:
             if amp not in ("auto", "none") or quantize == "int8" or device not in ("auto", "cpu"):
                 raise OptionError("an .onnx model runs on the CPU in fp32: drop --amp, --quantize and --device")
             self.model = OnnxModel(checkpoint_path)
-            self.checkpoint_path, self.may_compile = Path(checkpoint_path), False  # (ONNX Runtime runs it as it is)
+            self.checkpoint_path, self.may_compile, self.verdict = Path(checkpoint_path), False, None  # (ORT runs it as it is)
             self.card, self.device, self.precision = self.model.card, torch.device("cpu"), Precision("fp32")
         else:
             self._load_pytorch(checkpoint_path, device, amp, quantize)
@@ -139,9 +139,9 @@ class Classifier:
             raise OptionError(str(error)) from None
         self.checkpoint_path = Path(checkpoint_path)
         self.may_compile = self.device.type == "cpu" and amp == "auto" and quantize == "auto"
-        verdict = compiled.prepared(checkpoint_path) if self.may_compile else None
-        if verdict is not None and verdict["package"] is not None:
-            self._load_package(Path(verdict["package"]), verdict["precision"])
+        self.verdict = compiled.prepared(checkpoint_path) if self.may_compile else None  # `prepare`'s, kept
+        if self.verdict is not None and self.verdict["package"] is not None:
+            self._load_package(self.verdict)
             return
         self.model, self.card = load_model(checkpoint_path)  # CheckpointError if it is not one
         self.precision = choose_precision(self.device, self.card.eval_amp, amp, quantize)
@@ -165,11 +165,12 @@ class Classifier:
     def trained_precision(self) -> str:
         return "fp32" if self.card.eval_amp == "none" else self.card.eval_amp
 
-    def _load_package(self, path: Path, name: str) -> None:
-        """A compiled package as the model (its card from the checkpoint: weights read, no model built)."""
-        self.card = load_card(self.checkpoint_path)
-        self.model = CompiledModel(path)
-        trained = self.trained_precision
+    def _load_package(self, verdict: dict) -> None:
+        """The verdict's compiled package as the model, with the card kept beside it (the
+        checkpoint itself is not read: the verdict is found by its size and modification time)."""
+        self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
+        self.model = CompiledModel(Path(verdict["package"]))
+        name, trained = verdict["precision"], self.trained_precision
         self.precision = Precision(name, None if name == trained else
                                    f"{name} instead of training's {trained}: compiled for this CPU, checked to agree "
                                    "with it on >= 99% of your images (--quantize none for training's)", compiled=True)
@@ -182,18 +183,18 @@ class Classifier:
         if not self.may_compile:
             raise OptionError("--prepare compiles for the CPU at the automatic precision: drop --amp, --quantize "
                               "and --device (or use --device cpu)")
-        known = compiled.prepared(self.checkpoint_path)
-        if known is not None:
-            return {**known, "seconds": 0.0}
+        if self.verdict is not None:
+            return {**self.verdict, "seconds": 0.0}
         start = time.perf_counter()
         images = [item for _, item in self.read_all(evenly_spaced(list(check_paths), compiled.CHECK_IMAGES))
                   if not isinstance(item, str)]
         trained = self.trained_precision
         order = cpu_precisions()
         candidates = order[: order.index(trained) + 1] if trained in order else order
-        reference = self._top1(images, Precision(trained)) if images else None
-        verdict = {"precision": trained, "package": None, "agreement": {}, "checked_on": len(images)}
-        model = self.model
+        model, self.precision = self.model, Precision(trained)
+        reference = self._top1(images) if images else None  # training's precision, eagerly
+        verdict = {"precision": trained, "package": None, "agreement": {}, "checked_on": len(images),
+                   "card": self.card.to_dict()}
         for name in candidates:
             if name == "fp32" == trained:  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
                 break
@@ -206,7 +207,7 @@ class Classifier:
                 raise OptionError(f"--prepare: {error}") from None
             self.model, self.precision = CompiledModel(path), Precision(name, compiled=True)
             if name != trained:
-                agreement = float((self._top1(images, self.precision) == reference).float().mean())
+                agreement = float((self._top1(images) == reference).float().mean())
                 verdict["agreement"][name] = agreement
                 if agreement < compiled.AGREEMENT:
                     path.unlink(missing_ok=True)
@@ -216,19 +217,20 @@ class Classifier:
             break
         self.model = model
         compiled.keep_verdict(self.checkpoint_path, verdict)
+        self.verdict = verdict
         if verdict["package"] is not None:
-            self._load_package(Path(verdict["package"]), verdict["precision"])
+            self._load_package(verdict)
         else:
             self.precision = choose_precision(self.device, self.card.eval_amp)
         self.batch_size = self.asked_batch_size or self.default_batch_size()
         return {**verdict, "seconds": time.perf_counter() - start}
 
-    def _top1(self, images: list[torch.Tensor], precision: Precision) -> torch.Tensor:
-        """Top-1 class of each image (model inputs) in `precision` (the model as it is now)."""
-        dtype = precision.autocast_dtype
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            return torch.cat([self.model(torch.cat(images[i:i + 16])).float().argmax(1)
-                              for i in range(0, len(images), 16)])
+    def _top1(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Top-1 class of each image (model inputs), as `classify` gives it with the model and
+        precision the classifier holds now."""
+        batch = 16  # (a compiled package's own)
+        return torch.cat([self.probabilities(torch.cat(images[i:i + batch])).argmax(1)
+                          for i in range(0, len(images), batch)])
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""

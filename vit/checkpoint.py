@@ -300,14 +300,6 @@ def not_a_fine_tuned_model(path: Path) -> str | None:
     return None
 
 
-def load_card(path: str | os.PathLike) -> ModelCard:
-    """A fine-tuned checkpoint's card alone (a compiled package carries the weights)."""
-    other = not_a_fine_tuned_model(Path(path))
-    if other is not None:
-        raise CheckpointError(other)
-    return ModelCard.from_dict(safe_load(path), path)
-
-
 def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
     """A fine-tuned checkpoint turned back into its model (eval mode) and card; CheckpointError
     (one line) if it is not one, saying what it is where that is clear."""

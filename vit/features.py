@@ -46,7 +46,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
         raise ValueError(f"output_fmt {output_fmt!r}: 'NCHW' (maps) or 'NLC' (tokens)")
     cfg = model.cfg
     taken = take_indices(len(model.blocks), indices)
-    grid = (images.shape[-2] // cfg.token_stride, images.shape[-1] // cfg.token_stride)  # (rows, columns)
+    grid = cfg.grid_for(*images.shape[-2:])  # (rows, columns)
     x = model.norm_before_blocks(model.embed(images))
     blocks = model.blocks[: max(taken) + 1] if stop_early else model.blocks
     outputs = []
@@ -63,7 +63,7 @@ def forward_intermediates(model, images: torch.Tensor, indices=None, return_pref
         outputs = list(zip(outputs, prefixes))
     if intermediates_only:
         return outputs
-    return model.norm_tokens(model.class_attention(x, model.cls_token)), outputs
+    return model.final_tokens(x), outputs
 
 
 def get_intermediate_layers(model, images: torch.Tensor, n: int | list[int] = 1, reshape: bool = False,

@@ -253,7 +253,10 @@ class ViTConfig:
         """Patches down and across: 224 // 16 = 14 each. A remainder is never seen, as by timm's
         strided convolution: SigLIP so400m/14 at 384 px has 27 x 14 = 378, its last 6 pixel rows
         and columns unread."""
-        height, width = self.image_shape
+        return self.grid_for(*self.image_shape)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of tokens for an image of height x width pixels (remainders unread)."""
         return height // self.token_stride, width // self.token_stride
 
     @property
@@ -378,6 +381,13 @@ class PatchEmbedding(nn.Module):
         return rearrange(patches, "b d gh gw -> b (gh gw) d")  # (B, N, D), row-major patch order
 
 
+def attention_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """q k^T / sqrt(head_dim) + bias, written out: (B, H, T, T). The fused kernel below computes
+    it inside; what writes the weights out (explain, MatmulAttention, talking heads) starts here."""
+    logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    return logits if bias is None else logits + bias
+
+
 class SoftmaxAttention(nn.Module):
     """The heads' core, softmax(q k^T * scale + bias) v with scale = 1 / sqrt(head_dim), by
     PyTorch's fused kernel (flash attention on a GPU), which never materialises the (T, T)
@@ -389,8 +399,7 @@ class SoftmaxAttention(nn.Module):
 
     def weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The attention weights the forward applies, written out in float32: (B, H, T, T), rows summing to 1."""
-        logits = q.float() @ k.float().transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
-        return (logits if bias is None else logits + bias.float()).softmax(dim=-1)
+        return attention_logits(q.float(), k.float(), None if bias is None else bias.float()).softmax(dim=-1)
 
 
 class MatmulAttention(SoftmaxAttention):
@@ -399,8 +408,7 @@ class MatmulAttention(SoftmaxAttention):
     while it exports, vit.export.with_matmul_attention)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
-        return (logits if bias is None else logits + bias).softmax(dim=-1) @ v  # (B, H, T, hd)
+        return attention_logits(q, k, bias).softmax(dim=-1) @ v  # (B, H, T, T) @ (B, H, T, hd)
 
 
 class Rotation:
@@ -651,15 +659,18 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> final token sequence (B, prefix+N, D), as timm's."""
-        grid = (images.shape[-2] // self.cfg.token_stride, images.shape[-1] // self.cfg.token_stride)  # (rows, columns)
-        return self.encode(self.embed(images), grid)
+        return self.encode(self.embed(images), self.cfg.grid_for(*images.shape[-2:]))
 
     def encode(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Input tokens (B, T, D) of a (rows, columns) patch grid -> the final tokens (B, T, D)."""
         x = self.norm_before_blocks(x)  # identity but in CLIP and PE
         for block, rotation in zip(self.blocks, self.rope.rotations(grid)):  # RoPE's, computed once; else identities
             x = self.run_block(block, x, rotation)
-        return self.norm_tokens(self.class_attention(x, self.cls_token))  # CaiT's CLS token joins here
+        return self.final_tokens(x)
+
+    def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's tokens -> the final tokens: CaiT's CLS token joins here, then the norm."""
+        return self.norm_tokens(self.class_attention(x, self.cls_token))
 
     def norm_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The final norm on every token (B, T, D), where the model normalises tokens; with
@@ -739,9 +750,7 @@ class NaFlexPatchEmbedding(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, N, D)
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
-        p = self.patch_size
-        pixels = rearrange(images[..., :grid[0] * p, :grid[1] * p], "b c (r p) (w q) -> b (r w) (p q c)", p=p, q=p)
-        return self.from_patches(pixels, grid)
+        return self.from_patches(naflex.patchify(images, self.patch_size), grid)  # (B, N, P*P*C) pixels
 
     def from_patches(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, rows*columns, P*P*C) pixels, rows first -> (B, N, D) tokens with their positions."""
@@ -1163,8 +1172,7 @@ class TalkingHeadsSoftmax(SoftmaxAttention):
         return self.mixed(q, k, bias) @ v  # (B, H, T, hd)
 
     def mixed(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
-        logits = logits if bias is None else logits + bias
+        logits = attention_logits(q, k, bias)  # (B, H, T, T)
         logits = rearrange(self.mix_logits(rearrange(logits, "b h i j -> b i j h")), "b i j h -> b h i j")
         weights = rearrange(logits.softmax(dim=-1), "b h i j -> b i j h")
         return rearrange(self.mix_weights(weights), "b i j h -> b h i j")  # rows no longer sum to 1

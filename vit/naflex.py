@@ -17,6 +17,15 @@ import torch
 from einops import rearrange
 
 
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(..., C, H, W) -> (..., N, P*P*C): each whole patch's pixels in (row, column, channel)
+    order, patches rows first; pixels past the last whole patch are not read."""
+    p = patch_size
+    rows, columns = images.shape[-2] // p, images.shape[-1] // p
+    cropped = images[..., :rows * p, :columns * p]
+    return rearrange(cropped, "... c (r p) (w q) -> ... (r w) (p q c)", p=p, q=p)
+
+
 def pack(images: list[torch.Tensor], patch_size: int) -> dict[str, torch.Tensor]:
     """Images (C, H_i, W_i), each cut into its own (H_i // P) x (W_i // P) grid (a remainder
     unread), packed as NaFlex's input: {"patches", "patch_coord", "patch_valid"}, padded with
@@ -29,8 +38,7 @@ def pack(images: list[torch.Tensor], patch_size: int) -> dict[str, torch.Tensor]
     valid = torch.zeros(len(images), longest, dtype=torch.bool)
     for i, (image, (rows, columns)) in enumerate(zip(images, grids)):
         n = rows * columns
-        cropped = image[:, :rows * patch_size, :columns * patch_size]
-        patches[i, :n] = rearrange(cropped, "c (r p) (w q) -> (r w) (p q c)", p=patch_size, q=patch_size)
+        patches[i, :n] = patchify(image, patch_size)
         y, x = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
         coords[i, :n] = torch.stack([y.flatten(), x.flatten()], dim=-1)
         valid[i, :n] = True
