@@ -14,7 +14,9 @@ For each model it prints, in one run:
                  `python -m infer` with its defaults (after `infer --prepare --data` on these images,
                  which keeps the fastest precision that agrees on >= 99%) and in training's fp32, and a
                  lean script per runtime (numpy and PIL, no torch), best of --repeats;
-  agreement      top-1 agreement of every path with ours in fp32, on the same inputs.
+  agreement      top-1 agreement of every path with ours in fp32, and of `infer`'s defaults after
+                 `infer --prepare` (with their close calls re-run), on the same inputs: CIFAR-10 test
+                 images other than those the prepare checked on.
 
 The timed checkpoints are stand-ins: the model's architecture with random weights, saved as
 `train` saves an fp32 fine-tune (speed does not depend on the weights). Agreement needs a model
@@ -183,15 +185,16 @@ def agreement(paths: dict, images) -> dict[str, float]:
                 .float().mean().item() for label, fn in paths.items()}
 
 
-def real_inputs(checkpoint: Path, count: int):
-    """`count` CIFAR-10 test images (the same per class) as the checkpoint's model input."""
+def real_inputs(checkpoint: Path, count: int, skip: int):
+    """`count` CIFAR-10 test images (the same per class), after the first `skip` of each class
+    (those `infer --prepare` checked on), as the checkpoint's model input."""
     import torch
 
     from infer.predict import Classifier
     from vit.images import load_image
 
     classifier = Classifier(checkpoint, device="cpu", quantize="none")
-    files = [CIFAR / "test" / name / f"{i:04d}.jpg" for i in range(count // 10) for name in CLASSES]
+    files = [CIFAR / "test" / name / f"{i:04d}.jpg" for i in range(skip, skip + count // 10) for name in CLASSES]
     size = classifier.card.source_size or classifier.card.img_size
     return torch.cat([classifier.preprocess(load_image(path, size)) for path in files])
 
@@ -251,8 +254,9 @@ def run(args) -> None:
         print(f"\n== {name} at 224 px (stand-in weights), batch {BATCH}, {torch.get_num_threads()} threads")
         print("prepared ahead: " + ", ".join(f"{k} {v:.1f} s" for k, v in files["seconds"].items()))
         verdict = files["verdict"]
-        print(f"infer --prepare chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}); "
-              f"agreement on {verdict['checked_on']} images: {json.dumps(verdict['agreement'])}")
+        print(f"infer --prepare chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}, close "
+              f"calls within {verdict['guard']} in fp32); agreement on {verdict['checked_on']} images: "
+              f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}")
         paths = model_paths(checkpoint, files, skip_other_runtimes=not others)
         batch = torch.randn(BATCH, 3, 224, 224)
         rates = {label: throughput(fn, batch) for label, fn in paths.items()}
@@ -264,8 +268,8 @@ def run(args) -> None:
             print(f"  {label + extra:<34} {rate:7.1f}{ratio}")
         if args.agreement:
             real = prepare_real(Path(args.agreement), work, others, folder)
-            inputs = real_inputs(Path(args.agreement), args.agreement_images)
-            print(f"top-1 agreement with ours fp32, {args.agreement} on {len(inputs)} CIFAR-10 test images:")
+            inputs = real_inputs(Path(args.agreement), args.agreement_images, skip=args.num_images // 10)
+            print(f"top-1 agreement with ours fp32, {args.agreement} on {len(inputs)} other CIFAR-10 test images:")
             for label, share in agreement(real, inputs).items():
                 print(f"  {label:<34} {share:7.2%}")
             args.agreement = None  # one model is enough: the same for both sizes
@@ -291,9 +295,14 @@ def prepare_real(checkpoint: Path, work: Path, others: bool, images: Path) -> di
     """The agreement checkpoint's paths: its own packages, exports and sessions."""
     files = prepare(checkpoint, work, images)
     verdict = files["verdict"]
-    print(f"infer --prepare on {checkpoint} chose {verdict['precision']}; agreement on {verdict['checked_on']} "
-          f"images: {json.dumps(verdict['agreement'])}")
-    return model_paths(checkpoint, files, skip_other_runtimes=not others)
+    print(f"infer --prepare on {checkpoint} chose {verdict['precision']} (close calls within {verdict['guard']} "
+          f"in fp32); agreement on {verdict['checked_on']} images: {json.dumps(verdict['agreement'])}, with close "
+          f"calls re-run: {json.dumps(verdict['close_calls'])}")
+    from infer.predict import Classifier
+
+    default = Classifier(checkpoint, device="cpu")  # what `python -m infer` runs after that
+    return {**model_paths(checkpoint, files, skip_other_runtimes=not others),
+            "ours: infer defaults (prepared)": default.probabilities}
 
 
 def main(argv=None) -> None:

@@ -99,13 +99,20 @@ def main(argv=None) -> int:
 
 
 def report_prepared(verdict: dict) -> int:
-    checked = ", ".join(f"{name} {share:.1%}" for name, share in verdict["agreement"].items())
-    checked = f"; agreement with training's precision on {verdict['checked_on']} images: {checked}" if checked else ""
+    measured = ", ".join(f"{name} {rate:.1f}" for name, rate in verdict["img_per_s"].items())
+    checked = ", ".join(f"{name} {share:.1%}" + (f" ({calls['agreement']:.1%} with its close calls, "
+                                                   f"{calls['share']:.1%} of the images, re-run)"
+                                                   if (calls := verdict["close_calls"].get(name)) and calls["gap"] else "")
+                        for name, share in verdict["agreement"].items())
+    found = (f"; img/s here: {measured}" if measured else "") + (
+        f"; agreement with training's precision on {verdict['checked_on']} images: {checked}" if checked else "")
     if verdict["package"] is None:
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, eagerly (no faster precision "
-              f"agreed on >= 99%{checked})")
+              f"agreed on >= 99%{found})")
     else:
-        print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, compiled for this CPU{checked}; "
+        close = (f" (images whose top two logits lie within {verdict['guard']} again in training's precision)"
+                 if verdict["guard"] else "")
+        print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, compiled for this CPU{close}{found}; "
               "every later python -m infer with this checkpoint loads it")
     return 0
 
@@ -156,6 +163,8 @@ def report_evaluation(result: dict, as_json: bool, classifier: Classifier) -> in
     else:
         top_k = next(k for k in result if k.startswith("top") and k != "top1")
         compiled = ", compiled for this CPU" if precision.compiled else ""
+        if precision.compiled and classifier.verdict["guard"]:
+            compiled += f", close calls in {trained}"
         beside = "" if card.trained_accuracy is None else (
             f"; training measured {100 * card.trained_accuracy:.2f}% in {trained} on its own test set")
         print(f"top-1: {100 * result['top1']:.2f}%  (in {precision.name}{compiled}{beside})")

@@ -11,7 +11,7 @@ import torch
 
 from infer.pictures import picture_path, save_explanation
 from infer import compiled
-from infer.compiled import CompiledModel, CompileUnavailable
+from infer.compiled import CloseCalls, CompiledModel, CompileUnavailable
 from vit.checkpoint import CheckpointError, ModelCard, load_model
 from vit.cli import first_line
 from vit.device import AMP_DTYPES, cpu_precisions, native_bf16, pick_device
@@ -170,16 +170,33 @@ class Classifier:
         checkpoint itself is not read: the verdict is found by its size and modification time)."""
         self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
         self.model = CompiledModel(Path(verdict["package"]))
-        name, trained = verdict["precision"], self.trained_precision
+        name, trained, gap = verdict["precision"], self.trained_precision, verdict["guard"]
+        if gap:
+            self.model = CloseCalls(self.model, gap, self._exact)
+        close = f", close calls (top two logits within {gap}) in {trained}" if gap else ""
         self.precision = Precision(name, None if name == trained else
-                                   f"{name} instead of training's {trained}: compiled for this CPU, checked to agree "
-                                   "with it on >= 99% of your images (--quantize none for training's)", compiled=True)
+                                   f"{name} instead of training's {trained}: compiled for this CPU{close}, checked to "
+                                   "agree with it on >= 99% of your images (--quantize none for training's)",
+                                   compiled=True)
+
+    def _exact(self):
+        """Training's precision, eagerly, as a function of a batch: what decides close calls."""
+        model, _ = load_model(self.checkpoint_path)
+        dtype = AMP_DTYPES.get(self.trained_precision)
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                return model(images)
+        return run
 
     def prepare(self, check_paths: list[Path]) -> dict:
-        """Compile this checkpoint for this CPU (infer/compiled.py): the fastest of its precisions
-        (vit.device.cpu_precisions) whose top-1 predictions agree with training's precision on
-        >= 99% of up to CHECK_IMAGES of `check_paths`; training's own needs no check. Runs on the
-        choice from now on, and keeps the verdict. Returns it, with "seconds" spent."""
+        """Compile this checkpoint for this CPU (infer/compiled.py) and run, from now on, at the
+        fastest precision whose top-1 predictions agree with training's on >= 99% of up to
+        CHECK_IMAGES of `check_paths`. "Fastest" is measured here, on these images: every
+        candidate of this CPU (vit.device.cpu_precisions) is built and timed, as is training's
+        precision run eagerly; then the faster ones are checked, fastest first, until one agrees
+        (training's own precision needs no check). Keeps the verdict and returns it, with
+        "seconds" spent."""
         if not self.may_compile:
             raise OptionError("--prepare compiles for the CPU at the automatic precision: drop --amp, --quantize "
                               "and --device (or use --device cpu)")
@@ -188,33 +205,41 @@ class Classifier:
         start = time.perf_counter()
         images = [item for _, item in self.read_all(evenly_spaced(list(check_paths), compiled.CHECK_IMAGES))
                   if not isinstance(item, str)]
-        trained = self.trained_precision
-        order = cpu_precisions()
-        candidates = order[: order.index(trained) + 1] if trained in order else order
-        model, self.precision = self.model, Precision(trained)
-        reference = self._top1(images) if images else None  # training's precision, eagerly
-        verdict = {"precision": trained, "package": None, "agreement": {}, "checked_on": len(images),
-                   "card": self.card.to_dict()}
-        for name in candidates:
-            if name == "fp32" == trained:  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
-                break
-            if name != trained and reference is None:
-                continue  # a precision other than training's is never taken unchecked
-            path = compiled.package_path(self.checkpoint_path, name)
-            try:
-                compiled.build(model, self.card.img_size, name, path)
-            except CompileUnavailable as error:
-                raise OptionError(f"--prepare: {error}") from None
-            self.model, self.precision = CompiledModel(path), Precision(name, compiled=True)
-            if name != trained:
-                agreement = float((self._top1(images) == reference).float().mean())
-                verdict["agreement"][name] = agreement
-                if agreement < compiled.AGREEMENT:
-                    path.unlink(missing_ok=True)
-                    self.model = model
+        trained, model = self.trained_precision, self.model
+        verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {},
+                   "img_per_s": {}, "checked_on": len(images), "card": self.card.to_dict()}
+        if images:  # (a precision other than training's is never taken unchecked)
+            self.precision = Precision(trained)
+            reference = self._probabilities(images).argmax(dim=1)  # (N,) training's precision, eagerly
+            eager = verdict["img_per_s"][f"{trained} (eager)"] = self._rate(images)
+            packages, best = {}, eager  # best: img/s of the choice so far
+            for name in cpu_precisions():
+                if name == "fp32":  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
                     continue
-            verdict.update(precision=name, package=str(path))
-            break
+                packages[name] = compiled.package_path(self.checkpoint_path, name)
+                try:
+                    compiled.build(model, self.card.img_size, name, packages[name])
+                except CompileUnavailable as error:
+                    raise OptionError(f"--prepare: {error}") from None
+                self.model, self.precision = CompiledModel(packages[name]), Precision(name, compiled=True)
+                rate = verdict["img_per_s"][name] = self._rate(images)
+                if rate <= best:
+                    continue  # no faster than training's precision as it is, or than a choice already made
+                if name == trained:
+                    calls = {"gap": 0.0, "share": 0.0, "agreement": 1.0}
+                else:
+                    probabilities = self._probabilities(images)  # (N, classes)
+                    verdict["agreement"][name] = (probabilities.argmax(dim=1) == reference).float().mean().item()
+                    calls = verdict["close_calls"][name] = compiled.close_calls(probabilities, reference)
+                    if calls is None:
+                        continue
+                    rate = 1 / (1 / rate + calls["share"] / eager)  # its close calls run again, eagerly
+                if rate > best:
+                    best = rate
+                    verdict.update(precision=name, package=str(packages[name]), guard=calls["gap"])
+            for name, path in packages.items():
+                if str(path) != verdict["package"]:
+                    path.unlink(missing_ok=True)
         self.model = model
         compiled.keep_verdict(self.checkpoint_path, verdict)
         self.verdict = verdict
@@ -225,12 +250,23 @@ class Classifier:
         self.batch_size = self.asked_batch_size or self.default_batch_size()
         return {**verdict, "seconds": time.perf_counter() - start}
 
-    def _top1(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Top-1 class of each image (model inputs), as `classify` gives it with the model and
-        precision the classifier holds now."""
+    @torch.inference_mode()
+    def _rate(self, images: list[torch.Tensor]) -> float:
+        """Images per second of the model and precision the classifier holds now, on a batch of
+        16 of `images` (a compiled package's own size): the best of 3 runs after a first one."""
+        batch = torch.cat((images * 16)[:16])
+        seconds = []
+        for _ in range(4):
+            begin = time.perf_counter()
+            self.probabilities(batch)
+            seconds.append(time.perf_counter() - begin)
+        return len(batch) / min(seconds[1:])
+
+    def _probabilities(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """(N, classes) probabilities of N images (model inputs), as `classify` gives them with the
+        model and precision the classifier holds now."""
         batch = 16  # (a compiled package's own)
-        return torch.cat([self.probabilities(torch.cat(images[i:i + batch])).argmax(1)
-                          for i in range(0, len(images), batch)])
+        return torch.cat([self.probabilities(torch.cat(images[i:i + batch])) for i in range(0, len(images), batch)])
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (1, 3, S, S) model input: training's evaluation preprocessing."""

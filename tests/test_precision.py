@@ -47,6 +47,7 @@ def test_a_gpu_trained_checkpoint_never_runs_emulated_bf16_nor_unchecked_int8(av
 
 
 def test_training_precision_is_kept_where_the_hardware_has_it(amx):
+    assert device_module.cpu_precisions() == ["int8-bf16", "bf16", "fp32"]  # int8 tiles too, measured faster
     assert choose_precision(CPU, trained="bf16") == predict.Precision("bf16")  # AMX: native, no note
     assert choose_precision(CPU, trained="none") == predict.Precision("fp32")  # a CPU-trained model
     assert choose_precision(CUDA, trained="bf16") == predict.Precision("bf16")
@@ -126,20 +127,39 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     result = run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test))
     assert result.returncode == 0, result.stderr
     verdict = compiled.prepared(checkpoint)
-    fastest = cpu_precisions()[0]
-    assert verdict["checked_on"] == 300 and fastest in verdict["agreement"]
-    assert result.stdout.startswith("prepared in ") and f"{fastest} " in result.stdout
+    rates, calls = verdict["img_per_s"], verdict["close_calls"]
+    assert verdict["checked_on"] == 300  # every candidate built and timed here, and fp32 as trained, eagerly:
+    assert set(rates) == {"fp32 (eager)", *cpu_precisions()} - {"fp32"} and all(r > 0 for r in rates.values())
+
+    def effective(name):  # img/s with its close calls run again eagerly
+        return 1 / (1 / rates[name] + calls[name]["share"] / rates["fp32 (eager)"])
+    chosen = effective(verdict["precision"]) if verdict["package"] else rates["fp32 (eager)"]
+    for name, rate in rates.items():  # each one faster than the choice was checked, and failed or lost
+        if name != verdict["precision"] and rate > chosen:
+            assert calls[name] is None or effective(name) <= chosen
+    if verdict["package"] is not None:
+        assert calls[verdict["precision"]]["agreement"] >= compiled.AGREEMENT
+        assert verdict["guard"] == calls[verdict["precision"]]["gap"]
+    assert result.stdout.startswith("prepared in ") and "img/s here: fp32 (eager) " in result.stdout
+    assert not [p for p in (tmp_path / "cache").rglob("*.pt2") if str(p) != verdict["package"]]  # the rest removed
     fp32 = Classifier(checkpoint, device="cpu", quantize="none")
     paths = sorted(test.glob("*/*.jpg"))
     if verdict["package"] is not None:  # a faster precision agreed: later runs load its package
         fast = Classifier(checkpoint, device="cpu")
         assert fast.precision.compiled and fast.precision.name == verdict["precision"] != "fp32"
-        assert isinstance(fast.model, compiled.CompiledModel)
+        assert isinstance(fast.model, compiled.CloseCalls if verdict["guard"] else compiled.CompiledModel)
         same = [a.top[0][0] == b.top[0][0] for a, b in zip(fast.classify(paths), fp32.classify(paths))]
-        # (the check compares logits' argmax, classify the probabilities' top-1: a near-tie may round apart)
-        assert sum(same) / len(same) == pytest.approx(verdict["agreement"][verdict["precision"]], abs=0.01)
+        # (a near-tie may round apart between the check's batches and classify's)
+        assert sum(same) / len(same) == pytest.approx(calls[verdict["precision"]]["agreement"], abs=0.01)
         result = run_cli("infer", "--checkpoint", str(checkpoint), "--data", str(test))
-        assert f"(in {verdict['precision']}, compiled for this CPU;" in result.stdout
+        assert f"(in {verdict['precision']}, compiled for this CPU" in result.stdout
+        compiled.keep_verdict(checkpoint, {**verdict, "guard": 1e9})  # every image a close call: fp32's answers
+        guarded = Classifier(checkpoint, device="cpu")
+        assert isinstance(guarded.model, compiled.CloseCalls) and guarded.model.exact is None  # loaded when needed
+        for a, b in zip(guarded.classify(paths, topk=3), fp32.classify(paths, topk=3)):
+            assert [c for c, _ in a.top] == [c for c, _ in b.top]
+            assert [p for _, p in a.top] == pytest.approx([p for _, p in b.top], abs=1e-5)
+        compiled.keep_verdict(checkpoint, verdict)
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test)).stdout.startswith(
         "prepared in 0 s")  # kept: checked once
 
@@ -153,3 +173,50 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     assert Classifier(copy, device="cpu").precision == predict.Precision("fp32")
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--quantize", "none",
                    "--data", str(test)).returncode == 2
+
+
+def test_close_calls_takes_the_smallest_gap_that_restores_agreement():
+    """Of 100 images a lower precision swapped the top two classes of 3, each with its top two
+    logits 0.15 apart; 7 more lie 0.05 apart, unswapped. Re-running the images closer than 0.1
+    leaves the 3 swapped (97%); closer than 0.2 catches them: 100%, 10% of the images re-run."""
+    from infer import compiled
+
+    reference = torch.zeros(100, dtype=torch.long)  # training's answer: class 0 for every image
+    logits = torch.zeros(100, 10)
+    logits[:, 0] = 2.0  # far ahead of class 1 ...
+    logits[:3, 0], logits[:3, 1] = 0.0, 0.15  # ... except 3 swapped,
+    logits[3:10, 0] = 0.05  # and 7 close, not swapped
+    assert compiled.CLOSE_CALL_GAPS[:3] == (0.0, 0.1, 0.2)
+    calls = compiled.close_calls(logits.softmax(dim=1), reference)
+    assert calls == {"gap": 0.2, "share": pytest.approx(0.10), "agreement": pytest.approx(1.0)}
+    logits[:3, 1] = 5.0  # swapped by far more than any gap: no gap restores 99%
+    assert compiled.close_calls(logits.softmax(dim=1), reference) is None
+
+
+def test_close_calls_are_classified_again_by_the_exact_model_loaded_on_the_first():
+    from infer.compiled import CloseCalls
+
+    class Fast:
+        batch_size = 16
+
+        def __call__(self, images):  # logits whose top two lie images[:, 0] apart
+            logits = torch.zeros(len(images), 3)
+            logits[:, 0] = images[:, 0]
+            return logits
+
+    loaded, seen = [], []
+
+    def load_exact():
+        loaded.append(1)
+        return lambda images: (seen.append(images[:, 0].tolist()), torch.full((len(images), 3), -1.0))[1]
+
+    model = CloseCalls(Fast(), 0.1, load_exact)
+    assert model.batch_size == 16
+    far = torch.tensor([[1.0], [2.0]])
+    assert torch.equal(model(far), Fast()(far)) and not loaded  # no close call: the exact model is not read
+    mixed = torch.tensor([[1.0], [0.05], [3.0], [0.0]])
+    out = model(mixed)
+    assert seen == [pytest.approx([0.05, 0.0])] and len(loaded) == 1  # only the close rows, in order
+    assert torch.equal(out[[1, 3]], torch.full((2, 3), -1.0)) and torch.equal(out[[0, 2]], Fast()(mixed)[[0, 2]])
+    model(mixed)
+    assert len(loaded) == 1  # loaded once

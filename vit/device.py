@@ -81,13 +81,14 @@ def cpu_has_avx512_bf16() -> bool:
 
 
 def cpu_precisions() -> list[str]:
-    """This CPU's precisions for inference, fastest first, as measured by `python -m
-    benchmarks.cpu_runtimes` (benchmarks/README.md, "CPU inference against ONNX Runtime and
-    OpenVINO"). The one rule both paths follow: the compiled path (infer/compiled.py) takes the
-    first that agrees with training's precision on the user's images, the eager path the first it
-    can run natively without a check (bf16 or fp32). ViT-S/16 at 224 px, batch 16, 2 threads,
-    model only, img/s, and top-1 agreement with fp32 on a real checkpoint (DINOv2-S's weights with
-    a linear head, 1,000 CIFAR-10 test images):
+    """This CPU's precisions for inference: those it computes natively, in the order measured
+    by `python -m benchmarks.cpu_runtimes` (benchmarks/README.md, "CPU inference against ONNX
+    Runtime and OpenVINO"), fastest first. The one rule both paths follow: `infer --prepare`
+    (infer/compiled.py) builds each of them, times it on the user's images and takes the fastest
+    that agrees with training's precision there; the eager path takes the first it can run
+    without a check (bf16 or fp32). ViT-S/16 at 224 px, batch 16, 2 threads, model only, img/s,
+    and top-1 agreement with fp32 on a real checkpoint (DINOv2-S's weights with a linear head,
+    1,000 CIFAR-10 test images):
 
         AVX-512 + BF16 (EPYC)     fp32   bf16 (compiled)   int8 (eager)   int8-bf16 (compiled)
         img/s                     19.1   35.1              45.1           48.8
@@ -96,18 +97,24 @@ def cpu_precisions() -> list[str]:
         (ONNX Runtime: fp32 18.4, int8 39.2 img/s, 86.5% agreement; OpenVINO: default bf16 41.3
         img/s, 98.9%; f32 21.8 img/s.)
 
+        AMX + AVX-512 (Xeon)      fp32   bf16 (compiled)   int8 (eager)   int8-bf16 (compiled)
+        img/s                     20.4   53.7              34.2           70.6
+        agreement with fp32       100%   98.6%             81.8%          92.1%
+
+        (ONNX Runtime: fp32 15.2, int8 22.3 img/s; OpenVINO: default bf16 48.9, f32 22.2.)
+
         capped at AVX2            fp32 15.9, int8 (compiled) 17.8, int8 (eager) 33.6, bf16 3.5 (emulated)
 
     Agreement depends on the checkpoint (int8 agreed on 99.07% with a ViT-Ti trained from
-    scratch), so a precision other than training's is taken only after infer/compiled.py has
-    checked it on the user's images.
-    "int8": int8 Linear layers and attention matmuls with fp32 between; "int8-bf16": bf16
-    between, where the CPU computes bf16 itself. On AMX, bf16 was the fastest precision measured
-    (an AMX Xeon: bf16 autocast 70-105 img/s, int8 43); int8-bf16 was not measured there. Without
-    bf16 instructions (AVX2) bf16 is emulated, several times slower than fp32: not a candidate."""
-    if cpu_has_amx_bf16():
-        return ["bf16", "fp32"]
-    return ["int8-bf16", "bf16", "fp32"] if cpu_has_avx512_bf16() else ["int8", "fp32"]
+    scratch), so a precision other than training's is taken only after it was checked on the
+    user's images (with its close calls re-run in training's precision, bf16 agreed on 99.2% of
+    the real checkpoint's: infer/compiled.close_calls). "int8": int8 Linear layers and attention
+    matmuls with fp32 between; "int8-bf16": bf16 between, where the CPU computes bf16 itself
+    (AMX has int8 tiles beside its bf16 ones). Without bf16 instructions (AVX2) bf16 is
+    emulated, several times slower than fp32: not a candidate."""
+    if cpu_has_amx_bf16() or cpu_has_avx512_bf16():
+        return ["int8-bf16", "bf16", "fp32"]
+    return ["int8", "fp32"]
 
 
 def native_bf16() -> bool:
