@@ -105,17 +105,22 @@ def prepared(checkpoint: str | Path) -> dict | None:
     return verdict if package is None or Path(package).is_file() else None
 
 
+def top_two_gap(logits: torch.Tensor) -> torch.Tensor:
+    """(N, classes) logits, or log-probabilities (softmax's normaliser cancels) -> (N,) how far
+    the highest lies above the second: a close call is one below the gap."""
+    top2 = logits.topk(2, dim=1).values  # (N, 2)
+    return top2[:, 0] - top2[:, 1]
+
+
 def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | None:
     """How a precision whose (N, classes) `probabilities` gave these top-1 answers can still agree
     with training's `reference` (N,) top-1: the smallest gap of CLOSE_CALL_GAPS at which re-running
     its close calls in training's precision leaves >= AGREEMENT of the answers as training's:
     {"gap", "share" (of the images re-run), "agreement"}; None where no gap does.
 
-    A close call: the two highest logits closer than the gap, log p1 - log p2 = logit1 - logit2
-    (softmax's normaliser cancels). A lower precision moves every logit a little; it can swap the
-    top two classes only where they were close."""
-    top2 = probabilities.topk(2, dim=1).values  # (N, 2)
-    gaps = top2[:, 0].log() - top2[:, 1].log()  # (N,) logit1 - logit2, inf where p2 underflowed to 0
+    A close call: the two highest logits closer than the gap. A lower precision moves every logit
+    a little; it can swap the top two classes only where they were close."""
+    gaps = top_two_gap(probabilities.log())  # (N,) logit1 - logit2, inf where p2 underflowed to 0
     changed = probabilities.argmax(dim=1) != reference  # (N,)
     for gap in CLOSE_CALL_GAPS:
         close = gaps < gap  # (N,) these get training's answer
@@ -228,8 +233,7 @@ class CloseCalls:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.fast(images).float()  # (B, classes)
-        top2 = logits.topk(2, dim=1).values  # (B, 2)
-        close = top2[:, 0] - top2[:, 1] < self.gap  # (B,)
+        close = top_two_gap(logits) < self.gap  # (B,)
         if close.any():
             self.exact = self.exact or self.load_exact()
             logits[close] = self.exact(images[close]).float()  # (b, classes), b close calls

@@ -194,9 +194,9 @@ class Classifier:
         fastest precision whose top-1 predictions agree with training's on >= 99% of up to
         CHECK_IMAGES of `check_paths`. "Fastest" is measured here, on these images: every
         candidate of this CPU (vit.device.cpu_precisions) is built and timed, as is training's
-        precision run eagerly; then the faster ones are checked, fastest first, until one agrees
-        (training's own precision needs no check). Keeps the verdict and returns it, with
-        "seconds" spent."""
+        precision run eagerly; each faster than the choice so far is checked (training's own
+        precision needs no check), its img/s counting the close calls it must re-run
+        (compiled.close_calls). Keeps the verdict and returns it, with "seconds" spent."""
         if not self.may_compile:
             raise OptionError("--prepare compiles for the CPU at the automatic precision: drop --amp, --quantize "
                               "and --device (or use --device cpu)")
