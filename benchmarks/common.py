@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from vit.device import cpu_kind
+from infer.cpu import cpu_kind
 
 
 def synchronize(device: torch.device) -> None:

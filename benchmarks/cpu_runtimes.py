@@ -6,9 +6,8 @@
 
 For each model it prints, in one run:
 
-  model only     img/s at batch 16 of each path: ours in fp32, bf16 (autocast), int8 (eager,
-                 torch.ao's quantize_dynamic) and compiled (infer/compiled.py's package, in each of this
-                 CPU's precisions); ONNX Runtime fp32 and dynamic int8 (its quantize_dynamic); OpenVINO
+  model only     img/s at batch 16 of each path: ours in fp32, bf16 (autocast) and compiled
+                 (infer/compiled.py's package, in each of this CPU's precisions); ONNX Runtime fp32 and dynamic int8 (its quantize_dynamic); OpenVINO
                  with its defaults (bf16 where the CPU has bf16 instructions) and in f32;
   whole process  seconds from launch to the last prediction for --num-images CIFAR-10 test images:
                  `python -m infer` with its defaults (after `infer --prepare --data` on these images,
@@ -98,9 +97,9 @@ def prepare(checkpoint: Path, folder: Path, images: Path) -> dict:
     from infer import compiled
     from infer.predict import Classifier
     from vit.checkpoint import load_model
-    from vit.device import cpu_precisions
-    from vit.export import export
-    from vit.images import expand_paths
+    from infer.precision import cpu_precisions
+    from infer.export import export
+    from infer.images import expand_paths
 
     seconds = {}
     verdict = Classifier(checkpoint, device="cpu").prepare(expand_paths([images]))
@@ -134,16 +133,14 @@ def model_paths(checkpoint: Path, files: dict, skip_other_runtimes: bool) -> dic
 
     from infer.compiled import CompiledModel
     from vit.checkpoint import load_model
-    from vit.quantize import quantize_int8
 
     model, _ = load_model(checkpoint)
-    int8 = quantize_int8(model)
 
     def bf16(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return model(x).float()
 
-    paths = {"ours fp32": model, "ours bf16 (autocast)": bf16, "ours int8 (eager)": int8}
+    paths = {"ours fp32": model, "ours bf16 (autocast)": bf16}
     paths.update({f"ours compiled {precision}": CompiledModel(package) for precision, package in files["packages"].items()})
     if skip_other_runtimes:
         return paths
@@ -191,7 +188,7 @@ def real_inputs(checkpoint: Path, count: int, skip: int):
     import torch
 
     from infer.predict import Classifier
-    from vit.images import load_image
+    from infer.images import load_image
 
     classifier = Classifier(checkpoint, device="cpu", quantize="none")
     files = [CIFAR / "test" / name / f"{i:04d}.jpg" for i in range(skip, skip + count // 10) for name in CLASSES]
@@ -230,7 +227,7 @@ def whole_process(commands: dict, repeats: int, env: dict) -> dict[str, float]:
 def run(args) -> None:
     import torch
 
-    from vit.device import cpu_kind
+    from infer.cpu import cpu_kind
 
     env = {**AVX2, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-avx2-")} if args.isa == "avx2" else {}
     if env and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the caps are read at import: start again under them

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from infer.explore import ExploreServer, Explorer, Subject
-from vit.device import cpu_kind
+from infer.cpu import cpu_kind
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vit.device import cpu_kind
+from infer.cpu import cpu_kind
 
 
 def peak_rss_mb(pid: int) -> float:

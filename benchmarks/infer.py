@@ -28,8 +28,8 @@ from benchmarks.seed import seed_transform
 from benchmarks.train import DEFAULT_DATA
 from infer import Classifier
 from vit.checkpoint import ModelCard, save_model
-from vit.device import cpu_kind
-from vit.images import evenly_spaced, expand_paths
+from infer.cpu import cpu_kind
+from infer.images import evenly_spaced, expand_paths
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
         for name, (amp, quantize) in sides.items():
             seconds[name] = timed(ours, checkpoint, paths, amp, quantize, precisions, name)
         if args.with_onnx:  # the same weights through python -m weights export --format onnx
-            from vit.export import export
+            from infer.export import export
 
             export(checkpoint, "onnx", Path(tmp) / "model.onnx")
             seconds["ours onnx"] = timed(ours, Path(tmp) / "model.onnx", paths, "auto", "auto", precisions, "ours onnx")

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from infer import Classifier
-from vit.device import cpu_kind
-from vit.images import expand_paths, list_class_folders
+from infer.cpu import cpu_kind
+from infer.images import expand_paths, list_class_folders
 
 
 def main(argv=None) -> None:

@@ -29,7 +29,7 @@ from train.state import EpochProgress, save_last
 from train.stop import StopRequest
 from vit.checkpoint import safe_load
 from vit.cli import ArgumentParser, device_name
-from vit.device import pick_device
+from vit.cli import pick_device
 
 
 def main(argv=None) -> None:

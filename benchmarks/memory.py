@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     if args.measure:
         print(json.dumps(measure(Case(**json.loads(args.measure)), args.data, args.work, args.device)), flush=True)
         return 0
-    from vit.device import cpu_kind
+    from infer.cpu import cpu_kind
 
     if args.checkpointing_cost:
         plain, checkpointed = checkpointing_cost().values()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import vit
 from benchmarks.common import alternate, machine
 from vit.cli import ArgumentParser, device_name
-from vit.device import pick_device
+from vit.cli import pick_device
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

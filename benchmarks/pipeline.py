@@ -19,7 +19,7 @@ from benchmarks.train import DEFAULT_DATA
 from train.config import TrainConfig
 from train.batches import make_batches
 from train.datasets import load_dataset
-from vit.model import DEFAULT_MEAN, DEFAULT_STD
+from vit.config import DEFAULT_MEAN, DEFAULT_STD
 
 
 def rate(batches, count: int, batch_size: int) -> float:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import datasets, transforms
 
-from vit.model import DEFAULT_MEAN, DEFAULT_STD
+from vit.config import DEFAULT_MEAN, DEFAULT_STD
 
 
 def seed_transform(img_size: int, mean, std):

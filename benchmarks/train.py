@@ -28,7 +28,7 @@ from train.loop import prepare, train_one_epoch
 from train.state import EpochProgress
 from train.stop import StopRequest
 from vit.cli import ArgumentParser, device_name
-from vit.device import pick_device
+from vit.cli import pick_device
 from vit.families import model_config
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg"

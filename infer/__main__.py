@@ -12,7 +12,7 @@ import json
 import re
 import sys
 
-from vit.images import ImageError, expand_paths
+from infer.images import ImageError, expand_paths
 from infer.compiled import AUTO_BUILD_IMAGES
 from infer.predict import Classifier, NonFiniteOutput, OptionError
 from vit.checkpoint import CheckpointError

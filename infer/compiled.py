@@ -17,17 +17,9 @@ What a package holds, built by PyTorch's own tools (no hand-written kernel):
      between the int8 layers in bf16 where the CPU computes bf16 natively;
   4. AOTInductor writes the compiled model as one .pt2 file, loaded without compiling again.
 
-Which precision: the fastest, timed here on the user's images, of this CPU's candidates
-(vit.device.cpu_precisions) and of training's precision run eagerly, among those whose top-1
-predictions agree with training's precision on >= 99% of up to CHECK_IMAGES of the images given;
-training's own precision needs no check. A candidate may agree only once its close calls are
-taken back: an image whose two highest logits lie closer than a gap (CLOSE_CALL_GAPS, the
-smallest that restores 99%) is classified again in training's precision (CloseCalls), and the
-time that costs counts against the candidate. The check is per checkpoint because it has to be:
-on the real weights measured here (DINOv2-S, benchmarks/README.md) int8 changed 8% of the
-predictions and bf16 1.4%, most of bf16's close calls, on a small ViT trained from scratch int8
-changed under 1%. The timing is per machine because the order differs between CPU kinds.
-The verdict is kept beside the package (a .json file), so a checkpoint is checked once.
+Which package a checkpoint runs is decided elsewhere: infer/prepare.py builds and times every
+candidate on the user's images, infer/precision.py chooses among them. This file builds, keeps,
+finds and loads packages, and their verdict (a .json file beside them).
 
 A package is this CPU's (its instruction set is compiled in) and this PyTorch's; it is found by
 the checkpoint's path, size and modification time, so a retrained checkpoint gets a new one. It
@@ -46,17 +38,12 @@ from pathlib import Path
 
 import torch
 
-BATCH_SIZE = 16  # ViT-S/16 int8 here: 42.2 / 43.4 / 43.9 img/s at batch 8 / 16 / 32 (benchmarks/README.md)
-AUTO_BUILD_IMAGES = 5000  # a job this long prepares first, checked on its own images. Preparing took 135 s for
-#                           ViT-S/16 (int8-bf16 agreed: 16.5 -> 43.2 img/s, repaid after ~3,600 images) and 440 s
-#                           for ViT-B/16 (bf16: 4.9 -> 10.2 img/s, repaid after ~4,200), on 2 cores
-CHECK_IMAGES = 1000  # images a faster precision is checked on (spread over those given): on 300, bf16 passed
-#                     a real checkpoint at 99.0% that agreed on 98.6% of 1,000 (benchmarks/README.md)
-AGREEMENT = 0.99  # the share of top-1 predictions a faster precision must leave unchanged
-CLOSE_CALL_GAPS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # logit gaps tried, smallest first: an image whose
-#   two highest logits are closer than the gap is classified again in training's precision. On the real
-#   DINOv2-S checkpoint bf16 changed 1.4% of 1,000 predictions: at 0.1 it re-ran 2.1% of the images and
-#   agreed on 99.2%, on 1,000 other images 99.1%; int8-bf16's 9.6% no gap took back (benchmarks/README.md)
+from infer.precision import top_two_gap
+from weights.files import atomic_write
+
+BATCH_SIZE = 16  # a package's fixed batch: as fast as 32 for ViT-S/16 int8, faster than 8 (benchmarks/README.md)
+AUTO_BUILD_IMAGES = 5000  # a job this long prepares first, checked on its own images: preparing repays itself
+#                           after about 3,600 (ViT-S/16) to 4,200 (ViT-B/16) images on 2 cores (benchmarks/README.md)
 
 
 class CompileUnavailable(Exception):
@@ -72,7 +59,7 @@ def cache_dir() -> Path:
 
 def package_path(checkpoint: str | Path, precision: str, batch_size: int = BATCH_SIZE) -> Path:
     """Where the package of this checkpoint file, precision and batch size is kept on this machine."""
-    from vit.device import cpu_kind
+    from infer.cpu import cpu_kind
 
     checkpoint = Path(checkpoint).resolve()
     stat = checkpoint.stat()
@@ -105,34 +92,8 @@ def prepared(checkpoint: str | Path) -> dict | None:
     return verdict if package is None or Path(package).is_file() else None
 
 
-def top_two_gap(logits: torch.Tensor) -> torch.Tensor:
-    """(N, classes) logits, or log-probabilities (softmax's normaliser cancels) -> (N,) how far
-    the highest lies above the second: a close call is one below the gap."""
-    top2 = logits.topk(2, dim=1).values  # (N, 2)
-    return top2[:, 0] - top2[:, 1]
-
-
-def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | None:
-    """How a precision whose (N, classes) `probabilities` gave these top-1 answers can still agree
-    with training's `reference` (N,) top-1: the smallest gap of CLOSE_CALL_GAPS at which re-running
-    its close calls in training's precision leaves >= AGREEMENT of the answers as training's:
-    {"gap", "share" (of the images re-run), "agreement"}; None where no gap does.
-
-    A close call: the two highest logits closer than the gap. A lower precision moves every logit
-    a little; it can swap the top two classes only where they were close."""
-    gaps = top_two_gap(probabilities.log())  # (N,) logit1 - logit2, inf where p2 underflowed to 0
-    changed = probabilities.argmax(dim=1) != reference  # (N,)
-    for gap in CLOSE_CALL_GAPS:
-        close = gaps < gap  # (N,) these get training's answer
-        agreement = 1 - (changed & ~close).float().mean().item()
-        if agreement >= AGREEMENT:
-            return {"gap": gap, "share": close.float().mean().item(), "agreement": agreement}
-    return None
-
-
 def keep_verdict(checkpoint: str | Path, verdict: dict) -> None:
     """Write the verdict (and the card, so that a later run needs no read of the checkpoint) atomically."""
-    from vit.checkpoint import atomic_write
 
     path = verdict_path(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +111,7 @@ def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, bat
         raise CompileUnavailable("the compiled int8 path needs torchao: pip install -e \".[fast]\"") from None
     import torch._inductor.config as inductor_config
 
-    from vit.export import with_matmul_attention
+    from infer.export import with_matmul_attention  # (the exporter imports the ONNX tools: only when building)
 
     start = time.perf_counter()
     example = torch.zeros(batch_size, 3, img_size, img_size)
@@ -223,20 +184,20 @@ def load_package(path: Path):
 class CloseCalls:
     """A fast model whose close calls are decided by the exact one: (B, 3, S, S) -> (B, classes)
     logits of `fast`, except where its two highest logits are closer than `gap` (a lower
-    precision could have swapped them), whose rows `exact` (training's precision, eagerly)
-    computes again. `load_exact` is called on the first close call: a run without one never
-    reads the checkpoint."""
+    precision could have swapped them), whose rows the exact model (`exact()`, training's
+    weights) computes again in training's precision (`dtype`: autocast, or None for fp32).
+    `exact` is called on the first close call only: a run without one never reads the checkpoint."""
 
-    def __init__(self, fast, gap: float, load_exact):
-        self.fast, self.gap, self.load_exact, self.exact = fast, gap, load_exact, None
+    def __init__(self, fast, gap: float, exact, dtype: torch.dtype | None = None):
+        self.fast, self.gap, self.exact, self.dtype = fast, gap, exact, dtype
         self.batch_size = fast.batch_size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.fast(images).float()  # (B, classes)
         close = top_two_gap(logits) < self.gap  # (B,)
         if close.any():
-            self.exact = self.exact or self.load_exact()
-            logits[close] = self.exact(images[close]).float()  # (b, classes), b close calls
+            with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+                logits[close] = self.exact()(images[close]).float()  # (b, classes), b close calls
         return logits
 
     def to(self, device):  # the CPU's, always
@@ -260,3 +221,12 @@ class CompiledModel:
 
     def to(self, device):  # the CPU's, always
         return self
+
+
+def int8_package(checkpoint: str | Path, model: torch.nn.Module, img_size: int) -> Path:
+    """The checkpoint's int8 package (int8 layers, fp32 between), built the first time it is asked
+    for (`--quantize int8`, unchecked: the user asked) and kept like any other."""
+    path = package_path(checkpoint, "int8")
+    if not path.is_file():
+        build(model, img_size, "int8", path)
+    return path

@@ -16,14 +16,14 @@ would need custom JavaScript for anyway; this way the server is a page and four 
 nothing to install, and nothing the browser fetches from the internet.
 
 Safe by default: it listens on 127.0.0.1 (--host to share it), reads uploads with the project's
-image reader (vit/images.py: every mode and size; a bad file is one line on the page), and writes
+image reader (infer/images.py: every mode and size; a bad file is one line on the page), and writes
 nothing but each upload's bytes, for the moment it is read, into a temporary folder removed at exit
 (Ctrl-C or SIGTERM). As a network service it accepts, and refuses with one line and a 4xx status:
 
     an upload           only with a Content-Length of at most MAX_UPLOAD (411 without one, 400 for one
                         that is not a number, 413 above it, decided from the header: no byte of an
                         over-large body is read); an image whose decoded pixels would exceed
-                        vit.images.MAX_DECODED_BYTES is refused before decoding (400)
+                        infer.images.MAX_DECODED_BYTES is refused before decoding (400)
     its Host            only the names this server is reached by: localhost, 127.0.0.1, ::1, --host,
                         this machine's own name, or an IP address (403): a page that re-points its
                         own domain at this machine (DNS rebinding) cannot read the answers
@@ -59,10 +59,10 @@ from PIL import Image
 import vit
 from vit.checkpoint import CheckpointError, load_model
 from vit.cli import ArgumentParser, device_name, first_line, port_number
-from vit.device import pick_device
+from vit.cli import pick_device
 from vit.explain import Look, check_explainable, look, patch_pca, patch_similarity, rollout, token_attention
-from vit.images import ImageError, expand_paths, load_image
-from vit.preprocess import to_model_input
+from infer.images import ImageError, expand_paths, load_image
+from infer.preprocess import to_model_input
 from weights.load import HubUnavailable, WeightsError
 
 PAGE = Path(__file__).with_name("explore.html")
@@ -72,7 +72,7 @@ TOP_K = 5
 BACKLOG = 128  # connections waiting to be accepted (socketserver's default of 5 reset bursts of uploads)
 MAX_THREADS = 32  # requests answered at once; further connections wait in the backlog
 TIMEOUT = 30  # seconds a connection may stay silent (a half-sent request is dropped, not kept forever)
-DECODES_AT_ONCE = 2  # images decoded at once: each may take up to vit.images.MAX_DECODED_BYTES and a copy
+DECODES_AT_ONCE = 2  # images decoded at once: each may take up to infer.images.MAX_DECODED_BYTES and a copy
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 

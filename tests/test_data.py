@@ -94,7 +94,7 @@ def test_out_of_memory_is_one_line_with_a_hint(monkeypatch, capsys):
 
 
 def test_folder_listing_finds_images_in_path_order_and_skips_hidden_ones(tmp_path):
-    from vit.images import expand_paths
+    from infer.images import expand_paths
 
     for name in ("b.jpg", "a.PNG", "notes.txt", ".hidden.jpg", "a/z.jpg", "a-b/y.jpeg", ".cache/x.jpg",
                  "a/.ipynb_checkpoints/w.jpg", "a/deeper/v.webp"):

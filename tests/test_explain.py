@@ -126,7 +126,7 @@ def test_infer_explain_writes_one_picture_per_image(tiny_run, tmp_path):
 
 
 def test_paper_figures_follow_their_formulas():
-    from vit.figures import filter_components, mean_attention_distance, position_similarity
+    from infer.figures import filter_components, mean_attention_distance, position_similarity
 
     model = one_patch_model(target=5)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_paper_figures_follow_their_formulas():
 
 def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
     make_timm_file("vit_tiny_patch16_224", tmp_path / "model.safetensors")
-    result = run_cli("vit.figures", str(tmp_path / "figures"), "--model", "vit_tiny_patch16_224",
+    result = run_cli("infer.figures", str(tmp_path / "figures"), "--model", "vit_tiny_patch16_224",
                         "--pretrained", str(tmp_path / "model.safetensors"), "--images", str(cifar_dir / "test"),
                         "--num-images", "6")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -163,11 +163,11 @@ def test_figures_command_writes_the_three_pngs(tmp_path, cifar_dir):
     for name, size in expected.items():
         with Image.open(tmp_path / "figures" / name) as picture:
             assert picture.format == "PNG" and picture.size == size, (name, picture.size)
-    missing = run_cli("vit.figures", str(tmp_path / "f2"), "--model", "vit_tiny_patch16_224",
+    missing = run_cli("infer.figures", str(tmp_path / "f2"), "--model", "vit_tiny_patch16_224",
                          "--pretrained", "none", "--images", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no folder of images" in missing.stderr and "Traceback" not in missing.stderr
     (tmp_path / "a-file").write_text("not a folder")
-    blocked = run_cli("vit.figures", str(tmp_path / "a-file" / "out"), "--model", "vit_tiny_patch16_224",
+    blocked = run_cli("infer.figures", str(tmp_path / "a-file" / "out"), "--model", "vit_tiny_patch16_224",
                          "--pretrained", "none", "--images", str(cifar_dir / "test"), "--num-images", "2")
     assert blocked.returncode == 1 and blocked.stderr.strip().splitlines() == [
         f"error: cannot write {tmp_path / 'a-file' / 'out'} (Not a directory)"]

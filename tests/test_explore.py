@@ -16,9 +16,9 @@ from tests.conftest import CLASSES, perturb_, run_cli
 from vit.checkpoint import ModelCard, save_model
 from vit.explain import look, rollout, token_attention
 from vit.families import model_config
-from vit.images import load_image
+from infer.images import load_image
 from vit.model import VisionTransformer
-from vit.preprocess import to_model_input
+from infer.preprocess import to_model_input
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -179,6 +179,7 @@ def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> 
     return int(status_line.split()[1]), rest.split("\r\n\r\n", 1)[-1]
 
 
+@pytest.mark.timing
 def test_uploads_are_accepted_or_refused_from_their_header_alone(server):
     """Item 1 of the hardening round: Content-Length decides, before any byte of the body is read."""
     import time
@@ -228,6 +229,7 @@ def test_an_error_inside_the_server_is_an_answer_and_the_server_goes_on(server, 
     assert call(f"{url}/api/info")[0] == 200
 
 
+@pytest.mark.timing
 def test_a_silent_connection_is_dropped_and_a_burst_of_uploads_is_answered(server, monkeypatch, cifar_dir):
     """Item 3: a half-sent request is closed after the timeout (here 1 s) instead of holding a
     thread forever, and 50 uploads at once are all answered (the backlog holds the burst)."""
@@ -290,10 +292,10 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header_and_decodes_are
     from PIL import Image
 
     import infer.explore
-    import vit.images
+    import infer.images
 
     explore, url = server
-    monkeypatch.setattr(vit.images, "MAX_DECODED_BYTES", 2 * 1000 * 1000)  # 2 MB: a 1000 x 1001 16-bit PNG is over
+    monkeypatch.setattr(infer.images, "MAX_DECODED_BYTES", 2 * 1000 * 1000)  # 2 MB: a 1000 x 1001 16-bit PNG is over
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((1001, 1000), dtype=np.uint16)).save(buffer, format="PNG")
     status, answer = call(f"{url}/api/image", buffer.getvalue())

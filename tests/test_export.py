@@ -133,18 +133,17 @@ def test_exports_name_an_activation_other_than_the_names_own(tmp_path, cifar_dir
     ("vit_large_patch16_sapiens2", 64, {"kv_heads": 1, "full_attention_ends": 0}),  # grouped-query: short k, v
 ])
 @torch.no_grad()
-def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, size, extra, tmp_path, cifar_dir):
+def test_the_modern_family_exports_to_timm_and_onnx(name, size, extra, tmp_path, cifar_dir):
     """A small model of each new piece (one narrow block of the name's kind) written in timm's
     layout (timm's model of the same shape loads it: logits to 1e-5), through ONNX (onnxruntime's
-    outputs = ours to 1e-4) and through the CPU int8 path infer uses (same top class on most images)."""
+    outputs = ours to 1e-4)."""
     import onnxruntime
     import timm
 
     import vit
     from tests.conftest import perturb_
     from vit.checkpoint import ModelCard
-    from vit.export import export_onnx, export_timm
-    from vit.quantize import quantize_int8
+    from infer.export import export_onnx, export_timm
 
     smaller = dict(depth=1, embed_dim=192, num_heads=3, **extra)
     model = perturb_(vit.create_model(name, num_classes=10, img_size=size, **smaller)).eval()
@@ -162,9 +161,6 @@ def test_the_modern_family_exports_to_timm_and_onnx_and_quantises_to_int8(name, 
     logits = session.run(None, {"images": images.numpy()})[0]
     assert (torch.from_numpy(logits) - expected).abs().max() <= 1e-4
 
-    quantized = quantize_int8(model)(images)
-    assert quantized.shape == (8, 10) and (quantized.argmax(1) == expected.argmax(1)).float().mean() >= 0.75
-
 
 def test_every_file_the_project_writes_gets_the_mode_open_gives(finetuned, tiny_run, tmp_path):
     """Under a umask of 022 every written file is 0644, as open() makes it: exports in each format,
@@ -173,7 +169,7 @@ def test_every_file_the_project_writes_gets_the_mode_open_gives(finetuned, tiny_
     import os
     import stat
 
-    from vit.export import export as export_model
+    from infer.export import export as export_model
 
     checkpoint = finetuned[0]
     previous = os.umask(0o022)

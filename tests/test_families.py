@@ -7,7 +7,7 @@ import torch
 import vit
 from tests.conftest import make_timm_file, real_images, run_cli, timm_arguments
 from tests.test_parity import TOLERANCE, max_diff, stage_diffs
-from vit.export import timm_state_dict
+from infer.export import timm_state_dict
 from vit.families import LEFT_OUT, MODELS, model_config
 from weights.layouts import LAYOUTS
 
@@ -113,8 +113,8 @@ def test_every_name_has_timms_architecture_weights_and_normalisation(name):
 
 
 def test_every_timm_vit_name_is_in_the_table_or_said_to_be_left_out():
-    """timm's ViT modules against our table: 256 names (timm's test_vit* and the multiway BEiT-3
-    aside); the ones left out are exactly those vit/families.py's docstring names."""
+    """timm's ViT modules against our table: every name (timm's test_vit* and the multiway BEiT-3
+    aside) is in it; the ones left out are exactly those vit/families.py's docstring names."""
     import timm
 
     names = {name for module in ("vision_transformer", "eva", "beit", "deit", "vision_transformer_relpos", "cait",
@@ -338,7 +338,7 @@ def test_family_member_fine_tunes_infers_explains_and_exports(name, img_size, on
     from tests.conftest import make_subset
     from train import TrainConfig
     from train.loop import train
-    from vit.export import ExportError, export
+    from infer.export import ExportError, export
 
     monkeypatch.setitem(MODELS, name, dataclasses.replace(MODELS[name], config={**MODELS[name].config, "depth": 1}))
     make_timm_file(name, tmp_path / "model.safetensors", img_size=model_config(name).img_size, depth=1)

@@ -270,11 +270,11 @@ def test_a_file_name_cannot_forge_an_output_line_and_odd_names_keep_their_pictur
 
 
 def test_a_large_image_gives_no_decompression_bomb_warning_and_a_bomb_is_one_line(tmp_path):
-    """Pillow's own check is off (vit/images.py): an image under MAX_PIXELS reads without its
+    """Pillow's own check is off (infer/images.py): an image under MAX_PIXELS reads without its
     two-line warning, whatever the warnings filters say; one over it is refused from the header."""
     import warnings
 
-    from vit import images
+    from infer import images
 
     Image.new("L", (9800, 9700)).save(tmp_path / "large.png")  # 95 M pixels: over Pillow's 89 M, under ours
     with warnings.catch_warnings(record=True) as caught:

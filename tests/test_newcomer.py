@@ -4,6 +4,7 @@ that used to slip through, and what the end of a run says. Real subprocesses, re
 
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from PIL import Image
 from tests.conftest import CLASSES, DATA, REPO, TINY_TRAIN_ARGS, make_subset, make_timm_file, run_cli, run_module
 from tests.fake_hub import FakeHub
 from train.preflight import QUICK_START
-from vit.images import load_image
+from infer.images import load_image
 
 TINY_HUB_ID = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # DEFAULT_PRETRAINED of the tiny model
 
@@ -124,6 +125,7 @@ def test_pretrained_default_downloads_through_the_real_hub_code(tmp_path, cifar_
         assert (ours(images) - timm_model(images)).abs().max() <= 1e-5
 
 
+@pytest.mark.timing
 def test_unreachable_hub_fails_in_one_whole_line_before_any_data_is_decoded(tmp_path):
     """No network (the endpoint refuses connections): one line, whole, in flag terms, with no
     retry noise, and before the 60k images of --data are decoded (the cache stays empty)."""
@@ -239,6 +241,7 @@ def test_sigint_before_training_is_one_line(cifar_dir, tmp_path):
     assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.timing
 @pytest.mark.long
 def test_sigint_mid_step_is_answered_at_once_then_stops_after_the_step(cifar_dir, tmp_path):
     process = slow_step_run(cifar_dir, tmp_path)
@@ -253,6 +256,7 @@ def test_sigint_mid_step_is_answered_at_once_then_stops_after_the_step(cifar_dir
     assert (last["epoch"], last["step"]) == (0, 1)  # the step in progress was finished, then saved
 
 
+@pytest.mark.timing
 def test_a_second_signal_stops_at_once_without_saving(cifar_dir, tmp_path):
     process = slow_step_run(cifar_dir, tmp_path)
     process.send_signal(signal.SIGTERM)
@@ -284,7 +288,7 @@ def test_hidden_folders_are_ignored_by_training_and_by_infer_data(tiny_run, tmp_
     for split in ("train", "test"):
         hidden = data / split / ".ipynb_checkpoints"
         hidden.mkdir()
-        (hidden / "0000-checkpoint.jpg").symlink_to(cifar_dir / "test" / "cat" / "0000.jpg")
+        shutil.copyfile(cifar_dir / "test" / "cat" / "0000.jpg", hidden / "0000-checkpoint.jpg")
     (data / "test" / "cat" / ".thumbs").mkdir()
     (data / "test" / "cat" / ".thumbs" / "x.jpg").write_bytes(b"not an image")
     trained = run_cli("train", "--data", str(data), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
@@ -400,7 +404,7 @@ def test_a_large_image_that_fails_while_decoding_is_skipped_and_counted(cifar_di
     whole = io.BytesIO()
     Image.open(cifar_dir / "test" / "cat" / "0009.jpg").resize((80, 80)).save(whole, format="JPEG")
     (root / "train" / "cat" / "cut.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) * 2 // 3])
-    from vit.images import check_image
+    from infer.images import check_image
 
     assert check_image(root / "train" / "cat" / "cut.jpg") is None  # the header check lets it through
     args = ["train", "--data", str(root), "--epochs", "1", "--output-dir", str(tmp_path / "out"),
@@ -420,12 +424,8 @@ def test_the_decoded_image_cache_notices_an_image_edited_in_place(cifar_dir, tmp
     from train import TrainConfig
     from train.datasets import load_dataset
 
-    import shutil
-
-    data = make_subset(cifar_dir, tmp_path / "data", 30, 1)  # 300 images: the old key checked 3 of them
+    data = make_subset(cifar_dir, tmp_path / "data", 30, 1)  # 300 images (copies): the old key checked 3 of them
     edited = data / "train" / "cat" / "0005.jpg"
-    edited.unlink()  # a symlink into the shared data: edit a copy of our own, never the original
-    shutil.copy(cifar_dir / "train" / "cat" / "0005.jpg", edited)
     cfg = TrainConfig(data=str(data), cache_dir=str(tmp_path / "cache"), num_workers=1)
     before = load_dataset(cfg).train
     Image.new("RGB", (32, 32), (255, 0, 0)).save(edited, format="JPEG", quality=100)

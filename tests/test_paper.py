@@ -58,6 +58,31 @@ def test_every_paper_name_builds_the_general_models_parameters():
         assert ours == general, name
 
 
+def test_paper_names_are_exactly_the_family_tables_plain_vits():
+    """A name whose config is the paper's ViTConfig but for its sizes is buildable here, with the
+    classes of its default weights; names without weights are said to have none."""
+    import dataclasses
+
+    sizes = {"img_size", "patch_size", "embed_dim", "depth", "num_heads", "num_classes"}
+    paper_vit = vit.ViTConfig()
+    plain = {name for name, spec in vit.MODELS.items()
+             if all(getattr(vit.ViTConfig(**spec.config), f.name) == getattr(paper_vit, f.name)
+                    for f in dataclasses.fields(paper_vit) if f.name not in sizes)}
+    assert set(paper.NAMES) == plain
+    assert paper.NAMES == {name: vit.model_config(name).num_classes for name in plain}
+    assert paper.WITHOUT_WEIGHTS == {name for name in plain if vit.MODELS[name].weights is None}
+
+
+def test_paper_initialises_as_the_general_model():
+    torch.manual_seed(0)
+    model = paper.build("vit_tiny_patch16_224", num_classes=10)
+    assert model.cls_token.abs().max() < 1e-4 and model.head.weight.abs().max() == 0
+    assert model.position_embedding.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.blocks[0].attention.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.fc1.bias.abs().max() == 0
+    assert paper.build("vit_tiny_patch16_224", num_classes=0)(torch.zeros(2, 3, 224, 224)).shape == (2, 192)
+
+
 def test_unknown_name_is_one_line():
     with pytest.raises(ValueError, match="not one of the paper's ViTs") as error:
         paper.build("vit_base_patch16_clip_224")

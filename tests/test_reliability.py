@@ -14,7 +14,8 @@ import torch
 
 from tests.conftest import REPO, TINY_TRAIN_ARGS, make_subset, run_cli, run_module, start_training
 from train import TrainConfig
-from vit.checkpoint import CheckpointError, atomic_save, safe_load
+from vit.checkpoint import CheckpointError, safe_load
+from weights.files import atomic_save
 import vit
 from weights.load import WeightsError
 
@@ -93,7 +94,7 @@ def test_bad_flags_are_one_line():
 
 SAVER = """
 import os, sys, torch
-from vit.checkpoint import atomic_save
+from weights.files import atomic_save
 path = sys.argv[1]
 for _ in sys.stdin:  # a line: one more saver, forked from this process (torch is imported once; no torch op ran here)
     child = os.fork()
@@ -136,7 +137,8 @@ def test_sigkill_during_saving_never_leaves_a_broken_checkpoint(tmp_path):
 
 
 def test_background_save_writes_the_state_of_the_moment_and_reports_its_errors(tmp_path):
-    from vit.checkpoint import BackgroundSaver, CheckpointError
+    from weights.files import BackgroundSaver
+    from vit.checkpoint import CheckpointError
 
     saver, path = BackgroundSaver(), tmp_path / "last.pt"
     weights = torch.zeros(2_000_000)
@@ -265,7 +267,7 @@ def test_a_write_that_fails_for_space_says_so_in_plain_words(tmp_path, monkeypat
     import errno
     import shutil
 
-    from vit.checkpoint import atomic_write
+    from weights.files import atomic_write
 
     (tmp_path / "last.pt").write_bytes(b"the previous one")
     disk_usage = shutil.disk_usage

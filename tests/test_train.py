@@ -161,6 +161,7 @@ def test_compiled_training_matches_eager(cifar_dir, tmp_path):
         assert torch.allclose(compiled["state_dict"][key], value, atol=5e-3), key
 
 
+@pytest.mark.timing
 def test_every_run_accounts_for_its_time(tiny_run):
     """One timing record whose phases add up to the total, counted from the process's start."""
     records = [json.loads(l) for l in (tiny_run["out"] / "metrics.jsonl").read_text().splitlines()]
@@ -237,7 +238,7 @@ def test_blocks_compiled_ahead_need_no_compilation_and_leave_the_random_state():
 def test_recipe_flags_reach_the_model_the_optimiser_and_the_average(cifar_dir, tmp_path):
     """--drop-path, --layer-decay and --ema, as prepare builds the run from them."""
     from train.loop import prepare
-    from vit.model import DropPath
+    from vit.layers.common import DropPath
 
     data = make_subset(cifar_dir, tmp_path / "data", 2, 1)
     cfg = TrainConfig(data=str(data), model="vit_tiny_patch16_224", pretrained="none", img_size=32, batch_size=4,
@@ -253,7 +254,7 @@ def test_recipe_flags_reach_the_model_the_optimiser_and_the_average(cifar_dir, t
 
 
 def test_ema_is_the_moving_average_of_the_weights_after_each_step():
-    from train.ema import EMA
+    from train.state import EMA
 
     model = torch.nn.Linear(3, 2)
     ema = EMA(model, decay=0.75)

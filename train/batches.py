@@ -2,7 +2,7 @@
 input, a whole batch at a time.
 
 Decoded small images stay whole on the training device; a batch is a gather from them, then a
-random crop with padding and a flip, then normalise-and-resize (vit/preprocess.py), all there,
+random crop with padding and a flip, then normalise-and-resize (infer/preprocess.py), all there,
 so a GPU never waits for a loader. Folders of large images go through a DataLoader with worker
 processes instead, behind the same interface. Both share one epoch order and one batch count,
 so a resumed run sees exactly the batches an uninterrupted one would.
@@ -11,8 +11,8 @@ so a resumed run sees exactly the batches an uninterrupted one would.
 import torch
 
 from train.datasets import DataError, Split
-from vit.images import ImageError, load_image
-from vit.preprocess import to_model_input
+from infer.images import ImageError, load_image
+from infer.preprocess import to_model_input
 
 
 def epoch_order(count: int, epoch: int, seed: int, train: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:

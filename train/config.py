@@ -4,7 +4,7 @@ whether a resumed run must keep it. `python -m train` makes one flag per field f
 import os
 from dataclasses import dataclass, field, fields
 
-from vit.device import AMP_DTYPES
+from vit.checkpoint import AMP_DTYPES
 
 
 def setting(default, help: str, *, must_match: bool = False, positive: bool = False, kind=None, choices=None):

@@ -27,8 +27,9 @@ from safetensors.torch import load_file, save
 # format plugins on first use: loaded now.
 Image.init()
 
-from vit.checkpoint import CheckpointError, atomic_write
-from vit.images import ImageError, check_image, expand_paths, list_class_folders, load_image
+from vit.checkpoint import CheckpointError
+from weights.files import atomic_write
+from infer.images import ImageError, check_image, expand_paths, list_class_folders, load_image
 
 SMALL_IMAGE_MAX_SIDE = 64  # up to this, a data set is decoded whole into memory
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -8,23 +8,14 @@
            dropped after; its gradients are reduce-scattered back to the shards. A 1.1B ViT-g
            with AdamW needs ~18 GB before activations; on 8 GPUs, ~2.2 GB each.
 
-Either way the files are those of a one-process run: `full_state_dict` gathers the whole model on
-rank 0 (on the CPU) for last.pt and the fine-tuned checkpoint, and `load_model_state` /
-`load_optimizer_state` shard a saved state back. The optimiser's state is saved by parameter
-name (torch.distributed.checkpoint's format), so a last.pt resumes with or without FSDP, on any
-number of ranks.
+Either way the files are those of a one-process run: train/state.py gathers a sharded model on
+rank 0 for them and shards a saved state back. This file shards, and makes the ranks stop together.
 """
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
-
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
-
 
 def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -49,36 +40,6 @@ def shard(model: torch.nn.Module, device: torch.device) -> None:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
-
-
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's whole weights: gathered on rank 0's CPU under FSDP (every rank must call it;
-    the others get {}), else model.state_dict()."""
-    if is_sharded(model):
-        return get_model_state_dict(model, options=FULL)
-    return model.state_dict()
-
-
-def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """AdamW's state by parameter name, whole (gathered on rank 0 under FSDP; every rank calls it)."""
-    return get_optimizer_state_dict(model, optimizer, options=FULL if is_sharded(model) else None)
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole weights (as saved) into a model, sharded or not; strict about keys."""
-    if is_sharded(model):
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        model.load_state_dict(state)
-
-
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load AdamW's state as `optimizer_state` saved it (or, from an older last.pt, by position)."""
-    if all(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
-        optimizer.load_state_dict(state)  # the format of torch.optim.Optimizer.state_dict()
-        return
-    options = StateDictOptions(full_state_dict=True) if is_sharded(model) else None
-    set_optimizer_state_dict(model, optimizer, state, options=options)
 
 
 class StopAgreement:

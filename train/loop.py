@@ -26,17 +26,17 @@ from train.batches import make_batches
 from train.config import TrainConfig
 from train.datasets import data_folder, load_dataset
 from train.distributed import StopAgreement, rank_and_world, shard
-from train.ema import EMA
 from train.lora import add_lora, parse_targets
 from train.memory import TrainingShape
 from train.optim import build_optimizer
 from train.preflight import (OutputLock, TrainingError, check_free_space, check_memory, check_output_dir,
                              compile_ahead, compile_blocks, eager, forecast_seconds_per_image, resolve_hardware)
-from train.state import (EpochProgress, Interrupted, Run, announce, epoch_line, restore, save_final, save_last)
+from train.state import (EMA, EpochProgress, Interrupted, Run, announce, epoch_line, restore, save_final,
+                         save_last)
 from train.stop import StopRequest
 from train.timing import PhaseTimer
 from vit.checkpoint import safe_load
-from vit.device import AMP_DTYPES
+from vit.checkpoint import AMP_DTYPES
 
 
 # ---------------------------------------------------------------- assembling the run

@@ -32,8 +32,8 @@ import torch
 import vit
 from train.config import TrainConfig
 from train.lora import add_lora, parse_targets
-from vit.device import AMP_DTYPES
-from vit.model import ViTConfig
+from vit.checkpoint import AMP_DTYPES
+from vit.config import ViTConfig
 
 GB = 1024**3
 

@@ -21,8 +21,11 @@ import vit
 from train.config import TrainConfig
 from train.memory import TrainingShape, memory_advice, plan_memory, size
 from vit.checkpoint import CheckpointError
-from vit.device import AMP_DTYPES, pick_device
-from vit.model import DropPath, ViTConfig, make_block
+from vit.checkpoint import AMP_DTYPES
+from vit.cli import pick_device
+from vit.config import ViTConfig
+from vit.layers.blocks import make_block
+from vit.layers.common import DropPath
 
 QUICK_START = "--model vit_tiny_patch16_224 --img-size 64 --max-train-samples 3000"
 

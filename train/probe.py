@@ -36,8 +36,9 @@ from train.config import TrainConfig
 from train.datasets import default_cache_dir, load_dataset
 from train.preflight import check_output_dir, eager, resolve_hardware
 from train.state import model_card
-from vit.checkpoint import atomic_save, save_model
-from vit.device import AMP_DTYPES
+from weights.files import atomic_save
+from vit.checkpoint import save_model
+from vit.checkpoint import AMP_DTYPES
 from weights.load import load_weights_only
 
 KNN_TEMPERATURE = 0.07  # DINO's

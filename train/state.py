@@ -1,12 +1,17 @@
-"""A run's state: the objects it works with (`Run`), what is saved while it trains (last.pt,
-to resume exactly where it stopped) and at its end (the fine-tuned model), and what it reports.
+"""A run's state, and the one owner of what it saves: the objects it works with (`Run`), what
+is saved while it trains (last.pt, to resume exactly where it stopped) and at its end (the
+fine-tuned model), and what it reports. Every saved tensor passes through here: gathered from
+FSDP's shards, LoRA's adapters merged in, the EMA kept beside the weights, written atomically.
 
     Run               everything one run works with; train/loop.py's `prepare` makes it
+    EMA               the moving average of the weights (--ema), saved beside them
+    full_state_dict   whole weights, gathered on rank 0 under FSDP; load_model_state shards them back
     save_last         last.pt after each epoch (in the background) or on a stop signal
     restore           a resumed run's objects loaded back from last.pt
     save_final        vit_<name>_finetuned.pth, the final last.pt, plots, the closing lines
 """
 
+import copy
 import json
 import signal
 from dataclasses import asdict, dataclass, field
@@ -14,19 +19,22 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from tqdm import tqdm
 
 import vit
 from train.config import RESUME_MUST_MATCH, TrainConfig
 from train.datasets import Dataset
-from train.distributed import StopAgreement, full_state_dict, load_model_state, load_optimizer_state, optimizer_state
-from train.ema import EMA
+from train.distributed import StopAgreement, is_sharded
 from train.lora import count_parameters, merged_state_dict
 from train.preflight import OutputLock, epoch_warning
 from train.timing import PhaseTimer, timing_line
-from vit.checkpoint import BackgroundSaver, CheckpointError, ModelCard, atomic_save, save_model
+from vit.checkpoint import AMP_DTYPES, CheckpointError, ModelCard, save_model
 from vit.cli import first_line
-from vit.device import AMP_DTYPES
+from weights.files import BackgroundSaver, atomic_save
+
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived; last.pt has been saved."""
@@ -34,6 +42,72 @@ class Interrupted(Exception):
     def __init__(self, signum: int, path: Path):
         super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, continue with --resume {path}")
         self.signum = signum
+
+
+
+# ---------------------------------------------------------------- the weights: gathered, averaged, loaded back
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole weights: gathered on rank 0's CPU under FSDP (every rank must call it;
+    the others get {}), else model.state_dict()."""
+    if is_sharded(model):
+        return get_model_state_dict(model, options=FULL)
+    return model.state_dict()
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """AdamW's state by parameter name, whole (gathered on rank 0 under FSDP; every rank calls it)."""
+    return get_optimizer_state_dict(model, optimizer, options=FULL if is_sharded(model) else None)
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole weights (as saved) into a model, sharded or not; strict about keys."""
+    if is_sharded(model):
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load AdamW's state as `optimizer_state` saved it (or, from an older last.pt, by position)."""
+    if all(isinstance(p, int) for group in state["param_groups"] for p in group["params"]):
+        optimizer.load_state_dict(state)  # the format of torch.optim.Optimizer.state_dict()
+        return
+    options = StateDictOptions(full_state_dict=True) if is_sharded(model) else None
+    set_optimizer_state_dict(model, optimizer, state, options=options)
+
+
+class EMA:
+    """An exponential moving average of the weights (Polyak averaging), as DeiT and many CLIP
+    fine-tunes keep one.
+    
+    After every optimiser step: ema = decay * ema + (1 - decay) * weights. With decay 0.999 the
+    average spans about the last 1,000 steps, so it smooths out the noise of the last few batches;
+    it is often the better model at the end of a run. It is evaluated beside the raw weights every
+    epoch, saved in last.pt (so a resumed run continues the same average) and, at the end, as a
+    fine-tuned checkpoint of its own.
+
+    The averaged copy of a model: `update(model)` after each step, `model` to evaluate it."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)  # starts as the weights themselves
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        averaged, current = self.model.state_dict(), model.state_dict()  # same keys, the same order (FSDP: shards)
+        floats = [k for k, v in averaged.items() if v.is_floating_point()]
+        # ema += (1 - decay) * (weights - ema), all tensors in one call (timm's ModelEmaV3 does the same)
+        torch._foreach_lerp_([averaged[k] for k in floats], [current[k] for k in floats], 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return full_state_dict(self.model)  # under FSDP (the average is sharded like the model): gathered
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        load_model_state(self.model, state_dict)
 
 
 

@@ -4,7 +4,8 @@ import argparse
 
 from weights.messages import first_line  # the one definition, at the bottom layer; the commands import it from here
 
-__all__ = ["ArgumentParser", "positive_int", "port_number", "device_name", "first_line", "is_out_of_memory"]
+__all__ = ["ArgumentParser", "positive_int", "port_number", "device_name", "pick_device", "first_line",
+           "is_out_of_memory", "install_problem"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,3 +60,35 @@ def is_out_of_memory(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def pick_device(name: str = "auto") -> "torch.device":
+    """'auto' -> the GPU when there is one, else the CPU; 'cpu', 'cuda', 'cuda:1' as named."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: choose auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}, but no CUDA GPU is available (use --device cpu)")
+    return device
+
+
+def install_problem() -> str | None:
+    """One line saying what is wrong with the installed torch and torchvision, or None. The usual
+    case: a CPU build of torch from PyTorch's index beside a torchvision from PyPI, built for
+    another torch, whose import fails with "operator torchvision::nms does not exist"."""
+    import torch
+
+    try:
+        import torchvision
+    except ImportError:
+        return "torchvision is not installed: pip install torchvision (from the index torch came from)"
+    except RuntimeError as error:  # its compiled operators do not load into this torch
+        return (f"torchvision does not match torch {torch.__version__} ({first_line(error)}): install both from one "
+                "index, e.g. pip install --force-reinstall torch torchvision --index-url "
+                "https://download.pytorch.org/whl/cpu")
+    return None

@@ -16,7 +16,7 @@ import torch
 
 from vit.families import MODELS, model_config
 from vit.model import VisionTransformer
-from vit.stems import stem_stride
+from vit.layers.stems import stem_stride
 from weights.layouts import LAYOUTS
 from weights.load import Pretrained, load_pretrained
 
@@ -42,7 +42,7 @@ class Description:
     names: tuple[str, ...]  # timm names whose model has exactly these tensors
     other_size_names: tuple[str, ...]  # names that fit once the position table is resampled
     ignored: tuple[str, ...] = ()  # a larger model's tensors outside its ViT (an .onnx graph's decoder)
-    stem: str | None = None  # a hybrid's CNN stem (vit/stems.py): its kind and stages
+    stem: str | None = None  # a hybrid's CNN stem (vit/layers/stems.py): its kind and stages
     token_stride: int = 0  # pixels per token along a side (the patch, times a stem's stride)
 
     def lines(self) -> list[str]:
@@ -111,7 +111,7 @@ def describe(pretrained: str | os.PathLike | Pretrained) -> Description:
 
 
 def _stem(tensors: dict[str, torch.Tensor]) -> tuple[str | None, int]:
-    """A hybrid's stem from its tensors (vit/stems.py): what it is, and the stride of its map (1: none)."""
+    """A hybrid's stem from its tensors (vit/layers/stems.py): what it is, and the stride of its map (1: none)."""
     stages = {}  # stage -> blocks
     for key in tensors:
         parts = key.split(".")

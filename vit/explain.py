@@ -29,7 +29,11 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from vit.model import MultiHeadSelfAttention, ViTConfig, VisionTransformer
+from vit.config import ViTConfig
+
+from vit.layers.attention import MultiHeadSelfAttention
+
+from vit.model import VisionTransformer
 
 
 @dataclass

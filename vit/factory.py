@@ -4,7 +4,8 @@ import os
 from dataclasses import replace
 
 from vit.families import default_weights, model_config, model_spec, split_name
-from vit.model import ViTConfig, VisionTransformer
+from vit.config import ViTConfig
+from vit.model import VisionTransformer
 from weights.load import Pretrained, WeightsError, first_line, fit_to_model, is_none, load_pretrained, resolve
 
 

@@ -1,6 +1,6 @@
 """The ViT family as data: every supported timm name is a size, a family and timm's default weights.
 
-A family is a handful of `ViTConfig` fields (vit/model.py says what each one does):
+A family is a handful of `ViTConfig` fields (vit/config.py says what each one does):
 
     family          differs from the original ViT by                                    mean/std
     vit             -- (the original: CLS token, learned positions, exact GELU)          0.5
@@ -68,7 +68,7 @@ Not here: BEiT-3 (a multiway transformer: one set of weights per modality, not a
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 
-from vit.model import DEFAULT_MEAN, DEFAULT_STD, ViTConfig
+from vit.config import DEFAULT_MEAN, DEFAULT_STD, ViTConfig
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -76,6 +76,10 @@ HALF = (DEFAULT_MEAN, DEFAULT_STD)
 ZERO_ONE = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # pixels in [0, 1] as they are
 
 # Sizes: width, depth, heads (and the MLP's width where it is not 4x).
+# SwiGLU's MLP has three D x hidden matrices where the plain MLP has two, so its hidden width is 2/3
+# of the plain 4D: 4 x 2/3 = 8/3 keeps the weights (and the compute) of the MLP the same.
+SWIGLU_RATIO = 2.6666666666666665  # = 8 / 3, as EVA-02, AIMv2 and PE write it
+SWIGLU_RATIO_AS_TIMM = 2.66667  # timm's rounding (DINOv2 and TIPSv2 giant): int(1536 * 2.66667) = 4096, as 8/3 gives
 TINY = dict(embed_dim=192, depth=12, num_heads=3)
 XSMALL = dict(embed_dim=256, depth=10, num_heads=4)
 SMALL = dict(embed_dim=384, depth=12, num_heads=6)
@@ -142,10 +146,10 @@ FAMILIES: dict[str, Family] = {
     "beit": Family(dict(absolute_positions=False, relative_position_bias=True, key_bias=False, layer_scale=1e-5,
                         pool="avg", norm_after_pool=True), timm_keys=EVA_KEYS),
     "eva02": Family(dict(patch_size=14, rope="axial", rope_reference_grid=16, key_bias=False, gated_mlp=True,
-                         mlp_ratio=2.6666666666666665, pool="avg", norm_after_pool=True, num_classes=0), OPENAI_CLIP,
+                         mlp_ratio=SWIGLU_RATIO, pool="avg", norm_after_pool=True, num_classes=0), OPENAI_CLIP,
                   timm_keys=EVA_KEYS),
     "eva02_clip": Family(dict(patch_size=14, rope="axial", rope_reference_grid=16, key_bias=False, gated_mlp=True,
-                              mlp_ratio=2.6666666666666665, mlp_inner_norm=True, attention_inner_norm=True), OPENAI_CLIP,
+                              mlp_ratio=SWIGLU_RATIO, mlp_inner_norm=True, attention_inner_norm=True), OPENAI_CLIP,
                   timm_keys=EVA_KEYS),
     "dinov3": Family(dict(rope="dinov3", rope_temperature=100.0, absolute_positions=False, register_tokens=4,
                           layer_scale=1e-5, key_bias=False, qkv_bias=False, layer_norm_eps=1e-5, pool="avg",
@@ -290,11 +294,11 @@ TABLE: dict[str, Row] = {
     "eva_giant_patch14_clip_224": row("eva", GIANT, "laion400m", num_classes=1024, pool="token", norm_after_pool=False),
     # DINOv2 (Oquab et al. 2023), and with registers (Darcet et al. 2023): self-supervised backbones; giant: SwiGLU
     "vit_base_patch14_dinov2": row("dinov2", BASE, "lvd142m"),
-    "vit_giant_patch14_dinov2": row("dinov2", GIANT2, "lvd142m", mlp_ratio=2.66667, gated_mlp=True),
+    "vit_giant_patch14_dinov2": row("dinov2", GIANT2, "lvd142m", mlp_ratio=SWIGLU_RATIO_AS_TIMM, gated_mlp=True),
     "vit_large_patch14_dinov2": row("dinov2", LARGE, "lvd142m"),
     "vit_small_patch14_dinov2": row("dinov2", SMALL, "lvd142m"),
     "vit_base_patch14_reg4_dinov2": row("dinov2_reg", BASE, "lvd142m"),
-    "vit_giant_patch14_reg4_dinov2": row("dinov2_reg", GIANT2, "lvd142m", mlp_ratio=2.66667, gated_mlp=True),
+    "vit_giant_patch14_reg4_dinov2": row("dinov2_reg", GIANT2, "lvd142m", mlp_ratio=SWIGLU_RATIO_AS_TIMM, gated_mlp=True),
     "vit_large_patch14_reg4_dinov2": row("dinov2_reg", LARGE, "lvd142m"),
     "vit_small_patch14_reg4_dinov2": row("dinov2_reg", SMALL, "lvd142m"),
     # CLIP image towers (Radford et al. 2021; OpenCLIP, DFN, MetaCLIP weights)
@@ -420,7 +424,7 @@ TABLE: dict[str, Row] = {
     "vit_so400m_patch16_radio_v4": row("radio", SO400M, "c_radio", mlp_ratio=3.736111111111111, register_tokens=9),
     # Google's TIPSv2
     "vit_base_patch14_reg1_tipsv2": row("tips", BASE, "webli"),
-    "vit_giant_patch14_reg1_tipsv2": row("tips", GIANT2, "webli", mlp_ratio=2.66667, gated_mlp=True),
+    "vit_giant_patch14_reg1_tipsv2": row("tips", GIANT2, "webli", mlp_ratio=SWIGLU_RATIO_AS_TIMM, gated_mlp=True),
     "vit_large_patch14_reg1_tipsv2": row("tips", LARGE, "webli"),
     "vit_so400m_patch14_reg1_tipsv2": row("tips", SO400M, "webli", mlp_ratio=3.736111111111111),
     # InternViT-300M (distilled)
@@ -482,7 +486,7 @@ TABLE: dict[str, Row] = {
     # LingBot-Vision: DINOv3's architecture (weights outside timm's hub org)
     "vit_base_patch16_lingbot": row("lingbot", BASE, "belfner/vit_base_patch16_lingbot.robbyant"),
     "vit_giant_patch16_lingbot": row("lingbot", GIANT2, "belfner/vit_giant_patch16_lingbot.robbyant",
-                                     timm_keys=("swiglu",), mlp_ratio=2.6666666666666665, qkv_bias=False,
+                                     timm_keys=("swiglu",), mlp_ratio=SWIGLU_RATIO, qkv_bias=False,
                                      gated_mlp=True),
     "vit_large_patch16_lingbot": row("lingbot", LARGE, "belfner/vit_large_patch16_lingbot.robbyant"),
     "vit_small_patch16_lingbot": row("lingbot", SMALL, "belfner/vit_small_patch16_lingbot.robbyant"),

@@ -8,6 +8,22 @@ the project loads (README, "Learning ViT"). For ViT-B/16 at 224 px:
       -> 12 encoder blocks: x + attention(norm(x)), then x + mlp(norm(x))         (B, 197, 768)
       -> the final LayerNorm, then a linear classifier on the CLS token          (B, num_classes)
 
+The symbols in the shapes, defined once:
+
+    B  images in a batch          P   a patch's side in pixels (16)
+    N  patches, (H / P) (W / P)   T   tokens, T = 1 + N: the CLS token, then the patches
+    D  a token's width (768)      H   attention heads (12); hd = D / H, one head's width (64)
+
+Where this differs from the paper, on purpose:
+  - no dropout: the released weights are used for fine-tuning and inference, where it is off;
+  - the head is one Linear layer, the paper's fine-tuning head, not its pre-training MLP head;
+  - `build(img_size=...)` makes a fresh table for another size; the paper (and vit/model.py,
+    when it loads weights) interpolates the trained one in 2-D instead;
+  - square images only: the paper's, and its weights', and the position table is square;
+  - the initialisation is timm's (and the general model's), which the released weights came from:
+    truncated normal (std 0.02) for every Linear layer and the positions, zero biases, the CLS
+    token at N(0, 1e-6) and a zero head (a fresh head predicts uniformly at its first step).
+
 The parameter names are vit/model.py's, so `build(name).load_state_dict(vit.create_model(name,
 pretrained=...).state_dict())` loads any weights the general model loads for these names (timm's,
 the JAX originals, ...) and gives the same logits (tests/test_paper.py). Only torch and einops.
@@ -28,10 +44,10 @@ class Config:
 
     img_size: int = 224  # the image's side in pixels
     patch_size: int = 16  # P: each token is a P x P patch
-    num_classes: int = 1000  # 0: no classifier, the model returns the CLS token's features
+    num_classes: int = 1000  # 0: no classifier, the model returns the CLS token's features (B, D)
     embed_dim: int = 768  # D, the width of every token ("Hidden size D")
     depth: int = 12  # encoder blocks ("Layers")
-    num_heads: int = 12  # attention heads, each of width D / heads
+    num_heads: int = 12  # H: attention heads, each of width hd = D / H
     mlp_ratio: float = 4.0  # the MLP's hidden width is mlp_ratio * D ("MLP size" 3072)
 
 
@@ -39,8 +55,8 @@ EPS = 1e-6  # LayerNorm's epsilon in the released weights (big_vision's and timm
 
 
 class PatchEmbedding(nn.Module):
-    """Cut the image into P x P patches and project each, flattened, to a D-dim token. A
-    convolution with kernel = stride = P is exactly that Linear(3 P^2 -> D), applied per patch."""
+    """Cut the image into P x P patches and project each, flattened, to a D-dim token (the paper's
+    Eq. 1, x_p E). A convolution with kernel = stride = P is exactly that Linear(3 P^2 -> D), applied per patch."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -52,12 +68,13 @@ class PatchEmbedding(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Every token looks at every token. Per head h, with q, k, v linear maps of the tokens:
+    """Every token looks at every token: the paper's Appendix A, Eq. 5-8. Per head h, with q, k, v
+    linear maps of the tokens:
 
-        attention_h = softmax(q_h k_h^T / sqrt(head_dim)) v_h          (B, T, head_dim)
+        attention_h = softmax(q_h k_h^T / sqrt(hd)) v_h          (B, T, hd)
 
     Row i of the softmax says how much token i reads from each token j (the row sums to 1); the
-    1 / sqrt(head_dim) keeps the logits' scale independent of the width, so the softmax does not
+    1 / sqrt(hd) keeps the logits' scale independent of the width, so the softmax does not
     saturate. The heads' outputs, side by side (B, T, D), are mixed by one more linear map."""
 
     def __init__(self, cfg: Config):
@@ -67,7 +84,10 @@ class MultiHeadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        q, k, v = rearrange(self.qkv(x), "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)  # (B, H, T, hd) each
+        # qkv's 3D outputs are laid out as the released weights store them: all of q, then all of
+        # k, then all of v (the "qkv" axis), each H heads of hd channels side by side.
+        qkv = rearrange(self.qkv(x), "b t (qkv h hd) -> qkv b h t hd", qkv=3, h=self.num_heads)
+        q, k, v = qkv  # (B, H, T, hd) each
         logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, T, T): token i's score for token j
         weights = logits.softmax(dim=-1)  # (B, H, T, T), rows sum to 1
         heads = weights @ v  # (B, H, T, hd): per head, a weighted mean of the values
@@ -75,7 +95,7 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The same two-layer network for every token on its own: D -> 4D -> D, GELU between."""
+    """The same two-layer network for every token on its own (the paper's Eq. 3): D -> 4D -> D, GELU between."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -118,40 +138,56 @@ class VisionTransformer(nn.Module):
         # patches, and the classifier reads only it.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))  # (1, 1, D)
         # Attention is blind to order: each position (CLS and every patch) gets a learned vector.
-        self.position_embedding = nn.Parameter(torch.randn(1, 1 + num_patches, cfg.embed_dim) * 0.02)  # (1, 1+N, D)
+        self.position_embedding = nn.Parameter(torch.zeros(1, 1 + num_patches, cfg.embed_dim))  # (1, T, D)
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=EPS)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.reset_parameters()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes)
+    def reset_parameters(self) -> None:
+        """timm's initialisation, as the general model's (the module docstring says why)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.cfg.num_classes:  # (a backbone has no head to zero)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes), or (B, D) if 0
         patches = self.patch_embedding(images)  # (B, N, D)
         cls = self.cls_token.expand(images.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, patches], dim=1) + self.position_embedding  # (B, 1+N, D): Eq. 1
+        x = torch.cat([cls, patches], dim=1) + self.position_embedding  # (B, T, D): Eq. 1
         for block in self.blocks:
-            x = block(x)  # (B, 1+N, D): Eq. 2, 3
-        x = self.final_norm(x)  # (B, 1+N, D): Eq. 4's LN
-        return self.head(x[:, 0])  # (B, num_classes): the CLS token alone is classified
+            x = block(x)  # (B, T, D): Eq. 2, 3
+        x = self.final_norm(x)  # (B, T, D): Eq. 4's LN
+        return self.head(x[:, 0])  # (B, num_classes), or (B, D) without a classifier: the CLS token alone
 
 
 # The paper's sizes (its Table 1; "Tiny" and "Small" are DeiT's): width D, depth, heads.
 SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
          "huge": (1280, 32, 16)}
-# timm's names of this model: vit_<size>_patch<P>_<image side>. Where timm's default weights are
-# the ImageNet-21k backbones, released without a classifier, num_classes defaults to 0.
-NAMES = {"vit_tiny_patch16_224": 1000, "vit_tiny_patch16_384": 1000, "vit_small_patch16_224": 1000,
-         "vit_small_patch16_384": 1000, "vit_small_patch32_224": 1000, "vit_small_patch32_384": 1000,
-         "vit_base_patch16_224": 1000, "vit_base_patch16_384": 1000, "vit_base_patch32_224": 1000,
-         "vit_base_patch32_384": 1000, "vit_large_patch14_224": 1000, "vit_large_patch16_224": 1000,
-         "vit_large_patch16_384": 1000, "vit_large_patch32_224": 0, "vit_large_patch32_384": 1000,
-         "vit_huge_patch14_224": 0}
+# Every name of vit/families.py whose model is this one (tests/test_paper.py checks it), and the
+# classes of its default weights: 0 for a backbone released without a classifier (ImageNet-21k, DINO).
+NAMES = {"vit_tiny_patch16_224": 1000, "vit_tiny_patch16_384": 1000, "vit_small_patch8_224": 0,
+         "vit_small_patch16_224": 1000, "vit_small_patch16_384": 1000, "vit_small_patch32_224": 1000,
+         "vit_small_patch32_384": 1000, "vit_base_patch8_224": 1000, "vit_base_patch16_224": 1000,
+         "vit_base_patch16_384": 1000, "vit_base_patch32_224": 1000, "vit_base_patch32_384": 1000,
+         "vit_large_patch14_224": 1000, "vit_large_patch16_224": 1000, "vit_large_patch16_384": 1000,
+         "vit_large_patch32_224": 0, "vit_large_patch32_384": 1000, "vit_huge_patch14_224": 0,
+         "deit_tiny_patch16_224": 1000, "deit_small_patch16_224": 1000, "deit_base_patch16_224": 1000,
+         "deit_base_patch16_384": 1000}  # DeiT: the same model, trained on ImageNet-1k alone
+WITHOUT_WEIGHTS = {"vit_large_patch14_224"}  # a name timm keeps, but publishes no weights for
 
 
 def build(name: str, num_classes: int | None = None, img_size: int | None = None) -> VisionTransformer:
     """The paper's ViT called `name` (one of NAMES), e.g. build("vit_base_patch16_224", num_classes=10).
-    img_size: None is the size in the name; another gives a position table for that size."""
+    img_size: None is the size in the name; another gives a fresh position table for that size."""
     if name not in NAMES:
         raise ValueError(f"'{name}' is not one of the paper's ViTs here: {', '.join(NAMES)}")
-    size, patch, side = re.fullmatch(r"vit_(\w+)_patch(\d+)_(\d+)", name).groups()
+    size, patch, side = re.fullmatch(r"(?:vit|deit)_(\w+)_patch(\d+)_(\d+)", name).groups()
     width, depth, heads = SIZES[size]
     return VisionTransformer(Config(img_size=img_size or int(side), patch_size=int(patch), embed_dim=width,
                                     depth=depth, num_heads=heads,

@@ -12,10 +12,11 @@
 import json
 import sys
 
-from vit.checkpoint import CheckpointError, save_safetensors
+from vit.checkpoint import CheckpointError
+from weights.files import save_safetensors
 from vit.cli import ArgumentParser, first_line
-from vit.export import FORMATS, ExportError, timm_state_dict
-from vit.export import export as export_model
+from infer.export import FORMATS, ExportError, timm_state_dict
+from infer.export import export as export_model
 from vit.families import model_spec
 from vit.describe import describe
 from weights.layouts import LAYOUTS

@@ -189,7 +189,7 @@ TIMM_SPELLINGS: dict[str, dict[str, str]] = {
         "blocks.{i}.out_proj.bias": "blocks.{i}.attention.out_proj.bias",
     },
 }
-# The hybrids' stems (vit/stems.py): timm keeps them under patch_embed.backbone, with its ResNets'
+# The hybrids' stems (vit/layers/stems.py): timm keeps them under patch_embed.backbone, with its ResNets'
 # own names; one spelling per kind of stem.
 _BOTTLENECK = ("conv1.weight", "conv2.weight", "conv3.weight") + tuple(
     f"norm{n}.{p}" for n in (1, 2, 3) for p in ("weight", "bias"))

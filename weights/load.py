@@ -61,7 +61,7 @@ def _looks_like_path(spec: str) -> bool:
 class HubUnavailable(WeightsError):
     """The hub could not give a repo: what happened and the ways around it, worded for whoever
     asked. str() speaks to the Python API (pretrained=...); a command names its own flag by
-    `advice`: "--pretrained" (train, vit.figures) or "SRC" (weights convert)."""
+    `advice`: "--pretrained" (train, infer.figures) or "SRC" (weights convert)."""
 
     def __init__(self, repo_id: str, reason: str):
         self.repo_id, self.reason = repo_id, reason
@@ -309,7 +309,7 @@ def _read_config(weights_file: Path) -> dict:
         return {}
 
 
-# Ours (vit/model.py's ACTIVATIONS) -> transformers' hidden_act, as an export writes it; reading,
+# Ours (vit/config.py's ACTIVATIONS) -> transformers' hidden_act, as an export writes it; reading,
 # transformers' older name for the tanh GELU is taken too.
 HF_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 HF_ACTIVATIONS = {**{theirs: ours for ours, theirs in HF_ACTIVATION_NAMES.items()}, "gelu_new": "gelu_tanh"}

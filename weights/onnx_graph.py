@@ -1,7 +1,7 @@
 """A ViT's weights read out of an ONNX graph (`pip install onnx`, the project's "onnx" extra).
 
 An exported graph keeps the weights as tensors (initializers, and Constant nodes' values), but
-not always under their parameter names. Three cases, each named back here:
+not always under their parameter names. Four cases, each named back here:
 
     named               "backbone.encoder.layer.0.norm1.weight": the parameter's own name (a name
                         without a dot only where a layout has it at the top: "cls_token", "pos_embed")

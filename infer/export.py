@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from vit.checkpoint import ModelCard, load_model, save_safetensors
+from vit.checkpoint import ModelCard, load_model
+from weights.files import save_safetensors
 from vit.families import model_config, model_spec
-from vit.model import MatmulAttention, SoftmaxAttention
+from vit.layers.attention import MatmulAttention, SoftmaxAttention
 from weights.convert import TIMM_FC_NORM, from_ours, timm_table
 from weights.layouts import HF_TO_OURS
 from weights.load import HF_ACTIVATION_NAMES

@@ -1,7 +1,7 @@
 """The ViT paper's Figure 7, for any model and weights, as three PNG files.
 
-    python -m vit.figures --model vit_base_patch16_224 --pretrained default OUT_DIR
-    python -m vit.figures --checkpoint runs/quick/vit_cifar10_finetuned.pth --images ../shared/data/cifar10-jpg/test OUT_DIR
+    python -m infer.figures --model vit_base_patch16_224 --pretrained default OUT_DIR
+    python -m infer.figures --checkpoint runs/quick/vit_cifar10_finetuned.pth --images ../shared/data/cifar10-jpg/test OUT_DIR
 
 - patch_embedding_filters.png (Fig. 7 left): the first principal components of the patch
   projection's filters (each row of the flattened D x (3 P P) weight is one filter), as RGB tiles;
@@ -108,21 +108,20 @@ def save_figures(model: VisionTransformer, images: torch.Tensor, out_dir: str | 
 def main(argv=None) -> int:
     from vit.checkpoint import CheckpointError, load_model
     from vit.factory import create_model
-    from vit.images import ImageError, evenly_spaced, expand_paths, load_image
-    from vit.preprocess import to_model_input
+    from infer.images import ImageError, evenly_spaced, expand_paths, load_image
+    from infer.preprocess import to_model_input
     from weights.load import HubUnavailable, WeightsError
 
-    parser = ArgumentParser(prog="python -m vit.figures", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m infer.figures", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder for the three PNG files")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a model name (default: vit_base_patch16_224)")
     parser.add_argument("--pretrained", default="default",
                         help="'default' (timm's weights for --model), a hub id, a local file, or 'none' (default: default)")
     parser.add_argument("--checkpoint", help="a vit_<name>_finetuned.pth instead of --model/--pretrained (default: none)")
-    parser.add_argument("--images", help="folder of real images for the attention distances "
-                                         "(default: ../shared/data/cifar10-jpg/test beside the checkout)")
+    parser.add_argument("--images", required=True, help="a folder of real images, for the attention distances")
     parser.add_argument("--num-images", type=int, default=32, help="images for the attention distances (default: 32)")
     args = parser.parse_args(argv)
-    images_dir = Path(args.images or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg" / "test")
+    images_dir = Path(args.images)
     try:
         if args.checkpoint:
             model, card = load_model(args.checkpoint)

@@ -108,7 +108,7 @@ def _opened(path: Path):
 def load_image(path: str | Path, target_size: int) -> torch.Tensor:
     """Read `path` -> (3, H, W) uint8, EXIF-upright. Images much larger than target_size are
     reduced while decoding (JPEG draft mode) or by box-averaging, to save time and memory; the
-    final antialiased resize happens in vit.preprocess.to_model_input."""
+    final antialiased resize happens in infer.preprocess.to_model_input."""
     with _opened(Path(path)) as image:
         image.draft(None, (2 * target_size, 2 * target_size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
         _check_decoded_size(image)

@@ -1,6 +1,6 @@
 """The CNN stems of the ViT paper's hybrids (timm's vision_transformer_hybrid): instead of cutting
 the image into patches, a ResNet's first stages turn it into a feature map, and each position of
-that map becomes a token (vit/model.py's HybridPatchEmbedding projects it to D):
+that map becomes a token (embeddings.py's HybridPatchEmbedding projects it to D):
 
     image (B, 3, 224, 224) -> stem (B, 1024, 14, 14) -> 1x1 projection -> tokens (B, 196, D)
 

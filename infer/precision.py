@@ -1,0 +1,168 @@
+"""Which precision a checkpoint is classified in: the one owner of that rule.
+
+Two ways to decide, both here:
+
+  - `choose_precision`: without measurements (a plain `python -m infer`), from the flags, the
+    device and the precision training evaluated in;
+  - `choose`: from measurements (`infer --prepare`, infer/prepare.py): every candidate's img/s
+    and its agreement with training's precision on the user's images, close calls counted.
+
+Building and loading compiled packages is infer/compiled.py's; timing them is infer/prepare.py's.
+The figures behind the rule (img/s per CPU kind, agreement on real weights) are in
+benchmarks/README.md, "CPU inference against ONNX Runtime and OpenVINO" and "Close calls".
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from infer import cpu
+from vit.checkpoint import AMP_DTYPES
+
+AGREEMENT = 0.99  # the share of top-1 predictions a faster precision must leave unchanged
+CHECK_IMAGES = 1000  # images a faster precision is checked on, spread over those given: on 300, bf16
+#                     passed a real checkpoint at 99.0% that agreed on 98.6% of 1,000 (benchmarks/README.md)
+CLOSE_CALL_GAPS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # logit gaps tried, smallest first: an image whose two
+#   highest logits are closer than the gap is classified again in training's precision (benchmarks/README.md,
+#   "Close calls": on the real DINOv2-S checkpoint bf16 agreed on 99.2% at 0.1, re-running 2.1% of the images)
+
+
+class OptionError(ValueError):
+    """Options that contradict each other or the checkpoint (a --topk past its classes, say)."""
+
+
+class NonFiniteOutput(ArithmeticError):
+    """The model computed NaN or infinite scores: no prediction is made of them."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the model runs: 'fp32', 'bf16' or 'fp16' (autocast), or, in a package compiled for this
+    CPU (infer/compiled.py), 'int8' (int8 layers, fp32 between) or 'int8-bf16' (bf16 between)."""
+
+    name: str
+    note: str | None = None  # one line, when this is not the precision training evaluated in
+    compiled: bool = False  # a package compiled ahead of time for this CPU (it autocasts inside)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None if self.compiled else AMP_DTYPES.get(self.name)
+
+
+def cpu_precisions() -> list[str]:
+    """This CPU's candidate precisions for inference, fastest first as measured on each CPU kind
+    (benchmarks/README.md, "CPU inference against ONNX Runtime and OpenVINO"): int8 layers with
+    bf16 between them, then bf16, where the CPU computes bf16 itself (AMX, AVX512-BF16); elsewhere
+    bf16 is emulated, several times slower than fp32, and not a candidate. A precision other than
+    training's is taken only after `choose` checked it on the user's images."""
+    if cpu.cpu_has_amx_bf16() or cpu.cpu_has_avx512_bf16():
+        return ["int8-bf16", "bf16", "fp32"]
+    return ["int8", "fp32"]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 itself (AMX, AVX512-BF16); elsewhere it is emulated, slow."""
+    return "bf16" in cpu_precisions()
+
+
+def choose_precision(device: torch.device, trained: str, amp: str = "auto", quantize: str = "auto") -> Precision:
+    """The precision to classify in without measurements.
+
+    trained: the --amp name training evaluated in ('bf16' for a GPU run, 'none' on CPU).
+    amp / quantize: the flags; 'auto' lets this rule decide:
+      - on a GPU, or for a checkpoint evaluated in fp32: training's precision, so that
+        `--data` reproduces the accuracy training reported;
+      - a GPU-trained (bf16/fp16) checkpoint on a CPU: bf16 where the CPU computes it natively;
+        elsewhere fp32, with a one-line note.
+    int8 is never chosen here unchecked (on real weights it changed 8-17% of the predictions):
+    it comes from `choose`, checked on the user's images, or from --quantize int8, asked for (the
+    PT2E int8 package of infer/compiled.py, on the CPU)."""
+    trained_name = "fp32" if trained == "none" else trained
+    if quantize == "int8":
+        if device.type != "cpu":
+            raise OptionError("--quantize int8 runs on the CPU only (add --device cpu)")
+        if amp not in ("auto", "none"):
+            raise OptionError(f"--quantize int8 and --amp {amp} exclude each other (int8 layers, the rest fp32)")
+        return Precision("int8", None if trained_name == "int8" else f"int8 instead of training's {trained_name}",
+                         compiled=True)
+    if amp != "auto":
+        name = "fp32" if amp == "none" else amp
+        return Precision(name, None if name == trained_name else f"{name} instead of training's {trained_name} (--amp)")
+    if device.type != "cpu" or trained_name == "fp32":
+        return Precision(trained_name)
+    if native_bf16() and quantize != "none":
+        return Precision("bf16", None if trained_name == "bf16" else f"bf16 instead of training's {trained_name}")
+    return Precision("fp32", f"fp32 instead of training's {trained_name}: this CPU emulates bf16, several times slower"
+                     if quantize != "none" else f"fp32 instead of training's {trained_name} (--quantize none)")
+
+
+@torch.inference_mode()
+def probabilities(model, inputs: torch.Tensor, precision: Precision, device: torch.device) -> torch.Tensor:
+    """(B, 3, S, S) model input -> (B, num_classes) class probabilities, `model` run in `precision`
+    (autocast, unless a compiled package casts inside). NonFiniteOutput for NaN or inf."""
+    dtype = precision.autocast_dtype
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        result = model(inputs).float().softmax(dim=1)
+    if not torch.isfinite(result).all():
+        raise NonFiniteOutput(f"the model's outputs are NaN or infinite in {precision.name}; no prediction "
+                              "is made of them" + (" (try --amp none)" if dtype is not None else ""))
+    return result
+
+
+def top_two_gap(logits: torch.Tensor) -> torch.Tensor:
+    """(N, classes) logits, or log-probabilities (softmax's normaliser cancels) -> (N,) how far
+    the highest lies above the second: a close call is one below the gap."""
+    top2 = logits.topk(2, dim=1).values  # (N, 2)
+    return top2[:, 0] - top2[:, 1]
+
+
+def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | None:
+    """How a precision whose (N, classes) `probabilities` gave these top-1 answers can still agree
+    with training's `reference` (N,) top-1: the smallest gap of CLOSE_CALL_GAPS at which re-running
+    its close calls in training's precision leaves >= AGREEMENT of the answers as training's:
+    {"gap", "share" (of the images re-run), "agreement"}; None where no gap does.
+
+    A close call: the two highest logits closer than the gap. A lower precision moves every logit
+    a little; it can swap the top two classes only where they were close."""
+    gaps = top_two_gap(probabilities.log())  # (N,) logit1 - logit2, inf where p2 underflowed to 0
+    changed = probabilities.argmax(dim=1) != reference  # (N,)
+    for gap in CLOSE_CALL_GAPS:
+        close = gaps < gap  # (N,) these get training's answer
+        agreement = 1 - (changed & ~close).float().mean().item()
+        if agreement >= AGREEMENT:
+            return {"gap": gap, "share": close.float().mean().item(), "agreement": agreement}
+    return None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One candidate, as infer/prepare.py measured it on the user's images: its img/s, and (None for
+    training's own precision, which needs no check) its close-call answer (`close_calls`; None also
+    where no gap restores AGREEMENT)."""
+
+    name: str
+    img_per_s: float
+    calls: dict | None = None
+
+
+def effective_rate(candidate: Measured, eager: float) -> float:
+    """img/s once the candidate's close calls are run again in training's precision at `eager` img/s:
+    1 / (1 / rate + share / eager)."""
+    share = candidate.calls["share"] if candidate.calls else 0.0
+    return 1 / (1 / candidate.img_per_s + share / eager)
+
+
+def choose(trained: str, eager: float, candidates: list[Measured]) -> tuple[Measured | None, float]:
+    """The fastest candidate that agrees with training's precision, close calls counted, and its
+    effective img/s; (None, eager) where training's precision run eagerly is the fastest.
+
+    trained: training's precision name; eager: its img/s, eagerly. A candidate in training's own
+    precision agrees by definition; any other needs `calls` (close_calls found a gap)."""
+    best, rate = None, eager
+    for candidate in candidates:
+        if candidate.name != trained and candidate.calls is None:
+            continue  # it changed too many predictions, whatever the gap
+        effective = effective_rate(candidate, eager)
+        if effective > rate:
+            best, rate = candidate, effective
+    return best, rate

@@ -1,0 +1,94 @@
+"""`infer --prepare`: measure every precision this CPU offers on the user's images, let
+infer/precision.py choose, keep the verdict.
+
+    python -m infer --checkpoint CK --prepare --data FOLDER    # once per checkpoint and machine
+
+For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
+eagerly), a package is built (infer/compiled.py) and timed; training's precision is timed eagerly
+too. Each candidate other than training's precision is checked: its top-1 answers against
+training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
+(precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
+counted. Packages not chosen are deleted; the verdict is kept (compiled.keep_verdict).
+"""
+
+import time
+from pathlib import Path
+
+import torch
+
+from infer import compiled
+from infer.compiled import CompiledModel, CompileUnavailable
+from infer.images import evenly_spaced
+from infer.precision import (CHECK_IMAGES, Measured, OptionError, Precision, choose, close_calls, cpu_precisions,
+                             probabilities)
+from vit.checkpoint import ModelCard
+
+TIMED_BATCHES = 4  # batches of 16 per timing run: a sustained rate, not one batch's
+TIMING_RUNS = 5  # the median is kept: on a shared 2-core machine one batch's rate varies widely within a second
+
+
+def check_images(paths: list[Path]) -> list[Path]:
+    """The images a precision is checked and timed on: up to CHECK_IMAGES, spread over `paths`."""
+    return evenly_spaced(list(paths), CHECK_IMAGES)
+
+
+def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: list[torch.Tensor]) -> dict:
+    """Build, time and check every candidate on `images` (model inputs, (1, 3, S, S) each), choose,
+    keep and return the verdict: {"precision", "package" (None: eagerly, in training's precision),
+    "guard" (the close-call gap, 0: none), "img_per_s", "agreement", "close_calls", "checked_on",
+    "card", "seconds"}."""
+    start = time.perf_counter()
+    trained = "fp32" if card.eval_amp == "none" else card.eval_amp
+    verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {},
+               "img_per_s": {}, "checked_on": len(images), "card": card.to_dict()}
+    if images:  # (a precision other than training's is never taken unchecked)
+        exact = Precision(trained)
+        reference = batched_probabilities(model, exact, images).argmax(dim=1)  # (N,) training's top-1
+        eager = verdict["img_per_s"][f"{trained} (eager)"] = rate(model, exact, images)
+        measured, packages = [], {}
+        for name in cpu_precisions():
+            if name == "fp32":  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
+                continue
+            packages[name] = compiled.package_path(checkpoint, name)
+            try:
+                compiled.build(model, card.img_size, name, packages[name])
+            except CompileUnavailable as error:
+                raise OptionError(f"--prepare: {error}") from None
+            package, precision = CompiledModel(packages[name]), Precision(name, compiled=True)
+            calls = None
+            if name != trained:
+                found = batched_probabilities(package, precision, images)  # (N, classes)
+                verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
+                calls = verdict["close_calls"][name] = close_calls(found, reference)
+            measured.append(Measured(name, rate(package, precision, images), calls))
+            verdict["img_per_s"][name] = measured[-1].img_per_s
+        best, _ = choose(trained, eager, measured)
+        if best is not None:
+            verdict.update(precision=best.name, package=str(packages[best.name]),
+                           guard=best.calls["gap"] if best.calls else 0.0)
+        for name, path in packages.items():
+            if str(path) != verdict["package"]:
+                path.unlink(missing_ok=True)
+    compiled.keep_verdict(checkpoint, verdict)
+    return {**verdict, "seconds": time.perf_counter() - start}
+
+
+def batched_probabilities(model, precision: Precision, images: list[torch.Tensor]) -> torch.Tensor:
+    """(N, classes) probabilities of N images, in batches of a package's size, as classify gives them."""
+    size = compiled.BATCH_SIZE
+    return torch.cat([probabilities(model, torch.cat(images[i:i + size]), precision, torch.device("cpu"))
+                      for i in range(0, len(images), size)])
+
+
+def rate(model, precision: Precision, images: list[torch.Tensor]) -> float:
+    """Images per second of `model` in `precision`, sustained: TIMED_BATCHES batches of 16 of
+    `images` a run, the median of TIMING_RUNS runs after a first, untimed one."""
+    size = compiled.BATCH_SIZE
+    batch = torch.cat((images * (size * TIMED_BATCHES))[: size * TIMED_BATCHES])
+    seconds = []
+    for _ in range(TIMING_RUNS + 1):
+        begin = time.perf_counter()
+        for chunk in batch.split(size):
+            probabilities(model, chunk, precision, torch.device("cpu"))
+        seconds.append(time.perf_counter() - begin)
+    return len(batch) / sorted(seconds[1:])[TIMING_RUNS // 2]
