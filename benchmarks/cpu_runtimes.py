@@ -141,7 +141,8 @@ def model_paths(checkpoint: Path, files: dict, skip_other_runtimes: bool) -> dic
             return model(x).float()
 
     paths = {"ours fp32": model, "ours bf16 (autocast)": bf16}
-    paths.update({f"ours compiled {precision}": CompiledModel(package) for precision, package in files["packages"].items()})
+    size = files["verdict"]["card"]["img_size"]
+    paths.update({f"ours compiled {precision}": CompiledModel(package, size) for precision, package in files["packages"].items()})
     if skip_other_runtimes:
         return paths
     import onnxruntime

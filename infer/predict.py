@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from infer import compiled, prepare
+from infer import cache, compiled, prepare
 from infer.compiled import CloseCalls, CompiledModel, CompileUnavailable
 from infer.export import ONNX_CARD_KEY
 from infer.images import ImageError, expand_paths, list_class_folders, load_image
@@ -21,6 +21,7 @@ from infer.preprocess import to_model_input
 from vit.checkpoint import AMP_DTYPES, CheckpointError, ModelCard, load_model
 from vit.cli import first_line, pick_device
 from vit.explain import attention_maps, check_explainable, last_cls_attention, rollout
+from weights.load import not_a_file
 
 __all__ = ["Classifier", "Prediction", "OptionError", "NonFiniteOutput", "Precision", "choose_precision"]
 
@@ -70,6 +71,9 @@ class Classifier:
             raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
                               "quantize is auto, int8 or none")
         self.checkpoint_path, self.exact_model, self.verdict = Path(checkpoint_path), None, None
+        self.notes: list[str] = []  # one line each, for whoever runs it (python -m infer prints them)
+        if (what := not_a_file(self.checkpoint_path)) is not None:  # a FIFO or a device would never end
+            raise CheckpointError(f"{checkpoint_path}: {what}")
         if self.checkpoint_path.suffix == ".onnx":  # exported: ONNX Runtime on the CPU, in fp32
             if amp not in ("auto", "none") or quantize == "int8" or device not in ("auto", "cpu"):
                 raise OptionError("an .onnx model runs on the CPU in fp32: drop --amp, --quantize and --device")
@@ -89,19 +93,34 @@ class Classifier:
         except ValueError as error:
             raise OptionError(str(error)) from None
         self.may_compile = self.device.type == "cpu" and amp == "auto" and quantize == "auto"
-        self.verdict = compiled.prepared(self.checkpoint_path) if self.may_compile else None  # `prepare`'s, kept
+        self.verdict = self._kept_verdict() if self.may_compile else None  # `prepare`'s, checked
         if self.verdict is not None and self.verdict["package"] is not None:
-            self._load_package(self.verdict)
-            return
+            try:
+                self._load_package(self.verdict)
+                return
+            except Exception as error:  # it passed every check, but its native code will not load here
+                self.notes.append(f"not using the compiled package: it cannot be loaded ({first_line(error)[:160]}); "
+                                  "running the model as trained")
+                self.verdict = None
         self.model, self.card = load_model(self.checkpoint_path)  # CheckpointError if it is not one
         self.exact_model = self.model
         self.precision = choose_precision(self.device, self.card.eval_amp, amp, quantize)
         self.model.to(self.device)
         if self.precision.name == "int8":  # asked for: the int8 package, built once (compiled.int8_package)
             try:
-                self.model = CompiledModel(compiled.int8_package(self.checkpoint_path, self.model, self.card.img_size))
-            except CompileUnavailable as error:
+                package = compiled.int8_package(self.checkpoint_path, self.model, self.card.img_size)
+            except (CompileUnavailable, cache.CacheUnsafe) as error:
                 raise OptionError(f"--quantize int8: {error}") from None
+            self.model = CompiledModel(package, self.card.img_size)
+
+    def _kept_verdict(self) -> dict | None:
+        """`prepare`'s verdict for this checkpoint, where the cache can be trusted with it
+        (infer/cache.py); otherwise None, with the reason as a note: the exact model runs."""
+        try:
+            return cache.read_verdict(self.checkpoint_path)
+        except (cache.CacheUnsafe, cache.VerdictUnusable) as error:
+            self.notes.append(f"not using the compiled package: {error}; running the model as trained")
+            return None
 
     def default_batch_size(self) -> int:
         """64 on a GPU; on the CPU a compiled package's own (its batches are fixed: a shorter one
@@ -118,7 +137,7 @@ class Classifier:
         """The verdict's compiled package as the model, with the card kept beside it (the
         checkpoint itself is not read unless a close call or an explanation needs the exact model)."""
         self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
-        self.model = CompiledModel(Path(verdict["package"]))
+        self.model = CompiledModel(cache.package_file(verdict), verdict["img_size"])
         name, trained, gap = verdict["precision"], self.trained_precision, verdict["guard"]
         if gap:
             self.model = CloseCalls(self.model, gap, self.exact, AMP_DTYPES.get(self.card.eval_amp))

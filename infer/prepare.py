@@ -8,7 +8,8 @@ eagerly), a package is built (infer/compiled.py) and timed; training's precision
 too. Each candidate other than training's precision is checked: its top-1 answers against
 training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
 (precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
-counted. Packages not chosen are deleted; the verdict is kept (compiled.keep_verdict).
+counted. Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too), and only this
+prepare's own: another running beside it keeps its work. The verdict is kept (infer/cache.py).
 """
 
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from infer import compiled
+from infer import cache, compiled
 from infer.compiled import CompiledModel, CompileUnavailable
 from infer.images import evenly_spaced
 from infer.precision import (CHECK_IMAGES, Measured, OptionError, Precision, choose, close_calls, cpu_precisions,
@@ -40,37 +41,48 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     start = time.perf_counter()
     trained = "fp32" if card.eval_amp == "none" else card.eval_amp
     verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {},
-               "img_per_s": {}, "checked_on": len(images), "card": card.to_dict()}
-    if images:  # (a precision other than training's is never taken unchecked)
-        exact = Precision(trained)
-        reference = batched_probabilities(model, exact, images).argmax(dim=1)  # (N,) training's top-1
-        eager = verdict["img_per_s"][f"{trained} (eager)"] = rate(model, exact, images)
-        measured, packages = [], {}
-        for name in cpu_precisions():
-            if name == "fp32":  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
-                continue
-            packages[name] = compiled.package_path(checkpoint, name)
-            try:
-                compiled.build(model, card.img_size, name, packages[name])
-            except CompileUnavailable as error:
-                raise OptionError(f"--prepare: {error}") from None
-            package, precision = CompiledModel(packages[name]), Precision(name, compiled=True)
-            calls = None
-            if name != trained:
-                found = batched_probabilities(package, precision, images)  # (N, classes)
-                verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
-                calls = verdict["close_calls"][name] = close_calls(found, reference)
-            measured.append(Measured(name, rate(package, precision, images), calls))
-            verdict["img_per_s"][name] = measured[-1].img_per_s
-        best, _ = choose(trained, eager, measured)
-        if best is not None:
-            verdict.update(precision=best.name, package=str(packages[best.name]),
-                           guard=best.calls["gap"] if best.calls else 0.0)
-        for name, path in packages.items():
-            if str(path) != verdict["package"]:
+               "img_per_s": {}, "checked_on": len(images), "card": card.to_dict(), "img_size": card.img_size,
+               "batch_size": compiled.BATCH_SIZE}
+    packages = {}  # precision -> the package this prepare built
+    try:
+        if images:  # (a precision other than training's is never taken unchecked)
+            best = measure(checkpoint, model, card, images, trained, verdict, packages)
+            if best is not None:
+                verdict.update(precision=best.name, package=packages[best.name].name,
+                               guard=best.calls["gap"] if best.calls else 0.0)
+        verdict = cache.write_verdict(checkpoint, verdict)
+    finally:
+        for path in packages.values():
+            if path.name != verdict["package"]:
                 path.unlink(missing_ok=True)
-    compiled.keep_verdict(checkpoint, verdict)
     return {**verdict, "seconds": time.perf_counter() - start}
+
+
+def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: list[torch.Tensor], trained: str,
+            verdict: dict, packages: dict) -> Measured | None:
+    """Time training's precision eagerly, build, time and check every candidate (recording each in
+    `verdict` and its package in `packages`), and return `choose`'s answer."""
+    exact = Precision(trained)
+    reference = batched_probabilities(model, exact, images).argmax(dim=1)  # (N,) training's top-1
+    eager = verdict["img_per_s"][f"{trained} (eager)"] = rate(model, exact, images)
+    measured = []
+    for name in cpu_precisions():
+        if name == "fp32":  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
+            continue
+        packages[name] = cache.new_package_path(checkpoint, name)
+        try:
+            compiled.build(model, card.img_size, name, packages[name])
+        except CompileUnavailable as error:
+            raise OptionError(f"--prepare: {error}") from None
+        package, precision = CompiledModel(packages[name], card.img_size), Precision(name, compiled=True)
+        calls = None
+        if name != trained:
+            found = batched_probabilities(package, precision, images)  # (N, classes)
+            verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
+            calls = verdict["close_calls"][name] = close_calls(found, reference)
+        measured.append(Measured(name, rate(package, precision, images), calls))
+        verdict["img_per_s"][name] = measured[-1].img_per_s
+    return choose(trained, eager, measured)[0]
 
 
 def batched_probabilities(model, precision: Precision, images: list[torch.Tensor]) -> torch.Tensor:

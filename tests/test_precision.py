@@ -124,17 +124,17 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     AOTInductor: infer/compiled.py) at the fastest precision whose predictions agree with fp32 on
     >= 99% of the images, keeps the verdict, and later runs load it. Where none agrees, it runs
     eagerly in fp32; a job past AUTO_BUILD_IMAGES prepares by itself; a new file is prepared anew."""
-    from infer import compiled
+    from infer import cache, compiled
     from infer.predict import Classifier
     from infer.precision import cpu_precisions
 
     monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
     checkpoint = tiny_run["out"] / "vit_cifar10_finetuned.pth"
     test = tiny_run["data"] / "test"
-    assert compiled.prepared(checkpoint) is None
+    assert cache.read_verdict(checkpoint) is None
     result = run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test))
     assert result.returncode == 0, result.stderr
-    verdict = compiled.prepared(checkpoint)
+    verdict = cache.read_verdict(checkpoint)
     rates, calls = verdict["img_per_s"], verdict["close_calls"]
     assert verdict["checked_on"] == 300  # every candidate built and timed here, and fp32 as trained, eagerly:
     assert set(rates) == {"fp32 (eager)", *cpu_precisions()} - {"fp32"} and all(r > 0 for r in rates.values())
@@ -149,7 +149,7 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert calls[verdict["precision"]]["agreement"] >= precision_module.AGREEMENT
         assert verdict["guard"] == calls[verdict["precision"]]["gap"]
     assert result.stdout.startswith("prepared in ") and "img/s here: fp32 (eager) " in result.stdout
-    assert not [p for p in (tmp_path / "cache").rglob("*.pt2") if str(p) != verdict["package"]]  # the rest removed
+    assert not [p for p in (tmp_path / "cache").rglob("*.pt2") if p.name != verdict["package"]]  # the rest removed
     fp32 = Classifier(checkpoint, device="cpu", quantize="none")
     paths = sorted(test.glob("*/*.jpg"))
     if verdict["package"] is not None:  # a faster precision agreed: later runs load its package
@@ -161,14 +161,14 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert sum(same) / len(same) == pytest.approx(calls[verdict["precision"]]["agreement"], abs=0.01)
         result = run_cli("infer", "--checkpoint", str(checkpoint), "--data", str(test))
         assert f"(in {verdict['precision']}, compiled for this CPU" in result.stdout
-        compiled.keep_verdict(checkpoint, {**verdict, "guard": 1e9})  # every image a close call: fp32's answers
+        cache.write_verdict(checkpoint, {**verdict, "guard": 1e9})  # every image a close call: fp32's answers
         guarded = Classifier(checkpoint, device="cpu")
         assert isinstance(guarded.model, compiled.CloseCalls) and guarded.exact_model is None  # loaded when needed
         for a, b in zip(guarded.classify(paths, topk=3), fp32.classify(paths, topk=3)):
             assert [c for c, _ in a.top] == [c for c, _ in b.top]
             assert [p for _, p in a.top] == pytest.approx([p for _, p in b.top], abs=1e-5)
         assert guarded.exact_model is not None and guarded.exact() is guarded.exact_model  # read once
-        compiled.keep_verdict(checkpoint, verdict)
+        cache.write_verdict(checkpoint, verdict)
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test)).stdout.startswith(
         "prepared in 0 s")  # kept: checked once
 
@@ -178,7 +178,7 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     monkeypatch.setattr("infer.__main__.AUTO_BUILD_IMAGES", 100)  # a long job prepares by itself
     result = run_cli("infer", "--checkpoint", str(copy), "--data", str(test))
     assert result.returncode == 0 and "compiling" in result.stderr and "(in fp32;" in result.stdout
-    assert compiled.prepared(copy) == {**compiled.prepared(copy), "precision": "fp32", "package": None}
+    assert cache.read_verdict(copy)["precision"] == "fp32" and cache.read_verdict(copy)["package"] is None
     assert Classifier(copy, device="cpu").precision == predict.Precision("fp32")
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--quantize", "none",
                    "--data", str(test)).returncode == 2

@@ -188,6 +188,34 @@ def not_a_fine_tuned_model(path: Path) -> str | None:
     return None
 
 
+MAX_TABLE_BYTES = 1 << 30  # buffers a model computes for itself (relative position indices, ...) beyond its weights
+
+
+def check_fits(cfg: ViTConfig, state_dict: dict, name: str, path) -> None:
+    """The model `cfg` describes, built on the meta device (no memory taken), against the file's
+    tensors: every key and shape the same, and no more than MAX_TABLE_BYTES of tables computed
+    beside them. CheckpointError, one line, saying which model the file holds where they differ."""
+    from vit.describe import holds
+
+    with torch.device("meta"):
+        planned = VisionTransformer(cfg)
+    expected = {key: tuple(value.shape) for key, value in planned.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state_dict.items()}
+    if expected != found:  # said as load_state_dict says it, shortly, with what the file holds
+        wrong = [f"size mismatch for {key}: file {found[key]} vs model {expected[key]}"
+                 for key in expected if key in found and expected[key] != found[key]]
+        missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        parts = ([f"Missing key(s): {', '.join(missing[:3])}" + (", ..." if len(missing) > 3 else "")] if missing else [])
+        parts += [f"Unexpected key(s): {', '.join(extra[:3])}" + (", ..." if len(extra) > 3 else "")] if extra else []
+        parts += wrong[:2]
+        raise CheckpointError(f"{path}: weights do not fit {name} ({'; '.join(parts)}); the file holds "
+                              f"{holds(state_dict)}")  # (python -m weights inspect's words)
+    tables = sum(buffer.numel() * buffer.element_size() for buffer in planned.buffers())
+    if tables > MAX_TABLE_BYTES:
+        raise CheckpointError(f"{path}: its architecture asks for {tables / 2**30:.1f} GiB of position tables at "
+                              f"img_size {cfg.img_size}, more than its weights justify")
+
+
 def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
     """A fine-tuned checkpoint turned back into its model (eval mode) and card; CheckpointError
     (one line) if it is not one, saying what it is where that is clear."""
@@ -201,11 +229,11 @@ def load_model(path: str | os.PathLike) -> tuple[VisionTransformer, ModelCard]:
     except WeightsError as error:
         raise CheckpointError(str(error)) from None
     try:
-        model = VisionTransformer(card.build_config())
-        model.load_state_dict(checkpoint["state_dict"])
-    except (ValueError, RuntimeError) as error:  # load_state_dict's first line is a heading: say what follows it
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 and lines[0].endswith(":") else first_line(error)
-        raise CheckpointError(f"{path}: weights do not fit {card.model_name} ({detail[:200]})") from None
+        cfg = card.build_config()
+    except ValueError as error:  # a field out of range (vit/config.py's RULES), named
+        raise CheckpointError(f"{path}: cannot rebuild its model ({first_line(error)})") from None
+    check_fits(cfg, checkpoint["state_dict"], card.model_name, path)  # before any memory is taken
+    model = VisionTransformer(cfg)
+    model.load_state_dict(checkpoint["state_dict"])
     model.pretrained_cfg.update(source=str(path), mean=card.mean, std=card.std)
     return model.eval(), card

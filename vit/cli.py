@@ -1,6 +1,8 @@
 """What the command-line entry points share."""
 
 import argparse
+import difflib
+import sys
 
 from weights.messages import first_line  # the one definition, at the bottom layer; the commands import it from here
 
@@ -9,10 +11,31 @@ __all__ = ["ArgumentParser", "positive_int", "port_number", "device_name", "pick
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit status 2), not usage + error."""
+    """argparse, but a usage error is one line on stderr (exit status 2), not usage + error, and a
+    mistyped flag is named with the closest real one before anything else is said."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = self.option_strings()
+        for token in args:
+            if token == "--":
+                break
+            flag = token.split("=", 1)[0]
+            if flag.startswith("--") and not any(option.startswith(flag) for option in known):
+                close = difflib.get_close_matches(flag, known, n=1)
+                self.error(f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+        return super().parse_known_args(args, namespace)
+
+    def option_strings(self) -> list[str]:
+        """Every --flag this parser or its subcommands take."""
+        options = [option for option in self._option_string_actions if option.startswith("--")]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                options += [option for parser in action.choices.values() for option in parser.option_strings()]
+        return options
 
 
 def positive_int(text: str) -> int:

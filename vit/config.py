@@ -20,6 +20,7 @@ A checkpoint records the whole config (`to_dict`), so a model is rebuilt as it w
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,41 @@ NORMS = ("layernorm", "rmsnorm")
 
 
 RESIZES = tuple(POSITION_RESIZES)  # weights/load.py says what each does
+
+# --- Every field's type and range, checked before anything is built from a config (a checkpoint's
+# recorded architecture may come from anywhere): (type, lowest, highest), None where unbounded.
+# The bounds hold every name of vit/families.py with room to spare; they keep a file from asking
+# for a model no machine could hold (100,000 blocks, a 65,536 px side) before it is compared.
+INT, NUMBER = "a whole number", "a number"
+RULES = {
+    "patch_size": (INT, 1, 1024), "in_channels": (INT, 1, 64), "num_classes": (INT, 0, 1_000_000),
+    "embed_dim": (INT, 1, 16384), "depth": (INT, 1, 1024), "num_heads": (INT, 1, 1024),
+    "mlp_ratio": (NUMBER, 1e-3, 64.0), "layer_norm_eps": (NUMBER, 1e-30, 1e-1), "register_tokens": (INT, 0, 1024),
+    "rope_temperature": (NUMBER, 1e-3, 1e9), "rope_offset": (NUMBER, -1e6, 1e6),
+    "relative_position_mlp": (INT, 0, 16384), "full_attention_ends": (INT, 0, 1024), "branches": (INT, 1, 64),
+    "position_grid": (INT, 1, 1024), "window_size": (INT, 0, 1024), "neck_channels": (INT, 0, 16384),
+    "class_attention_blocks": (INT, 0, 64), "drop_path_rate": (NUMBER, 0.0, 1.0),
+}
+OPTIONAL = {"kv_heads": (INT, 1, 1024), "pool_heads": (INT, 1, 1024), "pool_mlp_ratio": (NUMBER, 1e-3, 64.0),
+            "rope_reference_grid": (INT, 1, 1024), "final_norm_eps": (NUMBER, 1e-30, 1e-1)}
+BOOLS = ("class_token", "distillation_token", "positions_cover_prefix", "qkv_bias", "patch_bias", "norm_before_blocks",
+         "norm_after_pool", "final_norm", "pool_reads_prefix", "absolute_positions", "rope_xy", "relative_position_bias",
+         "relative_position_shared", "key_bias", "proj_bias", "gated_mlp", "mlp_inner_norm", "attention_inner_norm",
+         "norm_after_patches", "post_norm", "parallel", "qk_norm", "differential", "layer_scale_mlp", "naflex",
+         "position_keeps_aspect", "factorized_positions", "decomposed_relative_positions", "talking_heads")
+MAX_SIDE = 16384  # pixels per image side
+MAX_TOKENS = 65536  # tokens per image: attention's cost grows with their square
+
+
+def field_problem(name: str, value, kind: str, low, high) -> str | None:
+    """Why `value` cannot be the field `name`, in a few words; None where it can."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    fits = whole if kind == INT else (whole or isinstance(value, float)) and math.isfinite(value)
+    if not fits:
+        return f"{name} is {str(value)[:40]!r} ({type(value).__name__}), not {kind}"
+    if not low <= value <= high:
+        return f"{name} is {value}, outside {low} to {high}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -177,6 +213,9 @@ class ViTConfig:
     #                              drop_path_rate * i / (depth - 1), rising to this at the last block [drop_path_rate]
 
     def __post_init__(self):
+        problem = self.field_problem()
+        if problem:
+            raise ValueError(problem)
         if self.naflex and (self.absolute_positions or self.stem or self.window_size or self.rope):
             raise ValueError("NaFlex's patch embedding holds its own position table: absolute_positions=False, "
                              "no stem, windows or RoPE")
@@ -228,6 +267,34 @@ class ViTConfig:
             raise ValueError("a parallel block has one attention and one MLP, pre-norm")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate is a probability below 1, not {self.drop_path_rate}")
+
+    def field_problem(self) -> str | None:
+        """The first field whose type or range is wrong (RULES), in a few words naming it; None where
+        all fit. Checked first, before any field is used, so that no other check trips over one."""
+        sides = self.img_size if isinstance(self.img_size, tuple) and len(self.img_size) == 2 else (self.img_size,)
+        for side in sides:
+            problem = field_problem("img_size", side, INT, 1, MAX_SIDE)
+            if problem:
+                return problem
+        checks = [(name, getattr(self, name), *rule) for name, rule in RULES.items()]
+        checks += [(name, getattr(self, name), *rule) for name, rule in OPTIONAL.items() if getattr(self, name) is not None]
+        checks += [("layer_scale", self.layer_scale, NUMBER, 1e-12, 1e3)] if self.layer_scale is not None else []
+        checks += [("stem_depths", depth, INT, 0, 64) for depth in self.stem_depths]
+        checks += [("global_blocks", block, INT, 0, self.depth - 1) for block in self.global_blocks]
+        for check in checks:
+            problem = field_problem(*check)
+            if problem:
+                return problem
+        wrong = [name for name in BOOLS if not isinstance(getattr(self, name), bool)]
+        if wrong:
+            return f"{wrong[0]} is {str(getattr(self, wrong[0]))[:40]!r}, not True or False"
+        if len(self.stem_depths) > 8:
+            return f"stem_depths has {len(self.stem_depths)} stages, more than 8"
+        if self.num_heads > self.embed_dim or self.patch_size > max(self.image_shape):
+            return "num_heads exceeds embed_dim, or patch_size exceeds the image"
+        if self.num_tokens > MAX_TOKENS:
+            return f"img_size {self.img_size} makes {self.num_tokens} tokens per image, more than {MAX_TOKENS}"
+        return None
 
     @property
     def image_shape(self) -> tuple[int, int]:

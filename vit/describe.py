@@ -166,3 +166,13 @@ def _matching_names(tensors: dict[str, torch.Tensor], depth: int, width: int, pa
         elif theirs.keys() == shapes.keys() and all(theirs[k] == shapes[k] for k in shapes if k != "position_embedding"):
             other_size.append(name)
     return tuple(exact), tuple(other_size)
+
+
+def holds(state_dict: dict) -> str:
+    """What model a state dict holds, as `python -m weights inspect` names it, in a few words."""
+    try:
+        found = describe(Pretrained(state_dict, "the checkpoint", "ours"))
+    except Exception:  # not enough of a ViT to describe
+        return "no ViT this project knows"
+    names = found.names or found.other_size_names
+    return f"{found.depth} blocks of width {found.width}" + (f" ({', '.join(names[:2])})" if names else "")

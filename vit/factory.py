@@ -3,8 +3,11 @@
 import os
 from dataclasses import replace
 
-from vit.families import default_weights, model_config, model_spec, split_name
+import torch
+
 from vit.config import ViTConfig
+from vit.describe import holds
+from vit.families import default_weights, model_config, model_spec, split_name
 from vit.model import VisionTransformer
 from weights.load import Pretrained, WeightsError, first_line, fit_to_model, is_none, load_pretrained, resolve
 
@@ -53,7 +56,16 @@ def create_model(
         fields["activation"] = weights.activation
     if weights.position_resize and "position_resize" not in overrides:  # as the file's own code resizes its table
         fields["position_resize"] = weights.position_resize
-    model = VisionTransformer(_config(architecture, weights, dict(fields, num_classes=num_classes)))
+    cfg = _config(architecture, weights, dict(fields, num_classes=num_classes))
+    with torch.device("meta"):  # the file's shapes against the model's, before any memory is taken
+        planned = VisionTransformer(cfg)
+    try:
+        fit_to_model(weights.state_dict, planned)
+    except WeightsError as error:
+        detail = first_line(error).removeprefix("weights do not fit the model: ")[:160]
+        raise WeightsError(f"weights do not fit {name}: the file holds {holds(weights.state_dict)} ({detail}; "
+                           f"python -m weights inspect tells more)") from None
+    model = VisionTransformer(cfg)
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg["source"] = weights.source
     model.pretrained_cfg.update(mean=weights.mean or spec.mean, std=weights.std or spec.std)

@@ -20,6 +20,9 @@ def take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) 
     (negative ones count from the end). ValueError, one line, for one outside the model."""
     if indices is None:
         return list(range(depth))
+    whole = [isinstance(i, int) and not isinstance(i, bool) for i in (indices if isinstance(indices, (list, tuple)) else [indices])]
+    if not all(whole):
+        raise ValueError(f"block indices {indices!r}: whole numbers (an int, or a list of them)")
     if isinstance(indices, int):
         if not 0 < indices <= depth:
             raise ValueError(f"the last {indices} blocks: the model has {depth}")

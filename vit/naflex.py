@@ -45,13 +45,32 @@ def pack(images: list[torch.Tensor], patch_size: int) -> dict[str, torch.Tensor]
     return {"patches": patches, "patch_coord": coords, "patch_valid": valid}
 
 
+def check_input(patches: torch.Tensor, coords: torch.Tensor, valid: torch.Tensor) -> None:
+    """ValueError, one line, unless patches (B, L, P*P*C), coordinates (B, L, 2) of integers and the
+    mask (B, L) of booleans agree on B and L: checked before anything is computed from them."""
+    if not all(isinstance(x, torch.Tensor) for x in (patches, coords, valid)):
+        raise ValueError("NaFlex input: patches, patch_coord and patch_valid are tensors")
+    if patches.dim() != 3 or coords.dim() != 3 or coords.shape[-1] != 2 or valid.dim() != 2:
+        raise ValueError(f"NaFlex input: shapes {tuple(patches.shape)}, {tuple(coords.shape)}, {tuple(valid.shape)} are "
+                         "not (B, L, P*P*C), (B, L, 2), (B, L)")
+    if not patches.shape[:2] == coords.shape[:2] == valid.shape:
+        raise ValueError(f"NaFlex input: patches {tuple(patches.shape[:2])}, patch_coord {tuple(coords.shape[:2])} and "
+                         f"patch_valid {tuple(valid.shape)} differ in batch or length")
+    if coords.dtype.is_floating_point or coords.dtype == torch.bool or valid.dtype != torch.bool:
+        raise ValueError("NaFlex input: patch_coord holds integers, patch_valid booleans")
+
+
 def grid_of(coords: torch.Tensor, valid: torch.Tensor) -> tuple[int, int]:
     """One image's (rows, columns) from its real patches' coordinates; ValueError (one line) where
     they are not its whole grid, rows first, as NaFlex lays them out."""
     real = coords[valid]  # (n, 2)
     if len(real) == 0:
         raise ValueError("NaFlex input: an image without valid patches")
+    if real.amin() < 0:
+        raise ValueError("NaFlex input: a negative patch coordinate")
     rows, columns = (int(side) + 1 for side in real.amax(dim=0))
+    if len(real) != rows * columns:  # (checked before the grid is laid out: a coordinate of 2e8 costs nothing)
+        raise ValueError(f"NaFlex input: {len(real)} valid patches are not a {rows} x {columns} grid")
     y, x = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
     if len(real) != rows * columns or not torch.equal(real.cpu(), torch.stack([y.flatten(), x.flatten()], dim=-1)):
         raise ValueError(f"NaFlex input: {len(real)} valid patches are not a {rows} x {columns} grid in rows-first order")
@@ -68,6 +87,7 @@ def forward_naflex(model, patches: torch.Tensor | dict, patch_coord: torch.Tenso
         patches, patch_coord, patch_valid = patches["patches"], patches["patch_coord"], patches["patch_valid"]
     if not model.cfg.naflex:
         raise ValueError("forward_naflex: the model's patch embedding is not NaFlex's (a naflexvit_* name)")
+    check_input(patches, patch_coord, patch_valid)
     grids = [grid_of(coords, valid) for coords, valid in zip(patch_coord, patch_valid)]
     outputs: list[torch.Tensor | None] = [None] * len(grids)
     for grid in dict.fromkeys(grids):  # each grid once, in order of appearance

@@ -166,10 +166,12 @@ def not_a_file(path: Path) -> str | None:
 
 
 def check_finite(tensors: dict, source) -> None:
-    """WeightsError, naming the tensor, if any floating-point weight is NaN or infinite: such a
-    model computes NaN for every input, which must never be printed as a prediction."""
+    """WeightsError, naming the tensor, if any floating-point weight is NaN or infinite, also once
+    cast to the model's float32 (a float64 1e300 is finite until then): such a model computes NaN
+    for every input, which must never be printed as a prediction."""
     for name, tensor in tensors.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(
+                tensor.to(torch.float32) if tensor.dtype == torch.float64 else tensor).all():
             raise WeightsError(f"{source}: weight {name} holds NaN or infinite values (a damaged file, or a run that "
                                "diverged); refusing to load it")
 
@@ -207,6 +209,11 @@ def load_weights_only(path: str | os.PathLike):
     path = Path(path)
     if (what := not_a_file(path)) is not None:
         raise WeightsError(f"{path}: {what}")
+    with open(path, "rb") as file:
+        start = file.read(64)
+    if not start.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or its older pickle
+        looks = "a text file" if start and all(32 <= b < 127 or b in b"\t\r\n" for b in start) else "some other file"
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (it is {looks})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle (refused by weights_only), ...

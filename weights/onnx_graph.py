@@ -29,6 +29,7 @@ import torch
 
 from weights.layouts import LAYOUTS
 
+MAX_SCOPES = 4096  # characters of one node's name scopes: a deep model's take a few hundred
 DOTTED = re.compile(r"[A-Za-z_]\w*(\.\w+)+")  # a parameter's name: "blocks.0.attn.qkv.weight"
 # Undotted parameter names: the top-level tensors of any layout ("cls_token", "pos_embed", ...);
 # other undotted names are exporters' constants ("val_12", "expand").
@@ -71,7 +72,13 @@ def read_onnx(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         else:
             anonymous.append(name)
     anonymous += _join_positions(folded, named)
-    return {key: torch.from_numpy(np.array(array)) for key, array in named.items()}, anonymous  # (copies: writable)
+    copies: dict[int, torch.Tensor] = {}  # one writable copy per array: its aliases (Identity outputs) share it
+    tensors = {}
+    for key, array in named.items():
+        if id(array) not in copies:
+            copies[id(array)] = torch.from_numpy(np.array(array))
+        tensors[key] = copies[id(array)]
+    return tensors, anonymous
 
 
 def _scope(node) -> str | None:
@@ -83,6 +90,8 @@ def _scope(node) -> str | None:
     if node is None:
         return None
     scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    if scopes is not None and len(scopes) > MAX_SCOPES:  # parsed only when of a size an exporter writes
+        return None
     if scopes is not None:
         modules = ast.literal_eval(scopes)[:-1]  # the last entry is the operation
         return modules[-1] if modules and modules[-1] else None

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vit import naflex
-from vit.config import ViTConfig
+from vit.config import MAX_TOKENS, ViTConfig
 from vit.layers.stems import make_stem, stem_channels
 from weights.load import resize_grid
 
@@ -70,6 +70,8 @@ class NaFlexPatchEmbedding(nn.Module):
     def positions(self, grid: tuple[int, int]) -> torch.Tensor:
         """The table for a (rows, columns) grid: (1, rows*columns, D)."""
         rows, columns = grid
+        if (max(grid) ** 2 if self.keeps_aspect else rows * columns) > MAX_TOKENS:  # before the table is resized
+            raise ValueError(f"NaFlex: a {rows} x {columns} patch grid asks for a position table past {MAX_TOKENS} tokens")
         table = rearrange(self.position_embedding, "1 gh gw d -> 1 d gh gw")
         if tuple(table.shape[-2:]) != (rows, columns):
             size = (max(grid), max(grid)) if self.keeps_aspect else grid
