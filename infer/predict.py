@@ -72,9 +72,9 @@ class Classifier:
                               "quantize is auto, int8 or none")
         self.checkpoint_path, self.exact_model, self.verdict = Path(checkpoint_path), None, None
         self.notes: list[str] = []  # one line each, for whoever runs it (python -m infer prints them)
-        if (what := not_a_file(self.checkpoint_path)) is not None:  # a FIFO or a device would never end
-            raise CheckpointError(f"{checkpoint_path}: {what}")
         if self.checkpoint_path.suffix == ".onnx":  # exported: ONNX Runtime on the CPU, in fp32
+            if (what := not_a_file(self.checkpoint_path)) is not None:  # a FIFO or a device would never end
+                raise CheckpointError(f"{checkpoint_path}: {what}")
             if amp not in ("auto", "none") or quantize == "int8" or device not in ("auto", "cpu"):
                 raise OptionError("an .onnx model runs on the CPU in fp32: drop --amp, --quantize and --device")
             self.model = OnnxModel(checkpoint_path)

@@ -204,7 +204,7 @@ def check_fits(cfg: ViTConfig, state_dict: dict, name: str, path) -> None:
     if expected != found:  # said as load_state_dict says it, shortly, with what the file holds
         wrong = [f"size mismatch for {key}: file {found[key]} vs model {expected[key]}"
                  for key in expected if key in found and expected[key] != found[key]]
-        missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        missing, extra = [k for k in expected if k not in found], [k for k in found if k not in expected]  # (in order)
         parts = ([f"Missing key(s): {', '.join(missing[:3])}" + (", ..." if len(missing) > 3 else "")] if missing else [])
         parts += [f"Unexpected key(s): {', '.join(extra[:3])}" + (", ..." if len(extra) > 3 else "")] if extra else []
         parts += wrong[:2]

@@ -280,7 +280,7 @@ class ViTConfig:
         checks += [(name, getattr(self, name), *rule) for name, rule in OPTIONAL.items() if getattr(self, name) is not None]
         checks += [("layer_scale", self.layer_scale, NUMBER, 1e-12, 1e3)] if self.layer_scale is not None else []
         checks += [("stem_depths", depth, INT, 0, 64) for depth in self.stem_depths]
-        checks += [("global_blocks", block, INT, 0, self.depth - 1) for block in self.global_blocks]
+        checks += [("global_blocks", block, INT, 0, 1023) for block in self.global_blocks]  # (past depth: unused)
         for check in checks:
             problem = field_problem(*check)
             if problem:
@@ -290,8 +290,6 @@ class ViTConfig:
             return f"{wrong[0]} is {str(getattr(self, wrong[0]))[:40]!r}, not True or False"
         if len(self.stem_depths) > 8:
             return f"stem_depths has {len(self.stem_depths)} stages, more than 8"
-        if self.num_heads > self.embed_dim or self.patch_size > max(self.image_shape):
-            return "num_heads exceeds embed_dim, or patch_size exceeds the image"
         if self.num_tokens > MAX_TOKENS:
             return f"img_size {self.img_size} makes {self.num_tokens} tokens per image, more than {MAX_TOKENS}"
         return None

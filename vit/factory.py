@@ -62,9 +62,8 @@ def create_model(
     try:
         fit_to_model(weights.state_dict, planned)
     except WeightsError as error:
-        detail = first_line(error).removeprefix("weights do not fit the model: ")[:160]
-        raise WeightsError(f"weights do not fit {name}: the file holds {holds(weights.state_dict)} ({detail}; "
-                           f"python -m weights inspect tells more)") from None
+        detail = first_line(error).removeprefix("weights do not fit the model: ")
+        raise WeightsError(f"weights do not fit {name}: the file holds {holds(weights.state_dict)}: {detail}") from None
     model = VisionTransformer(cfg)
     model.load_state_dict(fit_to_model(weights.state_dict, model))
     model.pretrained_cfg["source"] = weights.source

@@ -397,6 +397,43 @@ HF_VIT_NAMES = [(r"^(vit\.)?layers\.(\d+)\.", r"\1encoder.layer.\2."), *HF_ATTEN
                 (r"\.mlp\.fc1\.", ".intermediate.dense."), (r"\.mlp\.fc2\.", ".output.dense.")]
 
 
+
+# Masked autoencoders' pretraining files (He et al. 2021): an encoder in its code base's layout and
+# a decoder beside it. As a ViT's weights the encoder alone is read (the MAE layouts below); the
+# decoder comes to ours through the same tables, block by block (`mae_decoder_to_ours`, for vit/mae.py).
+MAE_DECODER_PARTS = {  # theirs (transformers' file; Meta's release) -> our decoder's
+    "hf_mae": {"decoder.decoder_embed.weight": "embed.weight", "decoder.decoder_embed.bias": "embed.bias",
+               "decoder.mask_token": "mask_token", "decoder.decoder_pos_embed": "position_embedding",
+               "decoder.decoder_norm.weight": "norm.weight", "decoder.decoder_norm.bias": "norm.bias",
+               "decoder.decoder_pred.weight": "predict.weight", "decoder.decoder_pred.bias": "predict.bias"},
+    "meta_mae": {"decoder_embed.weight": "embed.weight", "decoder_embed.bias": "embed.bias",
+                 "mask_token": "mask_token", "decoder_pos_embed": "position_embedding",
+                 "decoder_norm.weight": "norm.weight", "decoder_norm.bias": "norm.bias",
+                 "decoder_pred.weight": "predict.weight", "decoder_pred.bias": "predict.bias"},
+}
+MAE_DECODER_BLOCKS = {  # a decoder block's key, theirs -> the same block as its layout's encoder spells it
+    "hf_mae": (r"^decoder\.decoder_(?:layers|encoder\.layer)\.(\d+)\.", r"vit.encoder.layer.\1."),  # (the hub's; transformers 5's saves)
+    "meta_mae": (r"^decoder_blocks\.(\d+)\.", r"blocks.\1."),
+}
+
+
+def _encoder_of(layout: str) -> Callable[[Tensors], Tensors]:
+    """An MAE file's encoder tensors (the decoder's left out), as its layout's encoder table reads them."""
+    decoder = tuple(MAE_DECODER_PARTS[layout]) + ("decoder.", "decoder_blocks.")
+    prepare = _prepare_hf_vit if layout == "hf_mae" else _prepare_timm
+    return lambda tensors: prepare({k: v for k, v in tensors.items() if not k.startswith(decoder)})
+
+
+def mae_decoder_to_ours(tensors: Tensors, layout: str) -> Tensors:
+    """An MAE file's decoder in ours (vit/mae.py's Decoder): its parts renamed, its blocks through the
+    encoder's table of the same layout (q, k and v fused as the encoder's are)."""
+    pattern, replacement = MAE_DECODER_BLOCKS[layout]
+    blocks = {re.sub(pattern, replacement, k): v for k, v in tensors.items() if re.match(pattern, k)}
+    encoder = LAYOUTS["hf" if layout == "hf_mae" else "timm"]
+    ours = {f"blocks.{k.removeprefix('blocks.')}": v for k, v in encoder.to_ours(blocks).items()}
+    parts = {ours_key: tensors[theirs] for theirs, ours_key in MAE_DECODER_PARTS[layout].items() if theirs in tensors}
+    return {**parts, **ours}
+
 def _hub_names(tensors: Tensors, names: list[tuple[str, str]]) -> Tensors:
     """Keys in transformers' in-memory names -> the hub's (keys already so stay as they are)."""
     def hub(key: str) -> str:
@@ -547,6 +584,8 @@ def _ends(*suffixes: str) -> Callable[[set[str]], bool]:
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first that recognises a file wins
     Layout("ours", "this project (vit/model.py)", None, _has("patch_embedding.projection.weight")),
+    Layout("meta_mae", "Meta's MAE release with its decoder (facebookresearch/mae: mae_visualize_vit_*; the encoder)",
+           TIMM_READ_TABLE, _has("decoder_embed.weight"), lambda tensors: _encoder_of("meta_mae")(tensors)),
     Layout("meta_dinov3", "Meta's DINOv3 release (facebookresearch/dinov3)", META_DINOV3_TO_OURS,
            lambda keys: "storage_tokens" in keys and "patch_embed.proj.weight" in keys, _prepare_meta_dinov3),
     Layout("meta_dinov2", "Meta's DINOv2 release (facebookresearch/dinov2)", META_DINOV2_TO_OURS,
@@ -567,6 +606,9 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first t
            _ends("layer_scale1.lambda1"), _prepare_hf_dinov2, _finish_registers, hf_defaults=(1e-6, "gelu"),
            # Dinov2Model without antialiasing, Dinov2WithRegistersModel with it (transformers 5)
            position_resize=lambda keys: "bicubic" if "embeddings.register_tokens" in keys else "bicubic_plain"),
+    Layout("hf_mae", "transformers' ViTMAEForPreTraining (facebook/vit-mae-*; the encoder)", HF_TO_OURS,
+           _has("decoder.decoder_embed.weight"), lambda tensors: _encoder_of("hf_mae")(tensors),
+           hf_defaults=(1e-12, "gelu"), position_resize="bicubic_plain"),
     Layout("hf", "transformers' ViTModel / ViTForImageClassification", HF_TO_OURS,
            _ends("embeddings.patch_embeddings.projection.weight"), _prepare_hf_vit, hf_defaults=(1e-12, "gelu"),
            position_resize="bicubic_plain"),

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from weights.layouts import Layout, UnknownLayout, detect_layout
+from weights.layouts import MAE_DECODER_PARTS, Layout, UnknownLayout, detect_layout, mae_decoder_to_ours
 from weights.messages import first_line
 
 
@@ -281,8 +281,9 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
         checkpoint = load_weights_only(path)
         if not isinstance(checkpoint, dict):
             raise WeightsError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
-        tensors = check_tensors(checkpoint.get("state_dict", checkpoint), path)
-        extra = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+        weights_key = "model" if isinstance(checkpoint.get("model"), dict) else "state_dict"  # Meta's MAE: "model"
+        tensors = check_tensors(checkpoint.get(weights_key, checkpoint), path)
+        extra = {k: v for k, v in checkpoint.items() if k != weights_key}
         return tensors, extra
     with open(path, "rb") as file:
         if file.read(4) == b"PK\x03\x04":  # a zip: an .npz or a torch.save file, whatever its name
@@ -502,3 +503,20 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) ->
     if problems:
         raise WeightsError("weights do not fit the model: " + " | ".join(problems))
     return state_dict
+
+
+def load_mae(pretrained: str | os.PathLike) -> tuple[Pretrained, dict[str, torch.Tensor], dict]:
+    """A masked autoencoder's pretraining file (vit/mae.py): its encoder as load_pretrained reads it,
+    its decoder in our names ({} for a file that holds an encoder alone: Meta's mae_pretrain_*,
+    timm's *.mae) and its config.json ({} where there is none)."""
+    weights = load_pretrained(pretrained)
+    path = resolve(pretrained)
+    decoder = {}
+    if weights.layout in MAE_DECODER_PARTS:
+        tensors, _ = _read_tensors(path)
+        try:
+            decoder = mae_decoder_to_ours(tensors, weights.layout)
+        except ValueError as error:  # keys its decoder's table does not know
+            raise WeightsError(f"{path}: its decoder: {first_line(error)}") from None
+        check_finite(decoder, path)
+    return weights, decoder, _read_config(path)
