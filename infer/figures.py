@@ -1,14 +1,18 @@
-"""The ViT paper's Figure 7, for any model and weights, as three PNG files.
+"""The ViT paper's Figure 7, for any model and weights, as three PNG files; and the MAE paper's
+Figure 2 for a masked autoencoder (vit/mae.py), as a fourth.
 
-    python -m infer.figures --model vit_base_patch16_224 --pretrained default OUT_DIR
+    python -m infer.figures --model vit_base_patch16_224 --pretrained default --images FOLDER OUT_DIR
     python -m infer.figures --checkpoint runs/quick/vit_cifar10_finetuned.pth --images ../shared/data/cifar10-jpg/test OUT_DIR
+    python -m infer.figures --mae facebook-vit-mae-base/ --images FOLDER --mask-ratio 0.75 OUT_DIR
 
 - patch_embedding_filters.png (Fig. 7 left): the first principal components of the patch
   projection's filters (each row of the flattened D x (3 P P) weight is one filter), as RGB tiles;
 - position_similarity.png (Fig. 7 centre): for each patch position, the cosine similarity of its
   position embedding with every other position's, drawn on the patch grid;
 - attention_distance.png (Fig. 7 right): for each block and head, the mean distance in pixels
-  between a patch and the patches it attends to (weighted by attention), over real images.
+  between a patch and the patches it attends to (weighted by attention), over real images;
+- mae_reconstruction.png (MAE's Fig. 2, with --mae): per image, the original, the visible patches,
+  the reconstruction and the reconstruction with the visible patches pasted back.
 """
 
 import sys
@@ -105,6 +109,26 @@ def save_figures(model: VisionTransformer, images: torch.Tensor, out_dir: str | 
     return paths
 
 
+
+def save_mae_figure(model, images: torch.Tensor, mean, std, out_dir: str | Path, mask_ratio: float = 0.75) -> Path:
+    """MAE's Figure 2 for `images` (B, 3, S, S, normalised as the encoder reads them): one row per
+    image, in the images' own colours. Returns the PNG's path."""
+    pictures = model.reconstruct(images, mask_ratio=mask_ratio)
+    colours = lambda x: (x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1)  # noqa: E731
+    columns = ("original", "masked", "reconstruction", "pasted")
+    figure, axes = plt.subplots(len(images), 4, figsize=(8, 2 * len(images)), squeeze=False)
+    for row in range(len(images)):
+        for column, name in enumerate(columns):
+            axes[row][column].imshow(colours(pictures[name][row]).permute(1, 2, 0).numpy())
+            axes[row][column].axis("off")
+            axes[0][column].set_title(name if name != "masked" else f"masked {mask_ratio:.0%}", fontsize=9)
+    figure.tight_layout()
+    path = Path(out_dir) / "mae_reconstruction.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
 def main(argv=None) -> int:
     from vit.checkpoint import CheckpointError, load_model
     from vit.factory import create_model
@@ -113,17 +137,27 @@ def main(argv=None) -> int:
     from weights.load import HubUnavailable, WeightsError
 
     parser = ArgumentParser(prog="python -m infer.figures", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="folder for the three PNG files")
+    parser.add_argument("out_dir", help="folder for the PNG files")
     parser.add_argument("--model", default="vit_base_patch16_224", help="a model name (default: vit_base_patch16_224)")
     parser.add_argument("--pretrained", default="default",
                         help="'default' (timm's weights for --model), a hub id, a local file, or 'none' (default: default)")
     parser.add_argument("--checkpoint", help="a vit_<name>_finetuned.pth instead of --model/--pretrained (default: none)")
+    parser.add_argument("--mae", help="a masked autoencoder's file (vit/mae.py's layouts): draw MAE's Figure 2 instead")
+    parser.add_argument("--mask-ratio", type=float, default=0.75, help="with --mae: the share of patches hidden "
+                        "(default: 0.75, the paper's)")
     parser.add_argument("--images", required=True, help="a folder of real images, for the attention distances")
-    parser.add_argument("--num-images", type=int, default=32, help="images for the attention distances (default: 32)")
+    parser.add_argument("--num-images", type=int, default=32, help="images for the attention distances, or with "
+                        "--mae the figure's rows, at most 8 (default: 32)")
     args = parser.parse_args(argv)
     images_dir = Path(args.images)
     try:
-        if args.checkpoint:
+        if args.mae:
+            from vit import mae
+
+            model = mae.load(args.mae)
+            cfg = model.encoder.pretrained_cfg
+            mean, std, size, source_size = cfg["mean"], cfg["std"], model.encoder.cfg.img_size, None
+        elif args.checkpoint:
             model, card = load_model(args.checkpoint)
             mean, std, size, source_size = card.mean, card.std, card.img_size, card.source_size
         else:
@@ -133,12 +167,13 @@ def main(argv=None) -> int:
         if not images_dir.is_dir() or found == [images_dir]:
             raise ImageError(f"--images {images_dir}: no folder of images")
         batch = torch.cat([to_model_input(load_image(p, source_size or size)[None], size, mean, std, source_size)
-                           for p in evenly_spaced(found, args.num_images)])  # exactly as training evaluated
+                           for p in evenly_spaced(found, min(args.num_images, 8) if args.mae else args.num_images)])
     except (CheckpointError, WeightsError, ImageError, ValueError) as error:
         print(f"error: {error.advice('--pretrained') if isinstance(error, HubUnavailable) else error}", file=sys.stderr)
         return 1
     try:
-        paths = save_figures(model, batch, args.out_dir)
+        paths = [save_mae_figure(model, batch, mean, std, args.out_dir, args.mask_ratio)] if args.mae else \
+            save_figures(model, batch, args.out_dir)
     except OSError as error:
         print(f"error: cannot write {error.filename or args.out_dir} ({error.strerror})", file=sys.stderr)
         return 1

@@ -104,3 +104,18 @@ def test_mae_reads_like_paper_py():
     for cls in (mae.Decoder, mae.MaskedAutoencoder):
         method = ast.parse(inspect.getsource(cls.forward).strip().replace("\n    ", "\n"))
         assert not any(isinstance(node, (ast.If, ast.IfExp)) for node in ast.walk(method)), cls.__name__
+
+
+def test_the_papers_figure_from_the_command_line(tmp_path, cifar_dir):
+    from PIL import Image
+
+    transformers_mae(tmp_path, False, hidden_size=192, num_hidden_layers=2, num_attention_heads=3,
+                     intermediate_size=768, image_size=64, decoder_hidden_size=128, decoder_num_hidden_layers=1,
+                     decoder_num_attention_heads=4, decoder_intermediate_size=512)
+    result = run_cli("infer.figures", str(tmp_path / "figures"), "--mae", str(tmp_path / "hf"),
+                     "--images", str(cifar_dir / "test"), "--num-images", "3", "--mask-ratio", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'figures' / 'mae_reconstruction.png'}"
+    with Image.open(tmp_path / "figures" / "mae_reconstruction.png") as picture:
+        assert picture.size == (800, 600)  # 4 columns, 3 rows
+    assert mae.load(tmp_path / "hf").encoder.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)  # MAE's own inputs

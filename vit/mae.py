@@ -29,6 +29,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from vit.config import ViTConfig
+from vit.families import IMAGENET  # MAE's inputs, where a file does not say
 from vit.layers.blocks import EncoderBlock
 from vit.model import VisionTransformer
 from vit.naflex import patchify
@@ -185,6 +186,7 @@ def load(path, norm_pix_loss: bool | None = None) -> MaskedAutoencoder:
                         heads=config.get("decoder_num_attention_heads") or DecoderConfig.heads,
                         norm_pix_loss=config.get("norm_pix_loss", False) if norm_pix_loss is None else norm_pix_loss)
     model = MaskedAutoencoder(encoder, cfg)
+    encoder.pretrained_cfg.update(source=weights.source, mean=weights.mean or IMAGENET[0], std=weights.std or IMAGENET[1])
     if decoder:
         model.decoder.load_state_dict(decoder)
     return model.eval()

@@ -45,7 +45,7 @@ class SoftmaxAttention(nn.Module):
 class MatmulAttention(SoftmaxAttention):
     """SoftmaxAttention's formula written out as two matmuls and a softmax, for tools that work
     on matmuls: PT2E quantisation makes both of them int8 (infer/compiled.py swaps this in
-    while it exports, vit.export.with_matmul_attention)."""
+    while it exports, infer.export.with_matmul_attention)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return attention_logits(q, k, bias).softmax(dim=-1) @ v  # (B, H, T, T) @ (B, H, T, hd)
