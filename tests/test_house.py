@@ -52,3 +52,19 @@ def test_the_guide_from_paper_to_a_family_points_at_the_lines_it_names():
     for name, path, line in references:
         text = (REPO / path).read_text().splitlines()[int(line) - 1]
         assert re.match(rf"(class|def) {name}\b|{name} = ", text), f"{path}:{line} is not {name}: {text!r}"
+
+
+def test_the_models_reading_map_points_at_paper_pys_lines():
+    """vit/model.py's reading map cites paper.py's lines for each call: those lines are that step."""
+    source = (REPO / "vit" / "model.py").read_text()
+    paper = (REPO / "vit" / "paper.py").read_text().splitlines()
+    steps = {"VisionTransformer.forward": "def forward(self, images", "PatchEmbedding": "self.projection(images)",
+             "AddPositions": "+ self.position_embedding", "EncoderBlock.forward": "x = x + self.attention(",
+             "qkv_projection": "self.qkv(x)", "SoftmaxAttention": "softmax(dim=-1)", "out_proj": "self.out_proj(",
+             "MLP.forward": "self.fc2(F.gelu(", "the final LayerNorm": "self.final_norm(x)",
+             "OneHead": "self.head(x[:, 0])"}
+    for step, code in steps.items():
+        row = next(line for line in source.splitlines() if step in line and re.search(r"\d+\s*$", line))
+        first, _, last = row.split()[-1].partition("-")  # "65-67", or "94"
+        cited = range(int(first), int(last or first) + 1)
+        assert any(code in paper[i - 1] for i in cited), f"{step}: paper.py {row.split()[-1]}"

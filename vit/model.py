@@ -11,19 +11,19 @@ method asks which family it runs: each slot holds a class chosen once, in `__ini
 Reading map: the calls of ViT-B/16's forward pass, in order, beside vit/paper.py's lines.
 
     call (file)                                                     shape            paper.py
-    VisionTransformer.forward                                       (B, 3, 224, 224) 126
-      forward_features -> embed -> PatchEmbedding (embeddings.py)    (B, 196, 768)    127, 49-51
-      embed_patches: prefix tokens, AddPositions (positions.py)     (B, 197, 768)    128-129
-      encode: for each of the 12 blocks, run_block ->               (B, 197, 768)    130-131
-        EncoderBlock.forward (blocks.py)                                             104-106
+    VisionTransformer.forward                                       (B, 3, 224, 224) 159
+      forward_features -> embed -> PatchEmbedding (embeddings.py)    (B, 196, 768)    160, 65-67
+      embed_patches: prefix tokens, AddPositions (positions.py)     (B, 197, 768)    161-162
+      encode: for each of the 12 blocks, run_block ->               (B, 197, 768)    163-164
+        EncoderBlock.forward (blocks.py)                                             124-126
           attention_branch: attention_norm, then
             MultiHeadSelfAttention.forward (attention.py):
-              qkv_projection, heads                                 (B, 12, 197, 64) 70
-              weighted_values -> SoftmaxAttention                   (B, 12, 197, 64) 71-73
-              out_proj of the heads side by side                    (B, 197, 768)    74
-          mlp_branch: mlp_norm, then MLP.forward (mlp.py)           (B, 197, 768)    86
-      final_tokens -> norm_tokens: the final LayerNorm              (B, 197, 768)    132
-      forward_head: TokenPooling, then OneHead (heads.py)           (B, 1000)        133
+              qkv_projection, heads                                 (B, 12, 197, 64) 89-90
+              weighted_values -> SoftmaxAttention                   (B, 12, 197, 64) 91-93
+              out_proj of the heads side by side                    (B, 197, 768)    94
+          mlp_branch: mlp_norm, then MLP.forward (mlp.py)           (B, 197, 768)    106
+      final_tokens -> norm_tokens: the final LayerNorm              (B, 197, 768)    165
+      forward_head: TokenPooling, then OneHead (heads.py)           (B, 1000)        166
 
 The slots that are the identity in ViT-B/16 (norm_after_patches, norm_before_blocks, the rotations
 RoPE hands each block, q_norm and k_norm, layer scale, drop path, class_attention, pooled_norm)
