@@ -41,9 +41,9 @@ def build_parser() -> ArgumentParser:
                         help="autocast precision (default auto: the one training evaluated in, where the "
                              "hardware runs it natively; see --quantize)")
     parser.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
-                        help="int8: dynamic int8 Linear layers on CPU (default auto: int8 for a GPU-trained "
-                             "checkpoint on a CPU without AMX, where bf16 would be emulated; this CPU's fastest "
-                             "precision once the checkpoint is compiled for it, see --prepare)")
+                        help="int8: the CPU's int8 package, unchecked (PT2E's, built once and kept); none: training's "
+                             "precision as it is (default auto: training's where the hardware runs it natively, or "
+                             "this CPU's fastest checked one once the checkpoint is prepared, see --prepare)")
     parser.add_argument("--prepare", action="store_true",
                         help="compile the checkpoint for this CPU, at the fastest precision whose predictions agree "
                              "with training's on >= 99%% of the images of --data or --image (ViT-S/16: ~30 s a "
