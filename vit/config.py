@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vit.layers.stems import STEMS, stem_stride
 from weights.load import POSITION_RESIZES
 
 
@@ -53,6 +52,17 @@ NORMS = ("layernorm", "rmsnorm")
 
 
 RESIZES = tuple(POSITION_RESIZES)  # weights/load.py says what each does
+
+STEMS = ("bit", "resnet_d", "mobileclip")  # the hybrids' CNN stems (vit/layers/stems.py builds them)
+
+
+def stem_stride(kind: str, depths: tuple[int, ...]) -> int:
+    """Pixels per position of the stem's map: 4 after a ResNet's stem, halved by each stage after
+    the first (16 for (3, 4, 9)); MobileCLIP's 4 x 2 x 2."""
+    if kind == "mobileclip":
+        return 16
+    return 4 * 2 ** max(len(depths) - 1, 0)
+
 
 # --- Every field's type and range, checked before anything is built from a config (a checkpoint's
 # recorded architecture may come from anywhere): (type, lowest, highest), None where unbounded.

@@ -16,7 +16,7 @@ import torch
 
 from vit.families import MODELS, model_config
 from vit.model import VisionTransformer
-from vit.layers.stems import stem_stride
+from vit.config import stem_stride
 from weights.layouts import LAYOUTS
 from weights.load import Pretrained, load_pretrained
 

@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-STEMS = ("bit", "resnet_d", "mobileclip")
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 
 
@@ -185,14 +184,6 @@ class ConvStem(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.norm1(self.conv1(images)))
         return self.conv3(F.gelu(self.norm2(self.conv2(x))))
-
-
-def stem_stride(kind: str, depths: tuple[int, ...]) -> int:
-    """Pixels per position of the stem's map: 4 after a ResNet's stem, halved by each stage after
-    the first (16 for (3, 4, 9)); MobileCLIP's 4 x 2 x 2."""
-    if kind == "mobileclip":
-        return 16
-    return 4 * 2 ** max(len(depths) - 1, 0)
 
 
 def stem_channels(kind: str, depths: tuple[int, ...], dim: int) -> int:
