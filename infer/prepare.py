@@ -12,10 +12,12 @@ counted. Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too)
 prepare's own: another running beside it keeps its work. The verdict is kept (infer/cache.py).
 """
 
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from infer import cache, compiled
 from infer.compiled import CompiledModel, CompileUnavailable
@@ -62,26 +64,38 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
             verdict: dict, packages: dict) -> Measured | None:
     """Time training's precision eagerly, build, time and check every candidate (recording each in
     `verdict` and its package in `packages`), and return `choose`'s answer."""
+    candidates = [name for name in cpu_precisions() if name != "fp32"]  # (compiled fp32 runs as fast as eager)
+    # A bar on a terminal (the build is minutes on 2 cores); none where stderr is a file or a pipe.
+    steps = tqdm(total=1 + 3 * len(candidates), desc="prepare", unit="step", leave=False,
+                 disable=not sys.stderr.isatty())
     exact = Precision(trained)
+    steps.set_postfix_str(f"{trained}, as trained")
     reference = batched_probabilities(model, exact, images).argmax(dim=1)  # (N,) training's top-1
     eager = verdict["img_per_s"][f"{trained} (eager)"] = rate(model, exact, images)
+    steps.update()
     measured = []
-    for name in cpu_precisions():
-        if name == "fp32":  # compiled fp32 runs as fast as eager fp32 (benchmarks/README.md)
-            continue
+    for name in candidates:
+        steps.set_postfix_str(f"building {name}")
         packages[name] = cache.new_package_path(checkpoint, name)
         try:
             compiled.build(model, card.img_size, name, packages[name])
         except CompileUnavailable as error:
+            steps.close()
             raise OptionError(f"--prepare: {error}") from None
+        steps.update()
+        steps.set_postfix_str(f"checking {name} on {len(images)} images")
         package, precision = CompiledModel(packages[name], card.img_size), Precision(name, compiled=True)
         calls = None
         if name != trained:
             found = batched_probabilities(package, precision, images)  # (N, classes)
             verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
             calls = verdict["close_calls"][name] = close_calls(found, reference)
+        steps.update()
+        steps.set_postfix_str(f"timing {name}")
         measured.append(Measured(name, rate(package, precision, images), calls))
         verdict["img_per_s"][name] = measured[-1].img_per_s
+        steps.update()
+    steps.close()
     return choose(trained, eager, measured)[0]
 
 
