@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from infer import cpu
+from vit.checkpoint import ModelCard
 from weights.files import atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-bf16")  # what a verdict may name
@@ -110,7 +111,7 @@ def write_verdict(checkpoint: str | Path, verdict: dict) -> dict:
     returns it as kept."""
     kept = {**verdict, "checkpoint": {"sha256": sha256(checkpoint), "signature": signature(checkpoint)}}
     if verdict.get("package") is not None:
-        kept["package_sha256"] = sha256(private_dir() / verdict["package"])
+        kept["package_sha256"] = sha256(package_path(verdict))
     atomic_write(verdict_path(checkpoint), lambda file: file.write(json.dumps(kept, indent=1).encode()))
     return kept
 
@@ -143,10 +144,16 @@ def read_verdict(checkpoint: str | Path) -> dict | None:
     return verdict
 
 
+def package_path(verdict: dict) -> Path:
+    """Where the verdict's package is: its plain name in the private folder (unchecked; `package_file`
+    checks it, and `read_verdict` has for every verdict it returns)."""
+    return private_dir() / verdict["package"]
+
+
 def package_file(verdict: dict) -> Path:
     """The verdict's package, checked: in the private folder, a regular file of this user's, its
     contents those recorded when it was built. VerdictUnusable otherwise."""
-    path = private_dir() / verdict["package"]
+    path = package_path(verdict)
     try:
         info = path.lstat()
     except OSError:
@@ -160,8 +167,6 @@ def package_file(verdict: dict) -> Path:
 
 def malformed(verdict) -> str | None:
     """What is wrong with a verdict read back, in a few words; None where it is one this version writes."""
-    from vit.checkpoint import ModelCard  # (the card's own checks)
-
     if not isinstance(verdict, dict):
         return "not a verdict"
     fields = {"precision": str, "guard": (int, float), "img_size": int, "batch_size": int, "card": dict,

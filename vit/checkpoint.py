@@ -33,6 +33,7 @@ import torch
 from vit.cli import first_line
 from vit.families import MODELS, model_config
 from vit.config import ACTIVATIONS, ViTConfig
+from vit.describe import holds
 from vit.model import VisionTransformer
 from weights.files import CheckpointError, atomic_save
 from weights.load import WeightsError, check_finite, check_tensors, is_layer_norm_eps, load_weights_only, normalisation
@@ -195,8 +196,6 @@ def check_fits(cfg: ViTConfig, state_dict: dict, name: str, path) -> None:
     """The model `cfg` describes, built on the meta device (no memory taken), against the file's
     tensors: every key and shape the same, and no more than MAX_TABLE_BYTES of tables computed
     beside them. CheckpointError, one line, saying which model the file holds where they differ."""
-    from vit.describe import holds
-
     with torch.device("meta"):
         planned = VisionTransformer(cfg)
     expected = {key: tuple(value.shape) for key, value in planned.state_dict().items()}

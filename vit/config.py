@@ -80,11 +80,6 @@ RULES = {
 }
 OPTIONAL = {"kv_heads": (INT, 1, 1024), "pool_heads": (INT, 1, 1024), "pool_mlp_ratio": (NUMBER, 1e-3, 64.0),
             "rope_reference_grid": (INT, 1, 1024), "final_norm_eps": (NUMBER, 1e-30, 1e-1)}
-BOOLS = ("class_token", "distillation_token", "positions_cover_prefix", "qkv_bias", "patch_bias", "norm_before_blocks",
-         "norm_after_pool", "final_norm", "pool_reads_prefix", "absolute_positions", "rope_xy", "relative_position_bias",
-         "relative_position_shared", "key_bias", "proj_bias", "gated_mlp", "mlp_inner_norm", "attention_inner_norm",
-         "norm_after_patches", "post_norm", "parallel", "qk_norm", "differential", "layer_scale_mlp", "naflex",
-         "position_keeps_aspect", "factorized_positions", "decomposed_relative_positions", "talking_heads")
 MAX_SIDE = 16384  # pixels per image side
 MAX_TOKENS = 65536  # tokens per image: attention's cost grows with their square
 
@@ -295,7 +290,7 @@ class ViTConfig:
             problem = field_problem(*check)
             if problem:
                 return problem
-        wrong = [name for name in BOOLS if not isinstance(getattr(self, name), bool)]
+        wrong = [f.name for f in dataclasses.fields(self) if f.type is bool and not isinstance(getattr(self, f.name), bool)]
         if wrong:
             return f"{wrong[0]} is {str(getattr(self, wrong[0]))[:40]!r}, not True or False"
         if len(self.stem_depths) > 8:

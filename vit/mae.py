@@ -21,14 +21,15 @@ get a fresh decoder). tests/test_mae.py holds it to transformers' model: the sam
 same mask, loss and predictions.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
+from vit import paper
 from vit.config import ViTConfig
+from vit.describe import describe
 from vit.families import IMAGENET  # MAE's inputs, where a file does not say
 from vit.layers.blocks import EncoderBlock
 from vit.model import VisionTransformer
@@ -103,7 +104,7 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         self.encoder, self.decoder_cfg = encoder, decoder
         self.decoder = Decoder(encoder.cfg, decoder)
-        self.target = normalised_patches if decoder.norm_pix_loss else patchify_image  # chosen once
+        self.target = normalised_patches if decoder.norm_pix_loss else patchify  # chosen once: (B, N, P*P*3)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None, mask_ratio: float = 0.75):
         latent, mask, ids_restore = self.encode(images, draw_noise(images, self.encoder.cfg.num_patches, noise), mask_ratio)
@@ -129,7 +130,7 @@ class MaskedAutoencoder(nn.Module):
         patch's mean and std (as the paper's pictures are)."""
         loss, predictions, mask = self(images, noise, mask_ratio)
         p = self.encoder.cfg.patch_size
-        pixels = patchify_image(images, p)  # (B, N, P*P*3)
+        pixels = patchify(images, p)  # (B, N, P*P*3), MAE's order
         predictions = unnormalise(predictions, pixels) if self.decoder_cfg.norm_pix_loss else predictions
         hidden = mask[..., None]  # (B, N, 1)
         grid = images.shape[-2] // p
@@ -145,11 +146,6 @@ def draw_noise(images: torch.Tensor, num_patches: int, noise: torch.Tensor | Non
     return torch.rand(images.shape[0], num_patches, device=images.device)
 
 
-def patchify_image(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, P*P*C): each patch's pixels, rows first, channels last (MAE's order)."""
-    return patchify(images, patch_size)
-
-
 def normalised_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """norm_pix_loss' target: each patch's pixels minus their mean, over sqrt(variance + 1e-6)."""
     pixels = patchify(images, patch_size)
@@ -161,9 +157,6 @@ def unnormalise(predictions: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor
     return predictions * (pixels.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + pixels.mean(dim=-1, keepdim=True)
 
 
-WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # where a file does not say (paper.py's SIZES)
-
-
 def load(path, norm_pix_loss: bool | None = None) -> MaskedAutoencoder:
     """An MAE in any layout that has one (the module docstring), its decoder too where the file has
     it (else a fresh one, the paper's). norm_pix_loss: None is the file's (transformers' config.json;
@@ -171,16 +164,14 @@ def load(path, norm_pix_loss: bool | None = None) -> MaskedAutoencoder:
     from weights.load import load_mae
 
     weights, decoder, config = load_mae(path)
-    tensors = weights.state_dict
-    width, depth = tensors["cls_token"].shape[-1], len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})
-    patch = tensors["patch_embedding.projection.weight"].shape[-1]
-    grid = math.isqrt(tensors["position_embedding"].shape[1] - 1)
+    shapes = describe(weights)  # the encoder's depth, width, patch, MLP and size, as `weights inspect` reads them
+    heads = {width: heads for width, _, heads in paper.SIZES.values()}  # where a file does not say
     encoder = VisionTransformer(ViTConfig(
-        img_size=grid * patch, patch_size=patch, num_classes=0, embed_dim=width, depth=depth,
-        num_heads=config.get("num_attention_heads") or WIDTH_HEADS[width],
-        mlp_ratio=tensors["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        img_size=shapes.img_size, patch_size=shapes.patch[0], num_classes=0, embed_dim=shapes.width,
+        depth=shapes.depth, num_heads=config.get("num_attention_heads") or heads[shapes.width],
+        mlp_ratio=shapes.mlp_hidden / shapes.width,
         layer_norm_eps=weights.layer_norm_eps or 1e-6, activation=weights.activation or "gelu"))
-    encoder.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("head")})
+    encoder.load_state_dict({k: v for k, v in weights.state_dict.items() if not k.startswith("head")})
     dim = decoder["embed.weight"].shape[0] if decoder else DecoderConfig.dim
     cfg = DecoderConfig(dim=dim, depth=len({k.split(".")[1] for k in decoder if k.startswith("blocks.")}) or DecoderConfig.depth,
                         heads=config.get("decoder_num_attention_heads") or DecoderConfig.heads,

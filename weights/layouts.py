@@ -585,7 +585,7 @@ def _ends(*suffixes: str) -> Callable[[set[str]], bool]:
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first that recognises a file wins
     Layout("ours", "this project (vit/model.py)", None, _has("patch_embedding.projection.weight")),
     Layout("meta_mae", "Meta's MAE release with its decoder (facebookresearch/mae: mae_visualize_vit_*; the encoder)",
-           TIMM_READ_TABLE, _has("decoder_embed.weight"), lambda tensors: _encoder_of("meta_mae")(tensors)),
+           TIMM_READ_TABLE, _has("decoder_embed.weight"), _encoder_of("meta_mae")),
     Layout("meta_dinov3", "Meta's DINOv3 release (facebookresearch/dinov3)", META_DINOV3_TO_OURS,
            lambda keys: "storage_tokens" in keys and "patch_embed.proj.weight" in keys, _prepare_meta_dinov3),
     Layout("meta_dinov2", "Meta's DINOv2 release (facebookresearch/dinov2)", META_DINOV2_TO_OURS,
@@ -607,7 +607,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first t
            # Dinov2Model without antialiasing, Dinov2WithRegistersModel with it (transformers 5)
            position_resize=lambda keys: "bicubic" if "embeddings.register_tokens" in keys else "bicubic_plain"),
     Layout("hf_mae", "transformers' ViTMAEForPreTraining (facebook/vit-mae-*; the encoder)", HF_TO_OURS,
-           _has("decoder.decoder_embed.weight"), lambda tensors: _encoder_of("hf_mae")(tensors),
+           _has("decoder.decoder_embed.weight"), _encoder_of("hf_mae"),
            hf_defaults=(1e-12, "gelu"), position_resize="bicubic_plain"),
     Layout("hf", "transformers' ViTModel / ViTForImageClassification", HF_TO_OURS,
            _ends("embeddings.patch_embeddings.projection.weight"), _prepare_hf_vit, hf_defaults=(1e-12, "gelu"),
