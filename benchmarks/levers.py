@@ -23,7 +23,8 @@ from benchmarks.common import machine, timed
 from benchmarks.train import DEFAULT_DATA
 from train.config import TrainConfig
 from train.datasets import load_dataset
-from train.loop import evaluate, prepare, train_one_epoch
+from train.loop import prepare, train_one_epoch
+from train.objectives import evaluate
 from train.preflight import eager
 from train.state import EpochProgress, save_last
 from train.stop import StopRequest

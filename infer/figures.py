@@ -110,10 +110,11 @@ def save_figures(model: VisionTransformer, images: torch.Tensor, out_dir: str | 
 
 
 
-def save_mae_figure(model, images: torch.Tensor, mean, std, out_dir: str | Path, mask_ratio: float = 0.75) -> Path:
-    """MAE's Figure 2 for `images` (B, 3, S, S, normalised as the encoder reads them): one row per
-    image, in the images' own colours. Returns the PNG's path."""
-    pictures = model.reconstruct(images, mask_ratio=mask_ratio)
+def save_mae_figure(pictures: dict, mean, std, path: str | Path, mask_ratio: float = 0.75) -> Path:
+    """MAE's Figure 2 from `MaskedAutoencoder.reconstruct`'s pictures (B images, normalised as the
+    encoder reads them): one row per image, in the images' own colours, written to `path` (PNG)."""
+    pictures = {k: v.float().cpu() for k, v in pictures.items() if k in ("original", "masked", "reconstruction", "pasted")}
+    images = pictures["original"]
     colours = lambda x: (x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1)  # noqa: E731
     columns = ("original", "masked", "reconstruction", "pasted")
     figure, axes = plt.subplots(len(images), 4, figsize=(8, 2 * len(images)), squeeze=False)
@@ -123,7 +124,7 @@ def save_mae_figure(model, images: torch.Tensor, mean, std, out_dir: str | Path,
             axes[row][column].axis("off")
             axes[0][column].set_title(name if name != "masked" else f"masked {mask_ratio:.0%}", fontsize=9)
     figure.tight_layout()
-    path = Path(out_dir) / "mae_reconstruction.png"
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -172,7 +173,8 @@ def main(argv=None) -> int:
         print(f"error: {error.advice('--pretrained') if isinstance(error, HubUnavailable) else error}", file=sys.stderr)
         return 1
     try:
-        paths = [save_mae_figure(model, batch, mean, std, args.out_dir, args.mask_ratio)] if args.mae else \
+        paths = [save_mae_figure(model.reconstruct(batch, mask_ratio=args.mask_ratio), mean, std,
+                                        Path(args.out_dir) / "mae_reconstruction.png", args.mask_ratio)] if args.mae else \
             save_figures(model, batch, args.out_dir)
     except OSError as error:
         print(f"error: cannot write {error.filename or args.out_dir} ({error.strerror})", file=sys.stderr)

@@ -7,6 +7,8 @@
     resumed    the same, --resume stopped/last.pt                 -> its files equal fsdp's
     lora-ddp   LoRA rank 4 on q, v and out, DDP, 1 epoch, bf16 autocast
     lora-fsdp  the same under FSDP                                -> equal to lora-ddp's, adapters merged
+    mae-ddp    MAE pretraining (--objective mae, patch 4, tiny decoder), DDP, 1 epoch
+    mae-fsdp   the same under FSDP (the encoder's and decoder's blocks its units) -> equal to mae-ddp's
 """
 
 import json
@@ -60,6 +62,8 @@ report["stopped_at"] = [stopped_at["epoch"], stopped_at["step"]]
 report["resumed"] = run("resumed", fsdp=True, grad_checkpointing=True, resume=f"{out}/stopped/last.pt", **RECIPE)
 LORA = dict(epochs=1, lora=4, lora_targets="q,v,out", amp="bf16", max_eval_samples=None)  # all 20 test images
 report["lora-ddp"], report["lora-fsdp"] = run("lora-ddp", **LORA), run("lora-fsdp", fsdp=True, **LORA)
+MAE = dict(epochs=1, objective="mae", patch_size=4, decoder="tiny")
+report["mae-ddp"], report["mae-fsdp"] = run("mae-ddp", **MAE), run("mae-fsdp", fsdp=True, **MAE)
 if rank == 0:
     print(json.dumps(report), flush=True)
 leave(finished=True)  # as train's CLI ends

@@ -29,14 +29,17 @@ def largest_difference(a: dict, b: dict) -> float:
 def test_fsdp_on_two_ranks_equals_ddp_and_resumes_after_one_rank_is_stopped(cifar_dir, tmp_path):
     """tests/giants_worker.py runs the real loop under torchrun: DDP, then FSDP, with EMA, layer
     decay and drop path; FSDP with activation checkpointing stopped by a SIGTERM to rank 1 alone,
-    then resumed; LoRA under DDP and FSDP with bf16 autocast."""
+    then resumed; LoRA under DDP and FSDP with bf16 autocast; MAE pretraining under DDP and FSDP."""
     data = make_subset(cifar_dir, tmp_path / "cifar10", 8, 2)
     out = tmp_path / "out"
     result = run_module("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
                         str(REPO / "tests" / "giants_worker.py"), str(data), str(out), env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [report[k] for k in ("ddp", "fsdp", "resumed", "lora-ddp", "lora-fsdp")] == [None] * 5
+    assert [report[k] for k in ("ddp", "fsdp", "resumed", "lora-ddp", "lora-fsdp", "mae-ddp", "mae-fsdp")] == [None] * 7
+    # MAE pretraining: FSDP's autoencoder (encoder and decoder) is DDP's
+    mae = "vit_cifar10_mae.pth"
+    assert largest_difference(weights(out / "mae-ddp" / mae), weights(out / "mae-fsdp" / mae)) < 1e-5
 
     # FSDP's files are DDP's: the same keys (whole tensors, gathered), the same numbers within float rounding
     model = "vit_cifar10_finetuned.pth"

@@ -202,12 +202,13 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cifar_dir, tmp_path, monkeypatch):
     import train.loop as loop
+    import train.objectives as objectives
 
     data = make_subset(cifar_dir, tmp_path / "data", 4, 1)
     cfg = TrainConfig(data=str(data), epochs=3, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"),
                       model="vit_tiny_patch16_224", pretrained="none", img_size=32, batch_size=8, device="cpu",
                       num_workers=1, log_every=1)
-    real_evaluate = loop.evaluate
+    real_evaluate = objectives.evaluate
     calls = []
 
     def evaluate_then_diverge(forward, *args, **kwargs):
@@ -218,7 +219,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cifar_dir, tm
                 next(forward.parameters()).fill_(float("nan"))
         return result
 
-    monkeypatch.setattr(loop, "evaluate", evaluate_then_diverge)
+    monkeypatch.setattr(objectives, "evaluate", evaluate_then_diverge)
     with pytest.raises(loop.TrainingError, match="loss became NaN/Inf in epoch 2"):
         loop.train(cfg)
     last = safe_load(tmp_path / "out" / "last.pt")

@@ -1,4 +1,4 @@
-"""`python -m train`: fine-tune a ViT (by default timm's ViT-B/16 on CIFAR-10, 3 epochs).
+"""`python -m train`: fine-tune a ViT (by default timm's ViT-B/16 on CIFAR-10, 3 epochs), or pretrain one as a masked autoencoder (--objective mae).
 
 Every flag maps to a field of train.config.TrainConfig. Expected failures (bad data, impossible
 downloads, bad checkpoints, out of memory) end with one line on stderr and a non-zero exit.
@@ -53,7 +53,11 @@ FRACTIONS = {  # flags that are fractions, and which ends they may reach
     "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),  # 1: every layer at lr
     "drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),  # 0: off
     "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mask_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
+MAE_WITHOUT = {"probe": "evaluates a backbone: give it the pretrained file (--pretrained vit_<name>_mae.pth)",
+               "lora": "adapts a trained model; MAE pretraining trains every weight",
+               "layer_decay": "is for fine-tuning", "ema": "is for fine-tuning"}  # flags --objective mae refuses, and why
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -82,11 +86,28 @@ def parse_args(argv=None) -> TrainConfig:
     if args.probe and (args.fsdp or args.lora or args.grad_checkpointing):
         parser.error("argument --probe: evaluates the frozen backbone in one process; --fsdp, --lora and "
                      "--grad-checkpointing are for fine-tuning")
-    patch = model_config(args.model).token_stride  # the patch size (a hybrid's: times its stem's stride)
+    if args.objective == "mae":
+        check_mae(parser, args)
+    if args.patch_size and args.pretrained != "none":
+        parser.error("argument --patch-size: builds a model from scratch (--pretrained none); pretrained weights "
+                     "bring their own patch size")
+    patch = args.patch_size or model_config(args.model).token_stride  # the patch size (a hybrid's: times its stem's stride)
     if args.img_size % patch:
         parser.error(f"argument --img-size: {args.img_size} is not a multiple of {args.model}'s patch size {patch} "
                      f"(e.g. {max(patch, round(args.img_size / patch) * patch)})")
     return TrainConfig(**vars(args))
+
+
+def check_mae(parser: ArgumentParser, args) -> None:
+    """--objective mae's flags: the model is a paper ViT (vit/mae.py's encoder), no fine-tuning flag."""
+    from vit.paper import NAMES
+
+    for name, why in MAE_WITHOUT.items():
+        if getattr(args, name):
+            parser.error(f"argument --{name.replace('_', '-')}: not with --objective mae; it {why}")
+    if args.model.split(".")[0] not in NAMES:
+        parser.error(f"argument --model: --objective mae pretrains the paper's ViTs (vit/paper.py's NAMES), "
+                     f"e.g. vit_base_patch16_224; not {args.model}")
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,11 @@
-"""Every setting of a fine-tuning run, in one visible place: its default, its flag's help, and
+"""Every setting of a training run (fine-tuning, or MAE pretraining with --objective mae), in one visible place: its default, its flag's help, and
 whether a resumed run must keep it. `python -m train` makes one flag per field from this table."""
 
 import os
 from dataclasses import dataclass, field, fields
 
 from vit.checkpoint import AMP_DTYPES
+from vit.mae import DECODERS
 
 
 def setting(default, help: str, *, must_match: bool = False, positive: bool = False, kind=None, choices=None):
@@ -27,8 +28,23 @@ class TrainConfig:
     pretrained: str = setting("default", "'default' (timm's ImageNet weights for --model, from the Hugging Face hub or "
                               "its cache), a hub id, a local checkpoint in any layout python -m weights inspect reads, "
                               "or 'none' for random weights (default: default)")
+    patch_size: int | None = setting(None, "with --pretrained none: the patch side of the model to build (e.g. 4 for "
+                                     "32 px images); the saved model records it (default: the name's)",
+                                     must_match=True, positive=True, kind=int)
     img_size: int = setting(224, "side of the model's input in pixels, a multiple of the patch size; CIFAR-10's 32 px "
                             "images are resized to it on the device (default: 224)", must_match=True, positive=True)
+    # What it learns (train/objectives.py)
+    objective: str = setting("classify", "classify (fine-tune on the labels) or mae (pretrain on the images alone as a "
+                             "masked autoencoder, vit/mae.py; labels are not needed) (default: classify)",
+                             must_match=True, choices=("classify", "mae"))
+    mask_ratio: float = setting(0.75, "with --objective mae: the share of each image's patches hidden from the "
+                                "encoder (default: 0.75, the paper's)", must_match=True)
+    decoder: str = setting("paper", "with --objective mae: the decoder's size, vit/mae.py's DECODERS: paper (512 wide, "
+                           "8 blocks, for ViT-B and up), small (256, 4: ViT-S/Ti), tiny (128, 2: 32 px images) "
+                           "(default: paper)", must_match=True, choices=tuple(DECODERS))
+    mae_target: str = setting("normalised", "with --objective mae: what the decoder predicts for a hidden patch: "
+                              "normalised (its pixels minus their mean, over their std: the paper's best) or pixels "
+                              "(default: normalised)", must_match=True, choices=("normalised", "pixels"))
     # Optimisation: AdamW (train/optim.py), linear warmup then cosine decay to 0, label smoothing, clipping
     epochs: int = setting(3, "passes over the training set (default: 3)", must_match=True, positive=True)
     batch_size: int = setting(128, "images per step (default: 128)", must_match=True, positive=True)
@@ -95,6 +111,10 @@ class TrainConfig:
     log_every: int = setting(25, "steps between progress-bar updates, at least two an epoch; each one waits for "
                              "the GPU (default: 25)",
                              positive=True)
+
+    def architecture_overrides(self) -> dict:
+        """ViTConfig fields the flags change from the name's (vit.create_model's overrides)."""
+        return {"patch_size": self.patch_size} if self.patch_size else {}
 
 
 # The settings a resumed run must share with the run that wrote its last.pt.

@@ -159,23 +159,50 @@ def subset(files: list, labels: list, limit: int | None, seed: int) -> tuple[lis
     return [files[i] for i in chosen], [labels[i] for i in chosen]
 
 
+UNLABELLED_HELD_OUT = (0.05, 1000)  # an unlabelled folder's held-out share for MAE's evaluation, and its cap
+
+
+def list_unlabelled(root: Path, seed: int) -> tuple[list[str], list[Path], list[int], list[Path], list[int]]:
+    """Any folder of images (`--objective mae` needs no labels): every image below it, a seeded
+    5% (at most 1,000) held out for the evaluation, all under one class, "images"."""
+    files = expand_paths([root])
+    if files == [root]:
+        raise DataError(f"{root}: no images in it (nor train/ and test/ folders)")
+    if len(files) < 2:
+        raise DataError(f"{root}: one image; pretraining needs some to train on and some held out")
+    held = min(UNLABELLED_HELD_OUT[1], max(1, int(len(files) * UNLABELLED_HELD_OUT[0])))
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    test, train = sorted(order[:held]), sorted(order[held:])
+    return ["images"], [files[i] for i in train], [0] * len(train), [files[i] for i in test], [0] * len(test)
+
+
 def load_image_folder(root: Path, cfg) -> Dataset:
     root = root.resolve()  # absolute file paths, as the cache key needs, without resolving each file
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    if cfg.objective == "mae" and not (root / "train").is_dir():
+        classes, train_files, train_labels, test_files, test_labels = list_unlabelled(root, cfg.seed)
+        return decoded(root, cfg, classes, (train_files, train_labels), (test_files, test_labels))
     if not (root / "train").is_dir() or test_dir is None:
-        raise DataError(f"{root}: expected train/ and test/ (or val/) folders in ImageFolder layout")
+        raise DataError(f"{root}: expected train/ and test/ (or val/) folders in ImageFolder layout"
+                        + ("" if cfg.objective == "mae" else " (--objective mae takes any folder of images)"))
     classes, train_files, train_labels = list_image_folder(root / "train")
     test_classes, test_files, test_labels = list_image_folder(test_dir)
     if classes != test_classes:
         only_train, only_test = set(classes) - set(test_classes), set(test_classes) - set(classes)
         raise DataError(f"{root}: train and {test_dir.name} have different classes "
                         f"(only in train: {sorted(only_train)}, only in {test_dir.name}: {sorted(only_test)})")
-    train_files, train_labels = subset(train_files, train_labels, cfg.max_train_samples, cfg.seed)
-    test_files, test_labels = subset(test_files, test_labels, cfg.max_eval_samples, cfg.seed)
+    return decoded(root, cfg, classes, (train_files, train_labels), (test_files, test_labels))
+
+
+def decoded(root: Path, cfg, classes: list[str], train: tuple[list, list], test: tuple[list, list]) -> Dataset:
+    """The splits' files (subsets where --max-*-samples say): small images decoded (and cached),
+    large ones checked and kept as files."""
+    train_files, train_labels = subset(*train, cfg.max_train_samples, cfg.seed)
+    test_files, test_labels = subset(*test, cfg.max_eval_samples, cfg.seed)
 
     first = next((d for d in map(decode_small, train_files) if not isinstance(d, str)), None)
     if first is None:
-        raise DataError(f"{root / 'train'}: no readable images")
+        raise DataError(f"{root}: no readable training images")
     width, height = first[1]
     name = cfg.name or dataset_name(root)
     if max(width, height) > SMALL_IMAGE_MAX_SIDE or width != height:

@@ -1,8 +1,12 @@
-"""The fine-tuning loop: plain PyTorch, top to bottom.
+"""The training loop: plain PyTorch, top to bottom.
 
     data -> model (pretrained, new head) -> AdamW + warmup/cosine -> for each epoch:
         train steps (autocast, clip, step) -> evaluate -> metrics.jsonl -> last.pt
     -> vit_<name>_finetuned.pth, plots
+
+What the steps learn is the run's objective (train/objectives.py): fine-tuning on the labels by
+default, MAE pretraining with --objective mae (its model the masked autoencoder, its file
+vit_<name>_mae.pth); the loop is the same for both.
 
 The file reads in that order: `prepare` assembles the run (after train/preflight.py's checks),
 one epoch of training, one evaluation, and `train`, which strings them together; what is saved,
@@ -18,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import vit
@@ -26,13 +29,12 @@ from train.batches import make_batches
 from train.config import TrainConfig
 from train.datasets import data_folder, load_dataset
 from train.distributed import StopAgreement, rank_and_world, shard
-from train.lora import add_lora, parse_targets
 from train.memory import TrainingShape
+from train.objectives import OBJECTIVES
 from train.optim import build_optimizer
 from train.preflight import (OutputLock, TrainingError, check_free_space, check_memory, check_output_dir,
                              compile_ahead, compile_blocks, eager, forecast_seconds_per_image, resolve_hardware)
-from train.state import (EMA, EpochProgress, Interrupted, Run, announce, epoch_line, restore, save_final,
-                         save_last)
+from train.state import EMA, EpochProgress, Interrupted, Run, announce, restore, save_final, save_last
 from train.stop import StopRequest
 from train.timing import PhaseTimer
 from vit.checkpoint import safe_load
@@ -52,14 +54,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return multiplier
 
 
-def build_model(cfg: TrainConfig, num_classes: int, pretrained: str, device: torch.device) -> vit.VisionTransformer:
-    """The model as it trains: pretrained weights and a new head, adapters (--lora), activation
-    checkpointing, on the device (with --fsdp, `shard` puts it there, below)."""
-    model = vit.create_model(cfg.model, num_classes=num_classes, img_size=cfg.img_size, pretrained=pretrained,
-                             drop_path_rate=cfg.drop_path)
-    if cfg.lora:
-        add_lora(model, cfg.lora, cfg.lora_alpha, parse_targets(cfg.lora_targets))
-    model.grad_checkpointing = cfg.grad_checkpointing
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: str, device: torch.device) -> torch.nn.Module:
+    """The model as it trains: the objective's (pretrained weights and a new head, adapters with
+    --lora; or the masked autoencoder around them), activation checkpointing, on the device (with
+    --fsdp, `shard` puts it there, below)."""
+    objective = OBJECTIVES[cfg.objective]
+    model = objective.build(cfg, num_classes, pretrained)
+    objective.encoder(model).grad_checkpointing = cfg.grad_checkpointing
     if not cfg.fsdp:
         model.to(device)  # (fully_shard moves each block's shard there itself)
     return model
@@ -72,7 +73,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     timer = timer or PhaseTimer()
     device, amp, use_compile = resolve_hardware(cfg)
     rank, world_size = rank_and_world()
-    model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size)  # a bad name or size fails here
+    model_cfg = vit.model_config(cfg.model, img_size=cfg.img_size, **cfg.architecture_overrides())  # a bad one fails here
     check_output_dir(cfg.output_dir, cfg.data)
     check_free_space(cfg.output_dir, model_cfg)
     data_folder(cfg)
@@ -85,7 +86,8 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
 
     with ThreadPoolExecutor(1, thread_name_prefix="data") as background:  # decoding runs in worker processes
         loading = background.submit(load_dataset, cfg)
-        if use_compile and not cfg.lora and not cfg.drop_path:  # meanwhile, compile the block here (compile_blocks)
+        # meanwhile, compile the block here (compile_blocks); MAE's encoder sees a quarter of the tokens
+        if use_compile and not cfg.lora and not cfg.drop_path and cfg.objective == "classify":
             if rank == 0:
                 tqdm.write("compiling the encoder block (torch.compile) while the images decode")
             with timer.phase("compile"):
@@ -94,11 +96,12 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
             data = loading.result()
     with timer.phase("weights"):
         model = build_model(cfg, len(data.class_names), pretrained, device)
+        encoder = OBJECTIVES[cfg.objective].encoder(model)
         if resume_from:
-            model.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
+            encoder.pretrained_cfg.update(mean=tuple(resume_from.get("mean", vit.DEFAULT_MEAN)),
                                         std=tuple(resume_from.get("std", vit.DEFAULT_STD)))
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)  # only once data and weights are in hand
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    mean, std = encoder.pretrained_cfg["mean"], encoder.pretrained_cfg["std"]
     with timer.phase("data"):  # small images move to the device here
         train_batches = make_batches(data.train, cfg, device, mean, std, train=True, rank=rank, world_size=world_size)
         test_batches = make_batches(data.test, cfg, device, mean, std, train=False)
@@ -111,7 +114,7 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
         for module in (model, ema.model) if ema else (model,):
             shard(module, device)
     total_steps = cfg.epochs * len(train_batches)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay,
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, OBJECTIVES[cfg.objective].betas,
                                 fused=device.type == "cuda" and not cfg.fsdp)  # (foreach for FSDP's sharded tensors)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, max(1, int(cfg.warmup_fraction * total_steps))))
@@ -125,7 +128,8 @@ def prepare(cfg: TrainConfig, timer: PhaseTimer | None = None) -> Run:
     return Run(cfg=cfg, data=data, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
                scaler=scaler, device=device, amp=amp, use_compile=use_compile, train_batches=train_batches,
                test_batches=test_batches, seconds_per_image=seconds_per_image, rank=rank, world_size=world_size,
-               resume_from=resume_from, ema=ema, stop_agreement=StopAgreement.for_run(), lock=lock)
+               resume_from=resume_from, ema=ema, stop_agreement=StopAgreement.for_run(), lock=lock,
+               objective=OBJECTIVES[cfg.objective])
 
 
 
@@ -149,8 +153,7 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
         for step, (images, labels) in enumerate(batches.epoch(epoch, start_step), start=start_step):
             stop.step_started()
             with torch.autocast(images.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                logits = run.forward(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+                loss, correct = run.objective.step(run.forward, images, labels, cfg)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -165,7 +168,7 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
 
             # Running sums stay on the device: no host sync here.
             progress.loss_sum += loss.detach().float() * len(labels)
-            progress.correct += (logits.argmax(1) == labels).sum()
+            progress.correct += correct
             progress.seen += len(labels)
             progress.non_finite += (~torch.isfinite(loss.detach())).int()
             bar.update(len(labels))
@@ -175,8 +178,8 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
                     raise TrainingError(f"loss became NaN/Inf in epoch {epoch + 1} near step {step + 1}; stopped, "
                                         "last.pt keeps the last good epoch (try a lower --lr or --amp bf16)")
                 running_loss = progress.loss_sum.item() / progress.seen
-                bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{progress.correct.item() / progress.seen:.2%}",
-                                lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+                accuracy = {"acc": f"{progress.correct.item() / progress.seen:.2%}"} if run.objective.accuracy else {}
+                bar.set_postfix(loss=f"{running_loss:.4f}", **accuracy, lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
                 run.history.append({"kind": "step", "epoch": epoch, "step": epoch * len(batches) + step + 1,
                                     "loss": running_loss})
                 if first_of_run:  # the .item() above waited for the GPU: the first step is really done
@@ -190,28 +193,10 @@ def train_one_epoch(run: Run, epoch: int, start_step: int, progress: EpochProgre
         raise
     bar.close()
     seconds = time.perf_counter() - started
-    return {"train_loss": progress.loss_sum.item() / max(1, progress.seen),
-            "train_acc": progress.correct.item() / max(1, progress.seen),
+    accuracy = {"train_acc": progress.correct.item() / max(1, progress.seen)} if run.objective.accuracy else {}
+    return {"train_loss": progress.loss_sum.item() / max(1, progress.seen), **accuracy,
             "train_img_per_s": (len(batches) - start_step) * cfg.batch_size * run.world_size / seconds,
             "train_seconds": seconds}
-
-
-@torch.no_grad()
-def evaluate(model, batches, num_classes: int, amp_dtype, is_main: bool = True, desc: str = "eval") -> dict:
-    """Loss, top-1 accuracy and confusion matrix (rows: true class) over a whole split."""
-    loss_sum = torch.zeros((), device=batches.device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=batches.device)
-    count = 0
-    for images, labels in tqdm(batches.epoch(0), total=len(batches), desc=desc, leave=False, disable=not is_main):
-        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        cells = labels * num_classes + logits.argmax(1)  # (true, predicted) pairs as flat indices
-        confusion.scatter_add_(0, cells, torch.ones_like(cells))  # unlike bincount, never syncs
-        count += len(labels)
-    confusion = confusion.view(num_classes, num_classes).cpu()
-    return {"test_loss": loss_sum.item() / max(1, count), "test_acc": confusion.trace().item() / max(1, count),
-            "test_images": count, "confusion": confusion.tolist()}
 
 
 def compile_seconds(first_step: float, epoch_seconds: float, steps: int) -> float:
@@ -225,17 +210,12 @@ def compile_seconds(first_step: float, epoch_seconds: float, steps: int) -> floa
 
 
 def evaluate_epoch(run: Run, epoch: int, train_stats: dict) -> dict:
-    """The epoch's record: its training figures, the test split's (and the EMA's, as *_ema)."""
-    classes = len(run.data.class_names)
+    """The epoch's record: its training figures, the objective's evaluation of the test split
+    (and of the EMA, as *_ema)."""
     run.model.eval()
     with eager():
-        record = {"kind": "epoch", "epoch": epoch + 1, **train_stats,
-                  **evaluate(run.model, run.test_batches, classes, run.amp_dtype, run.is_main),
-                  "epoch_seconds": train_stats["train_seconds"], "lr": run.scheduler.get_last_lr()[0]}
-        if run.ema:
-            averaged = evaluate(run.ema.model, run.test_batches, classes, run.amp_dtype, run.is_main, desc="eval EMA")
-            record.update({f"{k}_ema": v for k, v in averaged.items() if k != "test_images"})
-    return record
+        return {"kind": "epoch", "epoch": epoch + 1, **train_stats, **run.objective.evaluate(run, epoch),
+                "epoch_seconds": train_stats["train_seconds"], "lr": run.scheduler.get_last_lr()[0]}
 
 
 
@@ -281,7 +261,7 @@ def run_epochs(run: Run, timer: PhaseTimer) -> dict:
             if run.is_main:
                 with open(Path(cfg.output_dir) / "metrics.jsonl", "a") as file:
                     file.write(json.dumps(summary) + "\n")
-                tqdm.write(epoch_line(record, cfg.epochs))
+                tqdm.write(run.objective.line(record, cfg.epochs))
             start_step, progress = 0, EpochProgress.zeros(run.device)
             stopping = run.stop_agreement.settle(stop.signum is not None)  # the same answer on every rank
             if epoch + 1 < cfg.epochs or stopping:  # (the final one: after the model, below)

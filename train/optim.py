@@ -3,7 +3,7 @@
 Two rules, each written once:
 
   weight decay    on the weight matrices only: not on norms, biases and layer scales (1-D), the
-                  learned tokens (CLS, distillation, registers), the positions (the table, RoPE's
+                  learned tokens (CLS, distillation, registers, MAE's mask token), the positions (the table, RoPE's
                   learned frequencies, BEiT's relative bias tables). Decaying those towards zero
                   would pull the model away from what it learned, for no regularisation gain.
   layer decay     (BEiT, MAE, EVA, DINOv2 and DeiT-III fine-tune this way) the learning rate shrinks
@@ -15,7 +15,9 @@ Layer ids are timm's (`timm.optim.param_groups_layer_decay` with the model's `gr
 that a recipe written for timm means the same here: the embeddings (patches, the learned tokens,
 positions, the norm before the blocks) are layer 0, block i is layer i + 1, the final norm joins
 the last block, and what follows the blocks (the heads, a pooling head, a norm after the pooling,
-RoPE's learned frequencies) is the top layer.
+RoPE's learned frequencies) is the top layer. MAE pretraining (train/objectives.py) trains a
+model around the ViT (`encoder.` before its names) with no layer decay; its AdamW betas are the
+paper's.
 """
 
 import torch
@@ -24,13 +26,14 @@ from vit.model import VisionTransformer
 
 # Learned tensors with more than one dimension that are not weights to decay (see the docstring).
 NO_WEIGHT_DECAY = ("cls_token", "distillation_token", "register_tokens", "position_embedding", "rope.freqs",
-                   "patch_embedding.position_embedding")  # (NaFlex's table; timm decays its factorized ones)
+                   "patch_embedding.position_embedding", "decoder.mask_token")  # (NaFlex's table; timm decays its factorized ones)
 EMBEDDINGS = ("cls_token", "distillation_token", "register_tokens", "position_embedding", "patch_embedding.", "norm_before_blocks.",
               "norm_after_patches.")
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
     """Whether weight decay applies to this parameter (the docstring's first rule)."""
+    name = name.removeprefix("encoder.")  # (MAE's: the ViT inside the masked autoencoder)
     return param.ndim > 1 and name not in NO_WEIGHT_DECAY and not name.endswith("relative_bias.table")
 
 
@@ -61,8 +64,8 @@ def param_groups(model: VisionTransformer, weight_decay: float, layer_decay: flo
     """AdamW's parameter groups: dicts with `params`, `weight_decay` and `lr_scale` (timm's names;
     the learning rate of a group is the run's times its lr_scale). Without layer_decay, two groups:
     with and without weight decay, at the full rate."""
-    ids = layer_ids(model)
-    top = max(ids.values())
+    ids = layer_ids(model) if layer_decay is not None else {}
+    top = max(ids.values(), default=0)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -76,9 +79,9 @@ def param_groups(model: VisionTransformer, weight_decay: float, layer_decay: flo
     return list(groups.values())
 
 
-def build_optimizer(model: VisionTransformer, lr: float, weight_decay: float, layer_decay: float | None = None,
-                    fused: bool = False) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None,
+                    betas: tuple[float, float] = (0.9, 0.999), fused: bool = False) -> torch.optim.AdamW:
     """AdamW over param_groups, each group's learning rate lr * lr_scale (a scheduler's multiplier
     then scales every group alike, so the ratios between layers hold all run long)."""
     groups = [{**group, "lr": lr * group["lr_scale"]} for group in param_groups(model, weight_decay, layer_decay)]
-    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)

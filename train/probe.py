@@ -91,7 +91,8 @@ def cache_key(cfg: TrainConfig, weights: str) -> str:
         stat = Path(weights).stat()
         weights_id = f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     parts = dict(model=cfg.model, weights=weights_id, img_size=cfg.img_size, amp=cfg.amp, data=str(Path(cfg.data).resolve())
-                 if Path(cfg.data).exists() else cfg.data, train=cfg.max_train_samples, test=cfg.max_eval_samples, seed=cfg.seed)
+                 if Path(cfg.data).exists() else cfg.data, train=cfg.max_train_samples, test=cfg.max_eval_samples, seed=cfg.seed,
+                 **cfg.architecture_overrides())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -114,7 +115,8 @@ def probe(cfg: TrainConfig) -> dict:
     weights = vit.locate_pretrained(cfg.model, cfg.pretrained)  # fails in seconds, before any decoding
     data = load_dataset(cfg)
     torch.manual_seed(cfg.seed)  # random weights (--pretrained none) are the seed's
-    backbone = vit.create_model(cfg.model, num_classes=0, img_size=cfg.img_size, pretrained=weights).to(device).eval()
+    backbone = vit.create_model(cfg.model, num_classes=0, img_size=cfg.img_size, pretrained=weights,
+                                **cfg.architecture_overrides()).to(device).eval()
     mean, std = backbone.pretrained_cfg["mean"], backbone.pretrained_cfg["std"]
 
     cache = Path(cfg.cache_dir or default_cache_dir()) / "features" / f"{cache_key(cfg, weights)}.pt"

@@ -8,7 +8,8 @@ FSDP's shards, LoRA's adapters merged in, the EMA kept beside the weights, writt
     full_state_dict   whole weights, gathered on rank 0 under FSDP; load_model_state shards them back
     save_last         last.pt after each epoch (in the background) or on a stop signal
     restore           a resumed run's objects loaded back from last.pt
-    save_final        vit_<name>_finetuned.pth, the final last.pt, plots, the closing lines
+    save_final        vit_<name>_finetuned.pth (MAE: vit_<name>_mae.pth), the final last.pt, plots,
+                      the closing lines
 """
 
 import copy
@@ -160,6 +161,7 @@ class Run:
     ema: EMA | None = None  # --ema: the moving average of the weights
     stop_agreement: StopAgreement = field(default_factory=StopAgreement)  # ranks stop after the same step
     lock: OutputLock | None = None  # rank 0's lock on the output folder (train/preflight.py), held to the end
+    objective: object = None  # what it learns: train/objectives.py's Classification or MaskedAutoencoding
 
     def stateful(self) -> dict:
         """What last.pt saves and a resumed run loads back, beside the weights and the optimiser
@@ -176,8 +178,13 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def encoder(self) -> vit.VisionTransformer:
+        """The ViT being trained (MAE's: inside the masked autoencoder)."""
+        return self.objective.encoder(self.model)
+
     def card(self) -> ModelCard:
-        return model_card(self.cfg, self.data, self.model, self.amp)
+        return model_card(self.cfg, self.data, self.encoder, self.amp)
 
 
 def model_card(cfg: TrainConfig, data: Dataset, model: vit.VisionTransformer, amp: str) -> ModelCard:
@@ -266,8 +273,9 @@ def announce(run: Run) -> None:
     extras += ", activation checkpointing" if cfg.grad_checkpointing else ""
     extras += f", EMA {cfg.ema}" if run.ema else ""
     tqdm.write(f"{cfg.model} @ {cfg.img_size}px on {run.device} ({precision}{extras}), {len(data.train.labels)} train / "
-               f"{len(data.test.labels)} test images, {len(data.class_names)} classes, "
-               f"weights: {run.model.pretrained_cfg['source'] or 'random init'}")
+               f"{len(data.test.labels)} test images, " + (f"{len(data.class_names)} classes, " if run.objective.accuracy else
+               f"MAE pretraining ({cfg.mask_ratio:.0%} of the patches hidden, decoder {cfg.decoder}), ") +
+               f"weights: {run.encoder.pretrained_cfg['source'] or 'random init'}")
     per_epoch = len(run.train_batches) * cfg.batch_size * run.world_size  # training drops the last partial batch
     if per_epoch < len(data.train.labels):
         tqdm.write(f"each epoch trains on {per_epoch:,} of the {len(data.train.labels):,} training images "
@@ -283,14 +291,6 @@ def announce(run: Run) -> None:
         tqdm.write(warning)
 
 
-def epoch_line(record: dict, epochs: int) -> str:
-    """`epoch 2/3: train loss ... acc ... | test loss ... acc ... [| EMA acc ...] | img/s, s`."""
-    ema = f" | EMA acc {record['test_acc_ema']:.2%}" if "test_acc_ema" in record else ""
-    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%} | "
-            f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}{ema} | "
-            f"{record['train_img_per_s']:.0f} img/s, {record['train_seconds']:.1f} s")
-
-
 FINAL_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")
 
 
@@ -300,10 +300,61 @@ def plain_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return merged_state_dict(model, full_state_dict(model))
 
 
+MAE_METRICS = ("epoch", "train_loss", "test_loss", "test_loss_trivial", "train_img_per_s")
+
+
+def save_pretrained(run: Run, record: dict, timer: PhaseTimer) -> dict:
+    """The end of an MAE run: vit_<name>_mae.pth, the whole masked autoencoder (`encoder.` and
+    `decoder.` keys: weights/layouts.py's ours_mae) with what rebuilds it (its encoder's name,
+    size, recorded architecture and normalisation, the decoder's heads and target), so that
+    `train --pretrained` fine-tunes its encoder, `--probe` evaluates it and vit.mae.load (and
+    `infer.figures --mae`) reconstructs with it; the final last.pt, the curves, the closing lines."""
+    cfg, output_dir = run.cfg, Path(run.cfg.output_dir)
+    final = {k: record.get(k) for k in MAE_METRICS}
+    if not record and cfg.resume:  # resumed a run that had already finished
+        final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
+    path = output_dir / f"vit_{run.data.name}_mae.pth"
+    with timer.phase("save"):
+        weights = full_state_dict(run.model)
+    if not run.is_main:
+        if record:
+            save_last(run, cfg.epochs, 0, EpochProgress.zeros(run.device))
+        return final
+    encoder, decoder = run.encoder, run.model.decoder_cfg
+    with timer.phase("save"):
+        atomic_save({"state_dict": weights, "model_name": cfg.model, "img_size": cfg.img_size,
+                     "architecture": encoder.cfg.to_dict(), "mean": list(encoder.pretrained_cfg["mean"]),
+                     "std": list(encoder.pretrained_cfg["std"]), "layer_norm_eps": encoder.cfg.layer_norm_eps,
+                     "activation": encoder.cfg.activation,
+                     "mae": {"num_attention_heads": encoder.cfg.num_heads, "decoder_num_attention_heads": decoder.heads,
+                             "norm_pix_loss": decoder.norm_pix_loss},
+                     "metrics": final, "config": asdict(cfg)}, path)
+        if record:
+            save_last(run, cfg.epochs, 0, EpochProgress.zeros(run.device))
+        from train.plots import save_plots
+
+        save_plots(run.history, None, [], output_dir)
+    timing = timer.record()
+    with open(output_dir / "metrics.jsonl", "a") as file:
+        file.write(json.dumps(timing) + "\n")
+    tqdm.write(timing_line(timing))
+    size = f"--model {cfg.model} --img-size {cfg.img_size}"
+    tqdm.write(f"saved {path} (held-out masked-patch loss {final.get('test_loss') or float('nan'):.4f}, predicting "
+               f"zero {final.get('test_loss_trivial') or float('nan'):.4f})\n"
+               f"wrote in {output_dir}: {path.name} (the encoder and its decoder), last.pt (to --resume or extend), "
+               "metrics.jsonl, curves.png, reconstructions/\n"
+               f"next: python -m train --pretrained {path} {size} --data LABELLED_FOLDER   (fine-tune the encoder)\n"
+               f"      python -m train --probe knn --pretrained {path} {size} --data LABELLED_FOLDER\n"
+               f"      python -m infer.figures --mae {path} --images IMAGES OUT_DIR   (reconstructions)")
+    return final
+
+
 def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
     """The end of a run: the fine-tuned model (and the EMA's), the final last.pt, the plots,
     the timing, and what was written (under torchrun every rank gathers, rank 0 writes).
-    Returns the final metrics."""
+    Returns the final metrics. An MAE run ends in save_pretrained instead."""
+    if not run.objective.accuracy:
+        return save_pretrained(run, record, timer)
     cfg, data, output_dir = run.cfg, run.data, Path(run.cfg.output_dir)
     final = {k: record.get(k) for k in FINAL_METRICS}
     if not record and cfg.resume:  # resumed a run that had already finished

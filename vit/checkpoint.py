@@ -85,6 +85,9 @@ class ModelCard:
         """The card held by a checkpoint's entries (or by an exported model's metadata), each
         field checked: CheckpointError, one line naming the field, for what is plainly wrong."""
         missing = [k for k in ("model_name", "img_size", "class_names", "mean", "std") if k not in checkpoint]
+        if missing and "mae" in checkpoint:
+            raise CheckpointError(f"{path}: an MAE pretraining file (train --objective mae), with no classifier; "
+                                  f"fine-tune its encoder first (python -m train --pretrained {path})")
         if missing:
             raise CheckpointError(f"{path}: not a fine-tuned model checkpoint (missing {', '.join(missing)})")
         entries = {f.name: checkpoint[f.name] for f in fields(cls) if f.name in checkpoint}
@@ -108,10 +111,9 @@ class ModelCard:
                                   f"does not fit its card ({card.num_classes} classes, {card.img_size} px)")
         spec = MODELS.get(card.model_name)  # (a name no longer in the table: the architecture alone rebuilds it)
         named = model_config(card.model_name) if recorded is not None and spec is not None else None
-        if named is not None and (named.embed_dim, named.patch_size) != (recorded.embed_dim, recorded.patch_size):
+        if named is not None and named.embed_dim != recorded.embed_dim:  # (the patch side may be train --patch-size's)
             raise CheckpointError(f"{path}: weights do not fit {card.model_name} (its architecture has width "
-                                  f"{recorded.embed_dim} and patch {recorded.patch_size}, the name {named.embed_dim} "
-                                  f"and {named.patch_size})")
+                                  f"{recorded.embed_dim}, the name {named.embed_dim})")
         return card
 
 

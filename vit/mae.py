@@ -46,6 +46,14 @@ class DecoderConfig:
     norm_pix_loss: bool = False  # the target: each patch's pixels normalised by their own mean and std
 
 
+# Decoder sizes by name (train --decoder). The paper's serves every encoder from ViT-B up; the
+# smaller keep the decoder below the encoder's width, as the paper's ablation (Table 1a-b) finds
+# a narrow, shallow decoder enough, for ViT-S/Ti at 224 px and for 32 px images at patch 4.
+DECODERS = {"paper": DecoderConfig(dim=512, depth=8, heads=16),
+            "small": DecoderConfig(dim=256, depth=4, heads=8),
+            "tiny": DecoderConfig(dim=128, depth=2, heads=4)}
+
+
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
     """MAE's fixed 2-D positions, (1, 1 + grid^2, dim), the CLS token's row zero: half the channels
     encode the row, half the column, each as sin(pos w_k), cos(pos w_k) with w_k = 10000^(-k / (dim/4))."""
@@ -105,6 +113,11 @@ class MaskedAutoencoder(nn.Module):
         self.encoder, self.decoder_cfg = encoder, decoder
         self.decoder = Decoder(encoder.cfg, decoder)
         self.target = normalised_patches if decoder.norm_pix_loss else patchify  # chosen once: (B, N, P*P*3)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """Every block, the encoder's then the decoder's (training's compiled regions and FSDP's units)."""
+        return [*self.encoder.blocks, *self.decoder.blocks]
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None, mask_ratio: float = 0.75):
         latent, mask, ids_restore = self.encode(images, draw_noise(images, self.encoder.cfg.num_patches, noise), mask_ratio)

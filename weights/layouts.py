@@ -410,17 +410,26 @@ MAE_DECODER_PARTS = {  # theirs (transformers' file; Meta's release) -> our deco
                  "mask_token": "mask_token", "decoder_pos_embed": "position_embedding",
                  "decoder_norm.weight": "norm.weight", "decoder_norm.bias": "norm.bias",
                  "decoder_pred.weight": "predict.weight", "decoder_pred.bias": "predict.bias"},
+    "ours_mae": {f"decoder.{part}": part for part in ("embed.weight", "embed.bias", "mask_token", "position_embedding",
+                                                      "norm.weight", "norm.bias", "predict.weight", "predict.bias")},
 }
 MAE_DECODER_BLOCKS = {  # a decoder block's key, theirs -> the same block as its layout's encoder spells it
     "hf_mae": (r"^decoder\.decoder_(?:layers|encoder\.layer)\.(\d+)\.", r"vit.encoder.layer.\1."),  # (the hub's; transformers 5's saves)
     "meta_mae": (r"^decoder_blocks\.(\d+)\.", r"blocks.\1."),
+    "ours_mae": (r"^decoder\.blocks\.(\d+)\.", r"blocks.\1."),
 }
+MAE_ENCODERS = {"hf_mae": "hf", "meta_mae": "timm", "ours_mae": "ours"}  # each file's encoder: this layout's names
+
+
+def _strip_encoder(tensors: Tensors) -> Tensors:
+    """Ours from `train --objective mae`: vit/mae.py's MaskedAutoencoder.encoder, ours already."""
+    return {k.removeprefix("encoder."): v for k, v in tensors.items()}
 
 
 def _encoder_of(layout: str) -> Callable[[Tensors], Tensors]:
     """An MAE file's encoder tensors (the decoder's left out), as its layout's encoder table reads them."""
     decoder = tuple(MAE_DECODER_PARTS[layout]) + ("decoder.", "decoder_blocks.")
-    prepare = _prepare_hf_vit if layout == "hf_mae" else _prepare_timm
+    prepare = {"hf_mae": _prepare_hf_vit, "meta_mae": _prepare_timm, "ours_mae": _strip_encoder}[layout]
     return lambda tensors: prepare({k: v for k, v in tensors.items() if not k.startswith(decoder)})
 
 
@@ -429,7 +438,7 @@ def mae_decoder_to_ours(tensors: Tensors, layout: str) -> Tensors:
     encoder's table of the same layout (q, k and v fused as the encoder's are)."""
     pattern, replacement = MAE_DECODER_BLOCKS[layout]
     blocks = {re.sub(pattern, replacement, k): v for k, v in tensors.items() if re.match(pattern, k)}
-    encoder = LAYOUTS["hf" if layout == "hf_mae" else "timm"]
+    encoder = LAYOUTS[MAE_ENCODERS[layout]]
     ours = {f"blocks.{k.removeprefix('blocks.')}": v for k, v in encoder.to_ours(blocks).items()}
     parts = {ours_key: tensors[theirs] for theirs, ours_key in MAE_DECODER_PARTS[layout].items() if theirs in tensors}
     return {**parts, **ours}
@@ -568,7 +577,7 @@ class Layout:
 
     def to_ours(self, tensors: Tensors) -> Tensors:
         if self.table is None:
-            return dict(tensors)
+            return self.prepare(dict(tensors))
         return self.finish(fuse_parts(rename(self.prepare(dict(tensors)), self.table)))
 
 
@@ -584,6 +593,8 @@ def _ends(*suffixes: str) -> Callable[[set[str]], bool]:
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (  # the first that recognises a file wins
     Layout("ours", "this project (vit/model.py)", None, _has("patch_embedding.projection.weight")),
+    Layout("ours_mae", "this project's MAE pretraining (train --objective mae: vit/mae.py; the encoder)", None,
+           _has("decoder.embed.weight"), _encoder_of("ours_mae")),
     Layout("meta_mae", "Meta's MAE release with its decoder (facebookresearch/mae: mae_visualize_vit_*; the encoder)",
            TIMM_READ_TABLE, _has("decoder_embed.weight"), _encoder_of("meta_mae")),
     Layout("meta_dinov3", "Meta's DINOv3 release (facebookresearch/dinov3)", META_DINOV3_TO_OURS,

@@ -508,7 +508,8 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) ->
 def load_mae(pretrained: str | os.PathLike) -> tuple[Pretrained, dict[str, torch.Tensor], dict]:
     """A masked autoencoder's pretraining file (vit/mae.py): its encoder as load_pretrained reads it,
     its decoder in our names ({} for a file that holds an encoder alone: Meta's mae_pretrain_*,
-    timm's *.mae) and its config.json ({} where there is none)."""
+    timm's *.mae) and its config in transformers' names: config.json, or the "mae" entry of a file
+    from `train --objective mae` ({} where there is neither)."""
     weights = load_pretrained(pretrained)
     path = resolve(pretrained)
     decoder = {}
@@ -519,4 +520,15 @@ def load_mae(pretrained: str | os.PathLike) -> tuple[Pretrained, dict[str, torch
         except ValueError as error:  # keys its decoder's table does not know
             raise WeightsError(f"{path}: its decoder: {first_line(error)}") from None
         check_finite(decoder, path)
-    return weights, decoder, _read_config(path)
+    return weights, decoder, _mae_config(weights.extra["mae"], path) if "mae" in weights.extra else _read_config(path)
+
+
+MAE_CONFIG = {"num_attention_heads": int, "decoder_num_attention_heads": int, "norm_pix_loss": bool}
+
+
+def _mae_config(entry, path) -> dict:
+    """The "mae" entry `train --objective mae` writes, each value of its type (a file can hold anything)."""
+    fine = isinstance(entry, dict) and all(type(entry.get(k)) is kind for k, kind in MAE_CONFIG.items())
+    if not fine or not 0 < entry["num_attention_heads"] <= 1024 or not 0 < entry["decoder_num_attention_heads"] <= 1024:
+        raise WeightsError(f"{path}: its mae entry is not {{{', '.join(f'{k}: {v.__name__}' for k, v in MAE_CONFIG.items())}}}")
+    return {k: entry[k] for k in MAE_CONFIG}
