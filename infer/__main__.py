@@ -15,7 +15,7 @@ import sys
 from infer import cache
 from infer.compiled import AUTO_BUILD_IMAGES
 from infer.images import ImageError, expand_paths
-from infer.predict import Classifier, NonFiniteOutput, OptionError
+from infer.predict import Classifier, NonFiniteOutput, OptionError, how_it_runs
 from vit.checkpoint import CheckpointError
 from vit.cli import ArgumentParser, device_name, first_line, is_out_of_memory, positive_int
 
@@ -124,7 +124,8 @@ def report_prepared(verdict: dict) -> int:
                                                    f"{calls['share']:.1%} of the images, re-run)"
                                                    if (calls := verdict["close_calls"].get(name)) and calls["gap"] else "")
                         for name, share in verdict["agreement"].items())
-    found = (f"; img/s here: {measured}" if measured else "") + (
+    skipped = "".join(f"; {name} left out: {why}" for name, why in verdict.get("skipped", {}).items())
+    found = skipped + (f"; img/s here: {measured}" if measured else "") + (
         f"; agreement with training's precision on {verdict['checked_on']} images: {checked}" if checked else "")
     if verdict["package"] is None:
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, eagerly (no faster precision "
@@ -132,7 +133,8 @@ def report_prepared(verdict: dict) -> int:
     else:
         close = (f" (images whose top two logits lie within {verdict['guard']} again in training's precision)"
                  if verdict["guard"] else "")
-        print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, compiled for this CPU{close}{found}; "
+        print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, {how_it_runs(verdict['precision'])}"
+              f"{close}{found}; "
               "every later python -m infer with this checkpoint loads it")
     return 0
 
@@ -182,7 +184,7 @@ def report_evaluation(result: dict, as_json: bool, classifier: Classifier) -> in
                          allow_nan=False))
     else:
         top_k = next(k for k in result if k.startswith("top") and k != "top1")
-        compiled = ", compiled for this CPU" if precision.compiled else ""
+        compiled = f", {how_it_runs(precision.name)}" if precision.compiled else ""
         if precision.compiled and classifier.verdict["guard"]:
             compiled += f", close calls in {trained}"
         beside = "" if card.trained_accuracy is None else (

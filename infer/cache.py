@@ -11,7 +11,7 @@ library), so the cache trusts nothing it did not write, for this user, for these
     set a file's modification time back, never its change time);
   - a package is loaded only from this folder, by the plain file name its verdict gives, a
     regular file (not a link) owned by this user, whose SHA-256 is the one recorded when it was
-    built;
+    built (another runtime's model, an .onnx file of infer/runtimes.py, is kept and checked alike);
   - anything unreadable, malformed or mismatched is "not prepared" (VerdictUnusable says why, in
     one line); the caller runs the eager path.
 
@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 
 from infer import cpu
+from infer.runtimes import RUNTIMES
 from vit.checkpoint import ModelCard
 from weights.files import atomic_write
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-bf16")  # what a verdict may name
-PACKAGE_NAME = re.compile(r"[\w.-]+\.pt2")  # a plain file name in the cache folder, no path
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-bf16", *RUNTIMES)  # what a verdict may name
+PACKAGE_NAME = re.compile(r"[\w.-]+\.(pt2|onnx)")  # a plain file name in the cache folder, no path
 
 
 class CacheUnsafe(Exception):
@@ -87,9 +88,10 @@ def verdict_path(checkpoint: str | Path) -> Path:
 
 
 def new_package_path(checkpoint: str | Path, precision: str) -> Path:
-    """A fresh name for a package about to be built: a prepare never writes over, or deletes, the
-    packages of another one running beside it."""
-    return private_dir() / f"{Path(checkpoint).stem}-{precision}-{uuid.uuid4().hex[:12]}.pt2"
+    """A fresh name for a package about to be built (.pt2, or .onnx for another runtime's model):
+    a prepare never writes over, or deletes, the packages of another one running beside it."""
+    suffix = ".onnx" if precision in RUNTIMES else ".pt2"
+    return private_dir() / f"{Path(checkpoint).stem}-{precision}-{uuid.uuid4().hex[:12]}{suffix}"
 
 
 def sha256(path: str | Path) -> str:

@@ -41,6 +41,8 @@ from infer import cache
 from infer.precision import top_two_gap
 from weights.files import atomic_write
 
+CLOSE_BATCH = 16  # close calls gathered across batches before the exact model runs them together (a batch
+#                  of 1-2, eagerly, costs several times as much per image: benchmarks/README.md, "Close calls")
 BATCH_SIZE = 16  # a package's fixed batch: as fast as 32 for ViT-S/16 int8, faster than 8 (benchmarks/README.md)
 AUTO_BUILD_IMAGES = 5000  # a job this long prepares first, checked on its own images: preparing repays itself
 #                           after about 3,600 (ViT-S/16) to 4,200 (ViT-B/16) images on 2 cores (benchmarks/README.md)
@@ -143,12 +145,21 @@ class CloseCalls:
         self.batch_size = fast.batch_size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.fast(images).float()  # (B, classes)
-        close = top_two_gap(logits) < self.gap  # (B,)
+        logits, close = self.split(images)
         if close.any():
-            with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
-                logits[close] = self.exact()(images[close]).float()  # (b, classes), b close calls
+            logits[close] = self.decide(images[close])
         return logits
+
+    def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fast model's (B, classes) logits, and which of its rows are close calls (B,)."""
+        logits = self.fast(images).float()
+        return logits, top_two_gap(logits) < self.gap
+
+    def decide(self, images: torch.Tensor) -> torch.Tensor:
+        """Close calls (b, 3, S, S) -> the exact model's (b, classes) logits, in training's precision.
+        Classifier.iter_classify gathers them across batches and asks in full batches of CLOSE_BATCH."""
+        with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            return self.exact()(images).float()
 
     def to(self, device):  # the CPU's, always
         return self

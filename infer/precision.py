@@ -102,10 +102,16 @@ def probabilities(model, inputs: torch.Tensor, precision: Precision, device: tor
     (autocast, unless a compiled package casts inside). NonFiniteOutput for NaN or inf."""
     dtype = precision.autocast_dtype
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        result = model(inputs).float().softmax(dim=1)
+        logits = model(inputs)
+    return to_probabilities(logits, precision)
+
+
+def to_probabilities(logits: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """(B, classes) logits -> probabilities; NonFiniteOutput for NaN or inf."""
+    result = logits.float().softmax(dim=1)
     if not torch.isfinite(result).all():
         raise NonFiniteOutput(f"the model's outputs are NaN or infinite in {precision.name}; no prediction "
-                              "is made of them" + (" (try --amp none)" if dtype is not None else ""))
+                              "is made of them" + (" (try --amp none)" if precision.autocast_dtype is not None else ""))
     return result
 
 

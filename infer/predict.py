@@ -13,10 +13,11 @@ import torch
 
 from infer import cache, compiled, prepare
 from infer.compiled import CloseCalls, CompiledModel, CompileUnavailable
+from infer.runtimes import RUNTIMES
 from infer.export import ONNX_CARD_KEY
 from infer.images import ImageError, expand_paths, list_class_folders, load_image
 from infer.pictures import picture_path, save_explanation
-from infer.precision import NonFiniteOutput, OptionError, Precision, choose_precision, probabilities
+from infer.precision import NonFiniteOutput, OptionError, Precision, choose_precision, probabilities, to_probabilities
 from infer.preprocess import to_model_input
 from vit.checkpoint import AMP_DTYPES, CheckpointError, ModelCard, load_model
 from vit.cli import first_line, pick_device
@@ -55,6 +56,49 @@ class OnnxModel:
 
     def to(self, device):  # inputs are handed over as numpy arrays on the CPU
         return self
+
+
+def how_it_runs(precision: str) -> str:
+    """A verdict's precision, said: ours compiled, or another runtime (infer/runtimes.py)."""
+    runtime = RUNTIMES.get(precision)
+    return {None: "compiled for this CPU", "onnxruntime": "run by ONNX Runtime",
+            "openvino": "run by OpenVINO"}[runtime] + " (the checkpoint's own ONNX export)" * (runtime is not None)
+
+
+class CloseCallQueue:
+    """A job's close calls (infer/compiled.CloseCalls), gathered across batches and decided by the
+    exact model CLOSE_BATCH at a time, instead of one or two per batch. The batches wait, in order,
+    until their close calls are decided (at most MAX_WAITING of them); a batch with none, at the
+    head of the queue, goes at once."""
+
+    MAX_WAITING = 64  # batches held back at most (1,024 images of 16): a long run's results keep coming
+
+    def __init__(self, model: CloseCalls):
+        self.model, self.batches = model, deque()  # [paths, logits (B, classes), close (B,) bool, inputs (B, ...)]
+
+    def add(self, paths: list, inputs: torch.Tensor):
+        """Run a batch's fast model; yield (paths, logits) of every batch now decided, in order."""
+        logits, close = self.model.split(inputs)
+        self.batches.append([paths, logits, close, inputs[close]])
+        if sum(len(b[3]) for b in self.batches) >= compiled.CLOSE_BATCH or len(self.batches) > self.MAX_WAITING:
+            yield from self.settle()
+        while self.batches and not self.batches[0][2].any():
+            paths_, logits_, _, _ = self.batches.popleft()
+            yield paths_, logits_
+
+    def settle(self):
+        """Decide every waiting close call, CLOSE_BATCH at a time; yield every batch, in order."""
+        gathered = [b[3] for b in self.batches if len(b[3])]
+        if gathered:
+            decided = torch.cat([self.model.decide(chunk) for chunk in torch.cat(gathered).split(compiled.CLOSE_BATCH)])
+            start = 0
+            for batch in self.batches:
+                count = len(batch[3])
+                batch[1][batch[2]] = decided[start:start + count]
+                start += count
+        while self.batches:
+            paths_, logits_, _, _ = self.batches.popleft()
+            yield paths_, logits_
 
 
 class Classifier:
@@ -138,13 +182,13 @@ class Classifier:
         checkpoint itself is not read unless a close call or an explanation needs the exact model).
         The verdict is one cache.read_verdict checked, package and all, or one `prepare` just wrote."""
         self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
-        self.model = CompiledModel(cache.package_path(verdict), verdict["img_size"])
         name, trained, gap = verdict["precision"], self.trained_precision, verdict["guard"]
+        self.model = prepare.load(cache.package_path(verdict), name, verdict["img_size"])
         if gap:
             self.model = CloseCalls(self.model, gap, self.exact, AMP_DTYPES.get(self.card.eval_amp))
         close = f", close calls (top two logits within {gap}) in {trained}" if gap else ""
         self.precision = Precision(name, None if name == trained else
-                                   f"{name} instead of training's {trained}: compiled for this CPU{close}, checked to "
+                                   f"{name} instead of training's {trained}: {how_it_runs(name)}{close}, checked to "
                                    "agree with it on >= 99% of your images (--quantize none for training's)",
                                    compiled=True)
 
@@ -212,18 +256,28 @@ class Classifier:
         """classify's Predictions one by one, as they are ready (batching the readable images)."""
         if not 1 <= topk <= len(self.class_names):
             raise OptionError(f"--topk {topk}: choose 1 to {len(self.class_names)} (the model's classes)")
-        pending = []
+        pending = []  # (path, model input) of the batch being gathered
+        waiting = CloseCallQueue(self.model) if isinstance(self.model, CloseCalls) else None
+
+        def predictions(paths_, probs):
+            values, indices = probs.topk(topk, dim=1)
+            for path_, v, i in zip(paths_, values.tolist(), indices.tolist()):
+                yield Prediction(str(path_), top=[(self.class_names[c], p) for c, p in zip(i, v)])
 
         def flush():
-            probs = self.probabilities(torch.cat([x for _, x in pending]))
-            values, indices = probs.topk(topk, dim=1)
-            for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
-                yield Prediction(str(path), top=[(self.class_names[c], p) for c, p in zip(i, v)])
+            inputs, paths_ = torch.cat([x for _, x in pending]), [path_ for path_, _ in pending]
             pending.clear()
+            if waiting is None:
+                yield from predictions(paths_, self.probabilities(inputs))
+                return
+            for batch_paths, logits in waiting.add(paths_, inputs):  # those whose close calls are decided, in order
+                yield from predictions(batch_paths, to_probabilities(logits, self.precision))
 
         for path, item in self.read_all(paths):
             if isinstance(item, str):
                 yield from flush() if pending else ()
+                for batch_paths, logits in waiting.settle() if waiting else ():  # (kept in input order)
+                    yield from predictions(batch_paths, to_probabilities(logits, self.precision))
                 yield Prediction(str(path), error=item)
                 continue
             pending.append((path, item))
@@ -231,6 +285,8 @@ class Classifier:
                 yield from flush()
         if pending:
             yield from flush()
+        for batch_paths, logits in waiting.settle() if waiting else ():
+            yield from predictions(batch_paths, to_probabilities(logits, self.precision))
 
     def explain(self, paths: list[str | Path], out_dir: str | Path) -> list[tuple[Prediction, Path | None]]:
         """Classify each image and write OUT_DIR/<stem>.png showing what the model looked at

@@ -4,8 +4,9 @@ infer/precision.py choose, keep the verdict.
     python -m infer --checkpoint CK --prepare --data FOLDER    # once per checkpoint and machine
 
 For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
-eagerly), a package is built (infer/compiled.py) and timed; training's precision is timed eagerly
-too. Each candidate other than training's precision is checked: its top-1 answers against
+eagerly), a package is built (infer/compiled.py) and timed, and so is each installed runtime's
+(infer/runtimes.py: ONNX Runtime, OpenVINO); training's precision is timed eagerly too. A runtime
+that cannot build or load this model is left out with a note; ours failing stops the prepare. Each candidate other than training's precision is checked: its top-1 answers against
 training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
 (precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
 counted. Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too), and only this
@@ -19,8 +20,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from infer import cache, compiled
+from infer import cache, compiled, runtimes
 from infer.compiled import CompiledModel, CompileUnavailable
+from infer.runtimes import RuntimeModel, RuntimeUnavailable
 from infer.images import evenly_spaced
 from infer.precision import (CHECK_IMAGES, Measured, OptionError, Precision, choose, close_calls, cpu_precisions,
                              probabilities)
@@ -42,7 +44,7 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     "card", "seconds"}."""
     start = time.perf_counter()
     trained = "fp32" if card.eval_amp == "none" else card.eval_amp
-    verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {},
+    verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {}, "skipped": {},
                "img_per_s": {}, "checked_on": len(images), "card": card.to_dict(), "img_size": card.img_size,
                "batch_size": compiled.BATCH_SIZE}
     packages = {}  # precision -> the package this prepare built
@@ -65,6 +67,7 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     """Time training's precision eagerly, build, time and check every candidate (recording each in
     `verdict` and its package in `packages`), and return `choose`'s answer."""
     candidates = [name for name in cpu_precisions() if name != "fp32"]  # (compiled fp32 runs as fast as eager)
+    candidates += runtimes.available()
     # A bar on a terminal (the build is minutes on 2 cores); none where stderr is a file or a pipe.
     steps = tqdm(total=1 + 3 * len(candidates), desc="prepare", unit="step", leave=False,
                  disable=not sys.stderr.isatty())
@@ -78,13 +81,17 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
         steps.set_postfix_str(f"building {name}")
         packages[name] = cache.new_package_path(checkpoint, name)
         try:
-            compiled.build(model, card.img_size, name, packages[name])
+            package = build(model, card, name, packages[name])
         except CompileUnavailable as error:
             steps.close()
             raise OptionError(f"--prepare: {error}") from None
+        except RuntimeUnavailable as error:  # another runtime's: a candidate the less
+            verdict["skipped"][name] = str(error)
+            steps.update(3)
+            continue
         steps.update()
         steps.set_postfix_str(f"checking {name} on {len(images)} images")
-        package, precision = CompiledModel(packages[name], card.img_size), Precision(name, compiled=True)
+        precision = Precision(name, compiled=True)
         calls = None
         if name != trained:
             found = batched_probabilities(package, precision, images)  # (N, classes)
@@ -97,6 +104,21 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
         steps.update()
     steps.close()
     return choose(trained, eager, measured)[0]
+
+
+def build(model: torch.nn.Module, card: ModelCard, name: str, path: Path):
+    """Candidate `name`'s package built at `path` and loaded: ours (infer/compiled.py) or another
+    runtime's (infer/runtimes.py)."""
+    if name in runtimes.RUNTIMES:
+        runtimes.build(model, card, name, path)
+    else:
+        compiled.build(model, card.img_size, name, path)
+    return load(path, name, card.img_size)
+
+
+def load(path: Path, name: str, img_size: int):
+    """A kept package as a model: (B, 3, S, S) -> (B, classes) logits."""
+    return RuntimeModel(path, name, img_size) if name in runtimes.RUNTIMES else CompiledModel(path, img_size)
 
 
 def batched_probabilities(model, precision: Precision, images: list[torch.Tensor]) -> torch.Tensor:

@@ -124,7 +124,7 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     AOTInductor: infer/compiled.py) at the fastest precision whose predictions agree with fp32 on
     >= 99% of the images, keeps the verdict, and later runs load it. Where none agrees, it runs
     eagerly in fp32; a job past AUTO_BUILD_IMAGES prepares by itself; a new file is prepared anew."""
-    from infer import cache, compiled
+    from infer import cache, compiled, runtimes
     from infer.predict import Classifier
     from infer.precision import cpu_precisions
 
@@ -137,7 +137,8 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     verdict = cache.read_verdict(checkpoint)
     rates, calls = verdict["img_per_s"], verdict["close_calls"]
     assert verdict["checked_on"] == 300  # every candidate built and timed here, and fp32 as trained, eagerly:
-    assert set(rates) == {"fp32 (eager)", *cpu_precisions()} - {"fp32"} and all(r > 0 for r in rates.values())
+    assert set(rates) == ({"fp32 (eager)", *cpu_precisions(), *runtimes.available()} - {"fp32"}) - set(verdict["skipped"])
+    assert all(r > 0 for r in rates.values()) and "ort-fp32" in rates  # (ONNX Runtime: the test extra's)
 
     def effective(name):  # img/s with its close calls run again eagerly
         return 1 / (1 / rates[name] + calls[name]["share"] / rates["fp32 (eager)"])
@@ -155,7 +156,8 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     if verdict["package"] is not None:  # a faster precision agreed: later runs load its package
         fast = Classifier(checkpoint, device="cpu")
         assert fast.precision.compiled and fast.precision.name == verdict["precision"] != "fp32"
-        assert isinstance(fast.model, compiled.CloseCalls if verdict["guard"] else compiled.CompiledModel)
+        kind = runtimes.RuntimeModel if verdict["precision"] in runtimes.RUNTIMES else compiled.CompiledModel
+        assert isinstance(fast.model.fast if verdict["guard"] else fast.model, kind)
         same = [a.top[0][0] == b.top[0][0] for a, b in zip(fast.classify(paths), fp32.classify(paths))]
         # (a near-tie may round apart between the check's batches and classify's)
         assert sum(same) / len(same) == pytest.approx(calls[verdict["precision"]]["agreement"], abs=0.01)
@@ -225,3 +227,77 @@ def test_close_calls_are_classified_again_by_the_exact_model_asked_for_on_the_fi
     out = model(mixed)
     assert seen == [pytest.approx([0.05, 0.0])] and len(asked) == 1  # only the close rows, in order, one batch
     assert torch.equal(out[[1, 3]], torch.full((2, 3), -1.0)) and torch.equal(out[[0, 2]], Fast()(mixed)[[0, 2]])
+
+
+def test_close_calls_are_gathered_across_batches_and_decided_in_full_batches(tiny_run):
+    """A job's close calls wait for CLOSE_BATCH of them (across batches of 4 here), and the exact
+    model decides them together; predictions come out in input order, each the exact model's where
+    it was a close call, the fast one's elsewhere, an unreadable image's error in its place."""
+    from infer.compiled import CLOSE_BATCH, CloseCalls
+
+    checkpoint = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    exact = Classifier(checkpoint, device="cpu", quantize="none", batch_size=4)
+    paths = sorted((tiny_run["data"] / "test").glob("*/*.jpg"))[:60]
+    paths.insert(21, tiny_run["data"] / "missing.jpg")
+    truth = exact.classify(paths, topk=2)
+    model, sizes, tied_count = exact.model, [], []
+
+    def fast(images):  # the exact model's logits, made a close call (top two tied) for every third image
+        logits = model(images).float()
+        top = logits.topk(2, dim=1)
+        tied = torch.arange(len(images)) % 3 == 0
+        logits[tied, top.indices[tied, 0]] = top.values[tied, 1]
+        tied_count.append(int(tied.sum()))
+        return logits
+
+    def decide(images):
+        sizes.append(len(images))
+        return model(images)
+
+    fast.batch_size = 4
+    guarded = Classifier(checkpoint, device="cpu", quantize="none", batch_size=4)
+    guarded.model = CloseCalls(fast, 1e-6, lambda: decide)
+    predictions = guarded.classify(paths, topk=2)
+    assert [p.path for p in predictions] == [str(p) for p in paths] and predictions[21].error
+    for a, b in zip(predictions, truth):
+        assert a.error == b.error and (a.error or [c for c, _ in a.top] == [c for c, _ in b.top])
+    assert sum(sizes) == sum(tied_count) > CLOSE_BATCH  # every close call decided once, by the exact model
+    # ...in full batches: one short batch where the unreadable image settles the queue, one at the end
+    assert sizes.count(CLOSE_BATCH) >= len(sizes) - 2 and len(sizes) < len(tied_count)
+
+
+@pytest.mark.parametrize("name", ["ort-fp32", "ort-int8", "openvino", "openvino-f32"])
+def test_another_runtime_runs_the_checkpoints_own_export_behind_the_same_verdict(name, tiny_run, tmp_path, monkeypatch):
+    """A runtime candidate (infer/runtimes.py) builds the checkpoint's ONNX export (int8 for
+    ort-int8), computes the model's logits (fp32: to float rounding; int8 and OpenVINO's default:
+    the same answers nearly always), and a verdict naming it loads it, its file checked as a
+    package is, its note naming the runtime."""
+    from infer import cache, prepare, runtimes
+
+    if name not in runtimes.available():
+        pytest.skip(f"{runtimes.RUNTIMES[name]} is not installed (pip install -e \".[runtimes]\")")
+    monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
+    checkpoint = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    exact = Classifier(checkpoint, device="cpu", quantize="none")
+    paths = sorted((tiny_run["data"] / "test").glob("*/*.jpg"))[:48]
+    inputs = torch.cat([item for _, item in exact.read_all(paths)])
+    path = cache.new_package_path(checkpoint, name)
+    model = prepare.build(exact.model, exact.card, name, path)
+    assert path.suffix == ".onnx" and isinstance(model, runtimes.RuntimeModel) and model.batch_size == 16
+    with torch.no_grad():
+        ours, theirs = exact.model(inputs), model(inputs)
+    assert theirs.shape == ours.shape and theirs.dtype == torch.float32
+    if name in ("ort-fp32", "openvino-f32"):
+        assert (theirs - ours).abs().max() < 1e-4
+    assert (theirs.argmax(1) == ours.argmax(1)).float().mean() >= 0.9
+    verdict = {"precision": name, "package": path.name, "guard": 0.0, "agreement": {name: 1.0}, "close_calls": {},
+               "img_per_s": {name: 1.0}, "checked_on": 48, "card": exact.card.to_dict(), "img_size": 32,
+               "batch_size": 16}
+    cache.write_verdict(checkpoint, verdict)
+    fast = Classifier(checkpoint, device="cpu")
+    assert isinstance(fast.model, runtimes.RuntimeModel) and fast.precision.name == name
+    assert ("ONNX Runtime" if name.startswith("ort") else "OpenVINO") in fast.precision.note
+    answers = [p.top[0][0] for p in fast.classify(paths)]
+    assert sum(a == b.top[0][0] for a, b in zip(answers, exact.classify(paths))) >= 0.9 * len(paths)
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")  # changed after it was checked: not loaded
+    assert Classifier(checkpoint, device="cpu").precision.name == "fp32"

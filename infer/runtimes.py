@@ -1,0 +1,104 @@
+"""Runtimes made for inference as `--prepare` candidates beside ours: the checkpoint's own ONNX
+export (infer/export.py), run by ONNX Runtime (fp32, or its dynamic int8) or by OpenVINO (its
+default precision for this CPU, or f32), where they are installed (`pip install -e ".[runtimes]"`).
+
+    ort-fp32       ONNX Runtime, the exported graph as it is
+    ort-int8       ONNX Runtime, quantize_dynamic's int8 weights (activations' scales per batch)
+    openvino       OpenVINO at its defaults (bf16 inside on a CPU that computes bf16, else f32)
+    openvino-f32   OpenVINO, f32 throughout
+
+infer/prepare.py checks and times each exactly as it does ours: its top-1 answers against
+training's on the user's images, the close calls that restore the agreement (decided by the exact
+model), its sustained img/s. infer/precision.choose takes the fastest that agrees; a PyTorch path
+stays first where it is as fast. What runs then is the runtime's speed with our agreement
+guarantee, which the runtime does not give alone. Its file is kept as a compiled package is
+(infer/cache.py): in the private folder, by a plain name, with its hash checked before loading.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RUNTIMES = {"ort-fp32": "onnxruntime", "ort-int8": "onnxruntime", "openvino": "openvino",
+            "openvino-f32": "openvino"}  # candidate -> the package it needs
+BATCH_SIZE = 16  # as ours (infer/compiled.BATCH_SIZE): the batches prepare times and classify runs
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime cannot build or load this model here (one line)."""
+
+
+def available() -> list[str]:
+    """The candidates whose runtime is installed, and the ONNX exporter with it."""
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+        return []
+    return [name for name, package in RUNTIMES.items() if importlib.util.find_spec(package) is not None]
+
+
+def build(model: torch.nn.Module, card, name: str, path: Path) -> None:
+    """Write candidate `name`'s model file at `path` (.onnx, atomically): the export, and for
+    ort-int8 its dynamic int8 quantisation."""
+    from infer.export import export_onnx  # (the ONNX tools: only when building)
+
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
+    try:
+        export_onnx(model.eval().cpu(), card, partial)
+        if name == "ort-int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantized = partial.with_name(f"{partial.stem}.int8.onnx")
+            try:
+                quantize_dynamic(str(partial), str(quantized), weight_type=QuantType.QInt8)
+                os.replace(quantized, partial)
+            finally:
+                quantized.unlink(missing_ok=True)
+        os.replace(partial, path)
+    except Exception as error:  # an operator the exporter or the quantiser does not take, a full disk
+        raise RuntimeUnavailable(f"{name}: building its model failed ({str(error).splitlines()[0][:160]})") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+class RuntimeModel:
+    """A candidate's model file run by its runtime on the CPU: (B, 3, S, S) float tensor -> (B,
+    classes) logits, with as many threads as PyTorch uses."""
+
+    batch_size = BATCH_SIZE
+
+    def __init__(self, path: Path, name: str, img_size: int):
+        self.img_size = img_size
+        try:
+            self.run = (_ort if RUNTIMES[name] == "onnxruntime" else _openvino)(path, name)
+        except Exception as error:  # the runtimes raise their own types for a file they cannot read
+            raise RuntimeUnavailable(f"{name}: cannot load {path.name} ({str(error).splitlines()[0][:160]})") from None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, self.img_size, self.img_size):
+            raise ValueError(f"the model reads (B, 3, {self.img_size}, {self.img_size}) images, not {tuple(images.shape)}")
+        # (a copy: OpenVINO hands back its own output buffer, which its next call overwrites)
+        return torch.from_numpy(np.array(self.run(images.float().contiguous().numpy()), dtype=np.float32))
+
+    def to(self, device):  # the CPU's, always
+        return self
+
+
+def _ort(path: Path, name: str):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(["logits"], {"images": batch})[0]
+
+
+def _openvino(path: Path, name: str):
+    import openvino
+
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    if name == "openvino-f32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    return lambda batch: request.infer({0: batch})[0]
