@@ -40,8 +40,8 @@ class TrainConfig:
     mask_ratio: float = setting(0.75, "with --objective mae: the share of each image's patches hidden from the "
                                 "encoder (default: 0.75, the paper's)", must_match=True)
     decoder: str = setting("paper", "with --objective mae: the decoder's size, vit/mae.py's DECODERS: paper (512 wide, "
-                           "8 blocks, for ViT-B and up), small (256, 4: ViT-S/Ti), tiny (128, 2: 32 px images) "
-                           "(default: paper)", must_match=True, choices=tuple(DECODERS))
+                           "8 blocks, for ViT-B and up), small (256, 4: ViT-S/Ti), tiny (128, 2: 32 px images), cifar (192, 4: "
+                           "IcarusWizard/MAE's CIFAR-10 ViT-Ti) (default: paper)", must_match=True, choices=tuple(DECODERS))
     mae_target: str = setting("normalised", "with --objective mae: what the decoder predicts for a hidden patch: "
                               "normalised (its pixels minus their mean, over their std: the paper's best) or pixels "
                               "(default: normalised)", must_match=True, choices=("normalised", "pixels"))

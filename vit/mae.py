@@ -51,7 +51,8 @@ class DecoderConfig:
 # a narrow, shallow decoder enough, for ViT-S/Ti at 224 px and for 32 px images at patch 4.
 DECODERS = {"paper": DecoderConfig(dim=512, depth=8, heads=16),
             "small": DecoderConfig(dim=256, depth=4, heads=8),
-            "tiny": DecoderConfig(dim=128, depth=2, heads=4)}
+            "tiny": DecoderConfig(dim=128, depth=2, heads=4),
+            "cifar": DecoderConfig(dim=192, depth=4, heads=3)}  # IcarusWizard/MAE's ViT-Ti on CIFAR-10
 
 
 def sincos_positions(grid: int, dim: int) -> torch.Tensor:
