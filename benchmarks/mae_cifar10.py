@@ -37,6 +37,26 @@ def run(args: list[str], out: Path) -> tuple[list[dict], float]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], time.perf_counter() - started
 
 
+def random_autoencoders_loss(data: str, out: Path) -> float:
+    """The held-out masked-patch loss of the same autoencoder untrained (its initialisation, seed
+    0), on the pretraining run's held-out images under the same masks."""
+    import torch
+
+    from train.batches import make_batches
+    from train.config import TrainConfig
+    from train.datasets import load_dataset
+    from train.objectives import OBJECTIVES, masked_loss
+
+    cfg = TrainConfig(data=data, objective="mae", model="vit_tiny_patch16_224", pretrained="none", patch_size=4,
+                      img_size=32, decoder="tiny", batch_size=256, max_eval_samples=2000, cache_dir=str(out / "cache"))
+    torch.manual_seed(cfg.seed)
+    model = OBJECTIVES["mae"].build(cfg, 0, "none").eval()
+    encoder = model.encoder.pretrained_cfg
+    test = make_batches(load_dataset(cfg).test, cfg, torch.device("cpu"), encoder["mean"], encoder["std"], train=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return masked_loss(model, test, cfg, torch.bfloat16, is_main=False)["test_loss"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mae_cifar10", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 as an ImageFolder with train/ and test/")
@@ -49,6 +69,7 @@ def main(argv=None) -> int:
     epochs = [r for r in records if r["kind"] == "epoch"]
     results["pretrain"] = {"seconds": seconds, "epochs": args.epochs, "held_out_loss": [r["test_loss"] for r in epochs],
                            "trivial_loss": epochs[-1]["test_loss_trivial"]}
+    results["pretrain"]["random_loss"] = random_autoencoders_loss(args.data, out)
     pretrained = str(next((out / "pretrain").glob("vit_*_mae.pth")))
     for name, weights in (("mae", ["--pretrained", pretrained]), ("random", ["--pretrained", "none", "--patch-size", "4"])):
         for method in ("knn", "linear"):
@@ -60,7 +81,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     pre = results["pretrain"]
     print(f"pretraining: {pre['epochs']} epochs in {pre['seconds'] / 60:.1f} min; held-out masked-patch loss "
-          f"{' -> '.join(f'{x:.4f}' for x in pre['held_out_loss'])} (predicting zero: {pre['trivial_loss']:.4f})\n")
+          f"{' -> '.join(f'{x:.4f}' for x in pre['held_out_loss'])} (predicting zero: {pre['trivial_loss']:.4f}; "
+          f"the untrained autoencoder: {pre['random_loss']:.4f})\n")
     print("| encoder | k-NN top-1 | linear probe top-1 | fine-tuned top-1 (per epoch) |")
     print("| --- | --- | --- | --- |")
     for name in ("mae", "random"):
