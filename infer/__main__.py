@@ -13,7 +13,6 @@ import re
 import sys
 
 from infer import cache
-from infer.cpu import use_free_cores
 from infer.compiled import AUTO_BUILD_IMAGES
 from infer.images import ImageError, expand_paths
 from infer.predict import Classifier, NonFiniteOutput, OptionError, how_it_runs
@@ -61,8 +60,6 @@ def main(argv=None) -> int:
         parser.error("argument --prepare: compiles and exits; --explain runs the PyTorch model as it is")
     if not (args.image or args.data):
         parser.error("one of the arguments --image --data is required (with --prepare: the images to check on)")
-    if (busy := use_free_cores()) is not None:  # before the first operation: threads for the cores left free
-        print(f"note: {busy}", file=sys.stderr)
 
     try:
         quantize = "none" if args.explain and args.quantize == "auto" else args.quantize  # exact maps: fp32

@@ -34,9 +34,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # the cores this process may us
     THREADS = max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(THREADS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
-# Said, the thread count is the suite's: the commands' choice on a busy machine (infer/cpu.py's
-# use_free_cores, tested in tests/test_cpu_threads.py) would otherwise follow whatever else runs.
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 from vit.cli import install_problem  # noqa: E402
 

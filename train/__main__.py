@@ -11,7 +11,6 @@ from dataclasses import fields
 
 import torch
 
-from infer.cpu import use_free_cores
 from train.config import TrainConfig
 from train.datasets import DataError
 from train.distributed import leave
@@ -113,8 +112,6 @@ def check_mae(parser: ArgumentParser, args) -> None:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    if (busy := use_free_cores()) is not None:  # before the first operation (torchrun sets OMP_NUM_THREADS itself)
-        print(f"note: {busy}", file=sys.stderr)
     distributed = "RANK" in os.environ  # started by torchrun
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
