@@ -183,6 +183,8 @@ def malformed(verdict) -> str | None:
     package = verdict.get("package")
     if package is not None and not (isinstance(package, str) and PACKAGE_NAME.fullmatch(package)):
         return f"its package {package!r} is not a file name in the cache folder"
+    if package is not None and Path(package).suffix != (".onnx" if verdict["precision"] in RUNTIMES else ".pt2"):
+        return f"its package {package!r} is not the kind of file {verdict['precision']} runs"
     kept = verdict["checkpoint"]
     if not (isinstance(kept.get("sha256"), str) and isinstance(kept.get("signature"), list)):
         return "it records no checkpoint contents"

@@ -16,6 +16,7 @@ guarantee, which the runtime does not give alone. Its file is kept as a compiled
 """
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -50,10 +51,13 @@ def build(model: torch.nn.Module, card, name: str, path: Path) -> None:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantized = partial.with_name(f"{partial.stem}.int8.onnx")
+            root, level = logging.getLogger(), logging.getLogger().level
             try:
+                root.setLevel(logging.ERROR)  # (its advice to pre-process the graph, logged on the root logger)
                 quantize_dynamic(str(partial), str(quantized), weight_type=QuantType.QInt8)
                 os.replace(quantized, partial)
             finally:
+                root.setLevel(level)
                 quantized.unlink(missing_ok=True)
         os.replace(partial, path)
     except Exception as error:  # an operator the exporter or the quantiser does not take, a full disk

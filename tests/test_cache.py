@@ -81,6 +81,7 @@ def test_a_cache_folder_others_can_write_or_own_is_not_used_at_all(setting, tmp_
     (dict(guard="0.1"), "'guard' is missing"),
     (dict(guard=float("nan")), "not a gap"),
     (dict(precision="int4"), "none of"),
+    (dict(precision="ort-int8"), "not the kind of file ort-int8 runs"),  # (a .pt2 handed to ONNX Runtime)
     (dict(card={"model_name": "vit_tiny_patch16_224"}), "card is unusable"),
 ])
 def test_a_planted_or_malformed_verdict_is_one_note_and_the_model_as_trained(setting, change, reason):
