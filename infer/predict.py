@@ -61,8 +61,8 @@ class OnnxModel:
 def how_it_runs(precision: str) -> str:
     """A verdict's precision, said: ours compiled, or another runtime (infer/runtimes.py)."""
     runtime = RUNTIMES.get(precision)
-    return {None: "compiled for this CPU", "onnxruntime": "run by ONNX Runtime",
-            "openvino": "run by OpenVINO"}[runtime] + " (the checkpoint's own ONNX export)" * (runtime is not None)
+    return {None: "compiled for this CPU", "onnxruntime": "run by ONNX Runtime"}[runtime] + \
+        " (the checkpoint's own ONNX export)" * (runtime is not None)
 
 
 class CloseCallQueue:

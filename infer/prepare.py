@@ -5,7 +5,7 @@ infer/precision.py choose, keep the verdict.
 
 For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
 eagerly), a package is built (infer/compiled.py) and timed, and so is each installed runtime's
-(infer/runtimes.py: ONNX Runtime, OpenVINO); training's precision is timed eagerly too. A runtime
+(infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime
 that cannot build or load this model is left out with a note; ours failing stops the prepare. Each candidate other than training's precision is checked: its top-1 answers against
 training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
 (precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost

@@ -1,11 +1,13 @@
 """Runtimes made for inference as `--prepare` candidates beside ours: the checkpoint's own ONNX
-export (infer/export.py), run by ONNX Runtime (fp32, or its dynamic int8) or by OpenVINO (its
-default precision for this CPU, or f32), where they are installed (`pip install -e ".[runtimes]"`).
+export (infer/export.py), run by ONNX Runtime (fp32, or its dynamic int8), where it is installed
+(`pip install -e ".[onnx]"`).
 
     ort-fp32       ONNX Runtime, the exported graph as it is
     ort-int8       ONNX Runtime, quantize_dynamic's int8 weights (activations' scales per batch)
-    openvino       OpenVINO at its defaults (bf16 inside on a CPU that computes bf16, else f32)
-    openvino-f32   OpenVINO, f32 throughout
+
+OpenVINO is not a candidate: loaded into a PyTorch process (2026.4.1, PyTorch 2.14.1), a later
+PyTorch training run in that process died of SIGSEGV (benchmarks/README.md, "The runtimes as
+candidates"), and `infer` runs PyTorch beside the chosen runtime (close calls, explanations).
 
 infer/prepare.py checks and times each exactly as it does ours: its top-1 answers against
 training's on the user's images, the close calls that restore the agreement (decided by the exact
@@ -23,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RUNTIMES = {"ort-fp32": "onnxruntime", "ort-int8": "onnxruntime", "openvino": "openvino",
-            "openvino-f32": "openvino"}  # candidate -> the package it needs
+RUNTIMES = {"ort-fp32": "onnxruntime", "ort-int8": "onnxruntime"}  # candidate -> the package it needs
 BATCH_SIZE = 16  # as ours (infer/compiled.BATCH_SIZE): the batches prepare times and classify runs
 
 
@@ -75,34 +76,24 @@ class RuntimeModel:
     def __init__(self, path: Path, name: str, img_size: int):
         self.img_size = img_size
         try:
-            self.run = (_ort if RUNTIMES[name] == "onnxruntime" else _openvino)(path, name)
+            self.run = _ort(path)
         except Exception as error:  # the runtimes raise their own types for a file they cannot read
             raise RuntimeUnavailable(f"{name}: cannot load {path.name} ({str(error).splitlines()[0][:160]})") from None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, self.img_size, self.img_size):
             raise ValueError(f"the model reads (B, 3, {self.img_size}, {self.img_size}) images, not {tuple(images.shape)}")
-        # (a copy: OpenVINO hands back its own output buffer, which its next call overwrites)
+        # (a copy, so that logits kept across batches never share a runtime's buffer)
         return torch.from_numpy(np.array(self.run(images.float().contiguous().numpy()), dtype=np.float32))
 
     def to(self, device):  # the CPU's, always
         return self
 
 
-def _ort(path: Path, name: str):
+def _ort(path: Path):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda batch: session.run(["logits"], {"images": batch})[0]
-
-
-def _openvino(path: Path, name: str):
-    import openvino
-
-    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    if name == "openvino-f32":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
-    return lambda batch: request.infer({0: batch})[0]
