@@ -47,7 +47,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--prepare", action="store_true",
                         help="compile the checkpoint for this CPU, at the fastest precision whose predictions agree "
                              "with training's on >= 99%% of the images of --data or --image (ViT-S/16: ~30 s a "
-                             "precision on 2 cores; ONNX Runtime weighed too, where installed), then exit; kept for every later run, which loads it in a "
+                             "precision on 2 cores; ONNX Runtime weighed too, where installed), then exit; kept "
+                             "for every later run, which loads it in a "
                              f"second. A job of {AUTO_BUILD_IMAGES} images or more does this first by itself "
                              "(default: off)")
     return parser

@@ -90,8 +90,12 @@ def verdict_path(checkpoint: str | Path) -> Path:
 def new_package_path(checkpoint: str | Path, precision: str) -> Path:
     """A fresh name for a package about to be built (.pt2, or .onnx for another runtime's model):
     a prepare never writes over, or deletes, the packages of another one running beside it."""
-    suffix = ".onnx" if precision in RUNTIMES else ".pt2"
-    return private_dir() / f"{Path(checkpoint).stem}-{precision}-{uuid.uuid4().hex[:12]}{suffix}"
+    return private_dir() / f"{Path(checkpoint).stem}-{precision}-{uuid.uuid4().hex[:12]}{package_suffix(precision)}"
+
+
+def package_suffix(precision: str) -> str:
+    """What kind of file a precision's package is: another runtime's .onnx model, or our .pt2."""
+    return ".onnx" if precision in RUNTIMES else ".pt2"
 
 
 def sha256(path: str | Path) -> str:
@@ -183,7 +187,7 @@ def malformed(verdict) -> str | None:
     package = verdict.get("package")
     if package is not None and not (isinstance(package, str) and PACKAGE_NAME.fullmatch(package)):
         return f"its package {package!r} is not a file name in the cache folder"
-    if package is not None and Path(package).suffix != (".onnx" if verdict["precision"] in RUNTIMES else ".pt2"):
+    if package is not None and Path(package).suffix != package_suffix(verdict["precision"]):
         return f"its package {package!r} is not the kind of file {verdict['precision']} runs"
     kept = verdict["checkpoint"]
     if not (isinstance(kept.get("sha256"), str) and isinstance(kept.get("signature"), list)):

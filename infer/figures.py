@@ -113,10 +113,10 @@ def save_figures(model: VisionTransformer, images: torch.Tensor, out_dir: str | 
 def save_mae_figure(pictures: dict, mean, std, path: str | Path, mask_ratio: float = 0.75) -> Path:
     """MAE's Figure 2 from `MaskedAutoencoder.reconstruct`'s pictures (B images, normalised as the
     encoder reads them): one row per image, in the images' own colours, written to `path` (PNG)."""
-    pictures = {k: v.float().cpu() for k, v in pictures.items() if k in ("original", "masked", "reconstruction", "pasted")}
+    columns = ("original", "masked", "reconstruction", "pasted")
+    pictures = {k: pictures[k].float().cpu() for k in columns}  # (B, 3, S, S) each
     images = pictures["original"]
     colours = lambda x: (x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1)  # noqa: E731
-    columns = ("original", "masked", "reconstruction", "pasted")
     figure, axes = plt.subplots(len(images), 4, figsize=(8, 2 * len(images)), squeeze=False)
     for row in range(len(images)):
         for column, name in enumerate(columns):

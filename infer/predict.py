@@ -60,9 +60,9 @@ class OnnxModel:
 
 def how_it_runs(precision: str) -> str:
     """A verdict's precision, said: ours compiled, or another runtime (infer/runtimes.py)."""
-    runtime = RUNTIMES.get(precision)
-    return {None: "compiled for this CPU", "onnxruntime": "run by ONNX Runtime"}[runtime] + \
-        " (the checkpoint's own ONNX export)" * (runtime is not None)
+    if precision in RUNTIMES:
+        return "run by ONNX Runtime (the checkpoint's own ONNX export)"
+    return "compiled for this CPU"
 
 
 class CloseCallQueue:

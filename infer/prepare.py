@@ -5,8 +5,9 @@ infer/precision.py choose, keep the verdict.
 
 For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
 eagerly), a package is built (infer/compiled.py) and timed, and so is each installed runtime's
-(infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime
-that cannot build or load this model is left out with a note; ours failing stops the prepare. Each candidate other than training's precision is checked: its top-1 answers against
+(infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime that
+cannot build or load this model is left out with a note; ours failing stops the prepare. Each
+candidate other than training's precision is checked: its top-1 answers against
 training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
 (precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
 counted. Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too), and only this
@@ -118,7 +119,9 @@ def build(model: torch.nn.Module, card: ModelCard, name: str, path: Path):
 
 def load(path: Path, name: str, img_size: int):
     """A kept package as a model: (B, 3, S, S) -> (B, classes) logits."""
-    return RuntimeModel(path, name, img_size) if name in runtimes.RUNTIMES else CompiledModel(path, img_size)
+    if name in runtimes.RUNTIMES:
+        return RuntimeModel(path, name, img_size, compiled.BATCH_SIZE)
+    return CompiledModel(path, img_size)
 
 
 def batched_probabilities(model, precision: Precision, images: list[torch.Tensor]) -> torch.Tensor:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 RUNTIMES = {"ort-fp32": "onnxruntime", "ort-int8": "onnxruntime"}  # candidate -> the package it needs
-BATCH_SIZE = 16  # as ours (infer/compiled.BATCH_SIZE): the batches prepare times and classify runs
 
 
 class RuntimeUnavailable(Exception):
@@ -69,12 +68,11 @@ def build(model: torch.nn.Module, card, name: str, path: Path) -> None:
 
 class RuntimeModel:
     """A candidate's model file run by its runtime on the CPU: (B, 3, S, S) float tensor -> (B,
-    classes) logits, with as many threads as PyTorch uses."""
+    classes) logits, with as many threads as PyTorch uses. batch_size: the batches classify runs
+    (our packages', infer/compiled.BATCH_SIZE, so that the two are timed and run alike)."""
 
-    batch_size = BATCH_SIZE
-
-    def __init__(self, path: Path, name: str, img_size: int):
-        self.img_size = img_size
+    def __init__(self, path: Path, name: str, img_size: int, batch_size: int):
+        self.img_size, self.batch_size = img_size, batch_size
         try:
             self.run = _ort(path)
         except Exception as error:  # the runtimes raise their own types for a file they cannot read

@@ -294,6 +294,28 @@ def announce(run: Run) -> None:
 FINAL_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_img_per_s")
 
 
+def final_metrics(run: Run, record: dict, names: tuple[str, ...]) -> dict:
+    """The run's final figures: the last epoch's record's, or, for a resumed run that had already
+    finished (no epoch left to run), its history's last epoch's."""
+    if not record and run.cfg.resume:
+        return {k: v for k, v in run.history[-1].items() if k in names} if run.history else {}
+    return {k: record.get(k) for k in names}
+
+
+def report_end(run: Run, timer: PhaseTimer) -> None:
+    """The last lines of every run (rank 0): the timing, appended to metrics.jsonl and said, and
+    the images --skip-bad-images skipped while decoding."""
+    timing = timer.record()
+    with open(Path(run.cfg.output_dir) / "metrics.jsonl", "a") as file:
+        file.write(json.dumps(timing) + "\n")
+    tqdm.write(timing_line(timing))
+    skipped = {**run.train_batches.skipped, **run.test_batches.skipped}
+    if skipped:
+        file, reason = next(iter(skipped.items()))
+        tqdm.write(f"warning: skipped {len(skipped)} image(s) that failed while decoding, e.g. {file}: {reason} "
+                   "(the next readable image took each one's place)")
+
+
 def plain_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights a fine-tuned checkpoint holds: whole (gathered under FSDP: every rank calls
     this, rank 0 gets them), LoRA's adapters merged in: a plain ViT's state_dict."""
@@ -310,9 +332,7 @@ def save_pretrained(run: Run, record: dict, timer: PhaseTimer) -> dict:
     `train --pretrained` fine-tunes its encoder, `--probe` evaluates it and vit.mae.load (and
     `infer.figures --mae`) reconstructs with it; the final last.pt, the curves, the closing lines."""
     cfg, output_dir = run.cfg, Path(run.cfg.output_dir)
-    final = {k: record.get(k) for k in MAE_METRICS}
-    if not record and cfg.resume:  # resumed a run that had already finished
-        final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
+    final = final_metrics(run, record, MAE_METRICS)
     path = output_dir / f"vit_{run.data.name}_mae.pth"
     with timer.phase("save"):
         weights = full_state_dict(run.model)
@@ -334,10 +354,7 @@ def save_pretrained(run: Run, record: dict, timer: PhaseTimer) -> dict:
         from train.plots import save_plots
 
         save_plots(run.history, None, [], output_dir)
-    timing = timer.record()
-    with open(output_dir / "metrics.jsonl", "a") as file:
-        file.write(json.dumps(timing) + "\n")
-    tqdm.write(timing_line(timing))
+    report_end(run, timer)
     size = f"--model {cfg.model} --img-size {cfg.img_size}"
     tqdm.write(f"saved {path} (held-out masked-patch loss {final.get('test_loss') or float('nan'):.4f}, predicting "
                f"zero {final.get('test_loss_trivial') or float('nan'):.4f})\n"
@@ -356,9 +373,7 @@ def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
     if not run.objective.accuracy:
         return save_pretrained(run, record, timer)
     cfg, data, output_dir = run.cfg, run.data, Path(run.cfg.output_dir)
-    final = {k: record.get(k) for k in FINAL_METRICS}
-    if not record and cfg.resume:  # resumed a run that had already finished
-        final = {k: v for k, v in run.history[-1].items() if k in final} if run.history else {}
+    final = final_metrics(run, record, FINAL_METRICS)
     final_path = output_dir / f"vit_{data.name}_finetuned.pth"
     written = [f"{final_path.name} (the fine-tuned model)"]
     with timer.phase("save"):
@@ -383,15 +398,7 @@ def save_final(run: Run, record: dict, timer: PhaseTimer) -> dict:
         from train.plots import save_plots
 
         save_plots(run.history, record.get("confusion"), data.class_names, output_dir)
-    timing = timer.record()
-    with open(output_dir / "metrics.jsonl", "a") as file:
-        file.write(json.dumps(timing) + "\n")
-    tqdm.write(timing_line(timing))
-    skipped = {**run.train_batches.skipped, **run.test_batches.skipped}  # --skip-bad-images, while decoding
-    if skipped:
-        file, reason = next(iter(skipped.items()))
-        tqdm.write(f"warning: skipped {len(skipped)} image(s) that failed while decoding, e.g. {file}: {reason} "
-                   "(the next readable image took each one's place)")
+    report_end(run, timer)
     tqdm.write(f"saved {final_path} (test accuracy {final.get('test_acc') or float('nan'):.2%})\n"
                f"wrote in {output_dir}: {', '.join(written)}, last.pt (to --resume or extend), "
                "metrics.jsonl, curves.png, confusion_matrix.png\n"
