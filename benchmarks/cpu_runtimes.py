@@ -13,6 +13,7 @@ For each model it prints, in one run:
                  `python -m infer` with its defaults (after `infer --prepare --data` on these images,
                  which keeps the fastest precision that agrees on >= 99%) and in training's fp32, and a
                  lean script per runtime (numpy and PIL, no torch), best of --repeats;
+  start-up       the same commands on one image: seconds from launch to the first prediction;
   agreement      top-1 agreement of every path with ours in fp32, and of `infer`'s defaults after
                  `infer --prepare` (with their close calls re-run), on the same inputs: CIFAR-10 test
                  images other than those the prepare checked on.
@@ -199,15 +200,16 @@ def real_inputs(checkpoint: Path, count: int, skip: int):
 
 # --- Whole process
 
-def image_folder(count: int, root: Path) -> Path:
-    """`count` CIFAR-10 test images (the same number per class) as one flat folder of links."""
-    folder = root / f"images-{count}"
+def image_folder(count: int, root: Path, keep: int | None = None) -> Path:
+    """`count` CIFAR-10 test images (the same number per class) as one flat folder of links; with
+    `keep`, only the first `keep` of them."""
+    folder = root / f"images-{count if keep is None else keep}"
     folder.mkdir(exist_ok=True)
-    for i in range(count // 10):
-        for name in CLASSES:
-            link = folder / f"{name}-{i:04d}.jpg"
-            if not link.exists():
-                link.symlink_to(CIFAR / "test" / name / f"{i:04d}.jpg")
+    links = [(folder / f"{name}-{i:04d}.jpg", CIFAR / "test" / name / f"{i:04d}.jpg")
+             for i in range(count // 10) for name in CLASSES]
+    for link, image in links[:keep]:
+        if not link.exists():
+            link.symlink_to(image)
     return folder
 
 
@@ -287,6 +289,13 @@ def run(args) -> None:
             for label, value in seconds.items():
                 ratio = f"   {best_other / value:.2f}x the best other" if best_other and label.startswith("ours") else ""
                 print(f"  {label:<44} {value:7.1f}  ({args.num_images / value:5.1f} img/s){ratio}")
+        if args.startup_repeats:  # the same commands on one image: launch to first prediction
+            one = image_folder(10, work, keep=1)
+            seconds = whole_process({label: [str(one) if part == str(folder) else part for part in command]
+                                     for label, command in commands.items()}, args.startup_repeats, env)
+            print(f"start-up, one image, whole process, best of {args.startup_repeats}, seconds:")
+            for label, value in seconds.items():
+                print(f"  {label:<44} {value:7.2f}")
 
 
 def prepare_real(checkpoint: Path, work: Path, others: bool, images: Path) -> dict:
@@ -308,6 +317,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
     parser.add_argument("--num-images", type=int, default=1000, help="whole process: images (0: skip)")
     parser.add_argument("--repeats", type=int, default=2, help="whole process: runs of each, the best kept")
+    parser.add_argument("--startup-repeats", type=int, default=2, help="start-up (one image, whole process): runs of each (0: skip)")
     parser.add_argument("--agreement", help="a real fine-tuned checkpoint to measure top-1 agreement on")
     parser.add_argument("--agreement-images", type=int, default=1000)
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")

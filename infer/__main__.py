@@ -126,6 +126,8 @@ def report_prepared(verdict: dict) -> int:
                                                    if (calls := verdict["close_calls"].get(name)) and calls["gap"] else "")
                         for name, share in verdict["agreement"].items())
     skipped = "".join(f"; {name} left out: {why}" for name, why in verdict.get("skipped", {}).items())
+    if verdict.get("unchecked"):
+        skipped += f"; not checked, no faster than one that agreed: {', '.join(verdict['unchecked'])}"
     found = skipped + (f"; img/s here: {measured}" if measured else "") + (
         f"; agreement with training's precision on {verdict['checked_on']} images: {checked}" if checked else "")
     if verdict["package"] is None:

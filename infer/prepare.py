@@ -6,11 +6,12 @@ infer/precision.py choose, keep the verdict.
 For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
 eagerly), a package is built (infer/compiled.py) and timed, and so is each installed runtime's
 (infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime that
-cannot build or load this model is left out with a note; ours failing stops the prepare. Each
-candidate other than training's precision is checked: its top-1 answers against
-training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
-(precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
-counted. Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too), and only this
+cannot build or load this model is left out with a note; ours failing stops the prepare. The
+candidates other than training's precision are then checked, fastest first: each one's top-1
+answers against training's on up to CHECK_IMAGES images, and the close calls that would restore
+AGREEMENT (precision.close_calls). `precision.choose` takes the fastest that agrees, its close
+calls' cost counted; a candidate no faster than one that already agreed is not checked (it
+cannot win, and a check is a pass over every image). Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too), and only this
 prepare's own: another running beside it keeps its work. The verdict is kept (infer/cache.py).
 """
 
@@ -46,6 +47,7 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     start = time.perf_counter()
     trained = "fp32" if card.eval_amp == "none" else card.eval_amp
     verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {}, "skipped": {},
+               "unchecked": [],
                "img_per_s": {}, "checked_on": len(images), "card": card.to_dict(), "img_size": card.img_size,
                "batch_size": compiled.BATCH_SIZE}
     packages = {}  # precision -> the package this prepare built
@@ -65,8 +67,12 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
 
 def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: list[torch.Tensor], trained: str,
             verdict: dict, packages: dict) -> Measured | None:
-    """Time training's precision eagerly, build, time and check every candidate (recording each in
-    `verdict` and its package in `packages`), and return `choose`'s answer."""
+    """Time training's precision eagerly, build and time every candidate, check them fastest first
+    (recording each in `verdict` and its package in `packages`), and return `choose`'s answer.
+
+    A check runs the candidate over every image, so it is skipped where it cannot change the
+    answer: a candidate no faster than the best effective rate already found (close calls
+    counted: `precision.effective_rate` is never above the raw rate) cannot win."""
     candidates = [name for name in cpu_precisions() if name != "fp32"]  # (compiled fp32 runs as fast as eager)
     candidates += runtimes.available()
     # A bar on a terminal (the build is minutes on 2 cores); none where stderr is a file or a pipe.
@@ -77,12 +83,12 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     reference = batched_probabilities(model, exact, images).argmax(dim=1)  # (N,) training's top-1
     eager = verdict["img_per_s"][f"{trained} (eager)"] = rate(model, exact, images)
     steps.update()
-    measured = []
+    timed = {}  # name -> its loaded package
     for name in candidates:
         steps.set_postfix_str(f"building {name}")
         packages[name] = cache.new_package_path(checkpoint, name)
         try:
-            package = build(model, card, name, packages[name])
+            timed[name] = build(model, card, name, packages[name], packages)
         except CompileUnavailable as error:
             steps.close()
             raise OptionError(f"--prepare: {error}") from None
@@ -91,27 +97,36 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
             steps.update(3)
             continue
         steps.update()
-        steps.set_postfix_str(f"checking {name} on {len(images)} images")
-        precision = Precision(name, compiled=True)
-        calls = None
+        steps.set_postfix_str(f"timing {name}")
+        verdict["img_per_s"][name] = rate(timed[name], Precision(name, compiled=True), images)
+        steps.update()
+    measured, best = [], eager
+    for name in sorted(timed, key=verdict["img_per_s"].get, reverse=True):
+        candidate = Measured(name, verdict["img_per_s"][name])
         if name != trained:
-            found = batched_probabilities(package, precision, images)  # (N, classes)
+            if candidate.img_per_s <= best:  # (and so is every one after it)
+                verdict["unchecked"].append(name)
+                steps.update()
+                continue
+            steps.set_postfix_str(f"checking {name} on {len(images)} images")
+            found = batched_probabilities(timed[name], Precision(name, compiled=True), images)  # (N, classes)
             verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
             calls = verdict["close_calls"][name] = close_calls(found, reference)
-        steps.update()
-        steps.set_postfix_str(f"timing {name}")
-        measured.append(Measured(name, rate(package, precision, images), calls))
-        verdict["img_per_s"][name] = measured[-1].img_per_s
+            candidate = Measured(name, candidate.img_per_s, calls)
+        measured.append(candidate)
+        best = choose(trained, eager, measured)[1]
         steps.update()
     steps.close()
     return choose(trained, eager, measured)[0]
 
 
-def build(model: torch.nn.Module, card: ModelCard, name: str, path: Path):
+def build(model: torch.nn.Module, card: ModelCard, name: str, path: Path, built: dict | None = None):
     """Candidate `name`'s package built at `path` and loaded: ours (infer/compiled.py) or another
-    runtime's (infer/runtimes.py)."""
+    runtime's (infer/runtimes.py). built: the packages built so far (a runtime's model starts
+    from the ONNX export already there, if one is)."""
     if name in runtimes.RUNTIMES:
-        runtimes.build(model, card, name, path)
+        exported = (built or {}).get(runtimes.EXPORTED)
+        runtimes.build(model, card, name, path, exported if exported and exported.exists() else None)
     else:
         compiled.build(model, card.img_size, name, path)
     return load(path, name, card.img_size)

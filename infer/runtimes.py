@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 RUNTIMES = {"ort-fp32": "onnxruntime", "ort-int8": "onnxruntime"}  # candidate -> the package it needs
+EXPORTED = "ort-fp32"  # the candidate whose file is the export as it is: the others can start from it
 
 
 class RuntimeUnavailable(Exception):
@@ -39,14 +40,17 @@ def available() -> list[str]:
     return [name for name, package in RUNTIMES.items() if importlib.util.find_spec(package) is not None]
 
 
-def build(model: torch.nn.Module, card, name: str, path: Path) -> None:
+def build(model: torch.nn.Module, card, name: str, path: Path, exported: Path | None = None) -> None:
     """Write candidate `name`'s model file at `path` (.onnx, atomically): the export, and for
-    ort-int8 its dynamic int8 quantisation."""
+    ort-int8 its dynamic int8 quantisation. exported: EXPORTED's file, built from the same model
+    (read instead of exporting again: about half of building ort-int8)."""
     from infer.export import export_onnx  # (the ONNX tools: only when building)
 
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.onnx")
     try:
-        export_onnx(model.eval().cpu(), card, partial)
+        source = exported if exported is not None and name != EXPORTED else partial
+        if source == partial:
+            export_onnx(model.eval().cpu(), card, partial)
         if name == "ort-int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -54,7 +58,7 @@ def build(model: torch.nn.Module, card, name: str, path: Path) -> None:
             root, level = logging.getLogger(), logging.getLogger().level
             try:
                 root.setLevel(logging.ERROR)  # (its advice to pre-process the graph, logged on the root logger)
-                quantize_dynamic(str(partial), str(quantized), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(source), str(quantized), weight_type=QuantType.QInt8)
                 os.replace(quantized, partial)
             finally:
                 root.setLevel(level)

@@ -146,6 +146,9 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     for name, rate in rates.items():  # each one faster than the choice was checked, and failed or lost
         if name != verdict["precision"] and rate > chosen:
             assert calls[name] is None or effective(name) <= chosen
+    # the rest were checked too, unless no faster than the choice (a check could not change it)
+    assert set(calls) | set(verdict["unchecked"]) == set(rates) - {"fp32 (eager)"}
+    assert all(rates[name] <= chosen for name in verdict["unchecked"])
     if verdict["package"] is not None:
         assert calls[verdict["precision"]]["agreement"] >= precision_module.AGREEMENT
         assert verdict["guard"] == calls[verdict["precision"]]["gap"]
@@ -289,6 +292,11 @@ def test_another_runtime_runs_the_checkpoints_own_export_behind_the_same_verdict
     assert theirs.shape == ours.shape and theirs.dtype == torch.float32
     if name == "ort-fp32":
         assert (theirs - ours).abs().max() < 1e-4
+    else:  # built from the export that prepare built for ort-fp32: the same file as from a new export
+        exported = cache.new_package_path(checkpoint, "ort-fp32")
+        prepare.build(exact.model, exact.card, "ort-fp32", exported)
+        again = prepare.build(exact.model, exact.card, name, path.with_name("again.onnx"), {"ort-fp32": exported})
+        assert torch.equal(again(inputs), theirs)
     assert (theirs.argmax(1) == ours.argmax(1)).float().mean() >= 0.9
     verdict = {"precision": name, "package": path.name, "guard": 0.0, "agreement": {name: 1.0}, "close_calls": {},
                "img_per_s": {name: 1.0}, "checked_on": 48, "card": exact.card.to_dict(), "img_size": 32,
