@@ -2,6 +2,8 @@
 
     python -m benchmarks.cpu_runtimes                    # ViT-S/16 and ViT-B/16 at 224 px, 1,000 images
     python -m benchmarks.cpu_runtimes --agreement runs/probe/vit_data_finetuned.pth
+    python -m benchmarks.cpu_runtimes --models --agreement runs/probe/vit_cifar10_linear_probe.pth   # that alone
+    python -m benchmarks.cpu_runtimes --models --agreement CK --defaults-only    # infer's defaults alone
     python -m benchmarks.cpu_runtimes --isa avx2         # ours capped at AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
 
 For each model it prints, in one run:
@@ -266,13 +268,6 @@ def run(args) -> None:
             extra = f" ({paths[label].precision})" if hasattr(paths[label], "precision") else ""
             ratio = f"   {rate / best_other:.2f}x the best other" if best_other and label.startswith("ours") else ""
             print(f"  {label + extra:<34} {rate:7.1f}{ratio}")
-        if args.agreement:
-            real = prepare_real(Path(args.agreement), work, others, folder)
-            inputs = real_inputs(Path(args.agreement), args.agreement_images, skip=args.num_images // 10)
-            print(f"top-1 agreement with ours fp32, {args.agreement} on {len(inputs)} other CIFAR-10 test images:")
-            for label, share in agreement(real, inputs).items():
-                print(f"  {label:<34} {share:7.2%}")
-            args.agreement = None  # one model is enough: the same for both sizes
         infer = [sys.executable, "-m", "infer", "--checkpoint", str(checkpoint), "--image", str(folder)]
         commands = {"ours: python -m infer (defaults)": infer, "ours: python -m infer --quantize none (fp32)":
                     [*infer, "--quantize", "none"]}
@@ -296,6 +291,31 @@ def run(args) -> None:
             print(f"start-up, one image, whole process, best of {args.startup_repeats}, seconds:")
             for label, value in seconds.items():
                 print(f"  {label:<44} {value:7.2f}")
+    if args.agreement:  # one model is enough: the rule is the same for every size
+        report_agreement(Path(args.agreement), work, others, folder, args.agreement_images, args.defaults_only)
+
+
+def report_agreement(checkpoint: Path, work: Path, others: bool, images: Path, count: int, defaults_only: bool) -> None:
+    """Every path's top-1 agreement with ours in fp32 (or, defaults_only, that of `infer`'s defaults
+    after `infer --prepare` alone) on `count` CIFAR-10 test images other than those in `images`
+    (which `infer --prepare` checks on)."""
+    if defaults_only:
+        from infer.images import expand_paths
+        from infer.predict import Classifier
+        from vit.checkpoint import load_model
+
+        verdict = Classifier(checkpoint, device="cpu").prepare(expand_paths([images]))
+        print(f"infer --prepare on {checkpoint} chose {verdict['precision']} (close calls within {verdict['guard']} "
+              f"in fp32) in {verdict['seconds']:.0f} s; agreement on {verdict['checked_on']} images: "
+              f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}")
+        real = {"ours fp32": load_model(checkpoint)[0].eval(),
+                "ours: infer defaults (prepared)": Classifier(checkpoint, device="cpu").probabilities}
+    else:
+        real = prepare_real(checkpoint, work, others, images)
+    inputs = real_inputs(checkpoint, count, skip=len(list(images.iterdir())) // 10)
+    print(f"top-1 agreement with ours fp32, {checkpoint} on {len(inputs)} other CIFAR-10 test images:")
+    for label, share in agreement(real, inputs).items():
+        print(f"  {label:<34} {share:7.2%}")
 
 
 def prepare_real(checkpoint: Path, work: Path, others: bool, images: Path) -> dict:
@@ -314,12 +334,16 @@ def prepare_real(checkpoint: Path, work: Path, others: bool, images: Path) -> di
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_runtimes", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
+    parser.add_argument("--models", nargs="*", default=["vit_small_patch16_224", "vit_base_patch16_224"],
+                        help="stand-ins timed (none: --agreement alone)")
     parser.add_argument("--num-images", type=int, default=1000, help="whole process: images (0: skip)")
     parser.add_argument("--repeats", type=int, default=2, help="whole process: runs of each, the best kept")
-    parser.add_argument("--startup-repeats", type=int, default=2, help="start-up (one image, whole process): runs of each (0: skip)")
+    parser.add_argument("--startup-repeats", type=int, default=2,
+                        help="start-up (one image, whole process): runs of each (0: skip)")
     parser.add_argument("--agreement", help="a real fine-tuned checkpoint to measure top-1 agreement on")
     parser.add_argument("--agreement-images", type=int, default=1000)
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="agreement: of infer's defaults alone (no other path built: minutes, not twenty)")
     parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     parser.add_argument("--work-dir", help="where checkpoints, exports and packages go (default: a new temporary one)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # KIND MODEL FOLDER [--f32]

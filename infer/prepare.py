@@ -5,14 +5,15 @@ infer/precision.py choose, keep the verdict.
 
 For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
 eagerly), a package is built (infer/compiled.py) and timed, and so is each installed runtime's
-(infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime that
-cannot build or load this model is left out with a note; ours failing stops the prepare. The
-candidates other than training's precision are then checked, fastest first: each one's top-1
-answers against training's on up to CHECK_IMAGES images, and the close calls that would restore
-AGREEMENT (precision.close_calls). `precision.choose` takes the fastest that agrees, its close
-calls' cost counted; a candidate no faster than one that already agreed is not checked (it
-cannot win, and a check is a pass over every image). Packages not chosen are deleted, whatever ends the prepare (Ctrl-C too), and only this
-prepare's own: another running beside it keeps its work. The verdict is kept (infer/cache.py).
+(infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime that cannot
+build or load this model is left out with a note; ours failing stops the prepare. The candidates
+other than training's precision are then checked, fastest first: each one's top-1 answers against
+training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
+(precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
+counted; a candidate no faster than one that already agreed is not checked (it cannot win, and a
+check is a pass over every image). Packages not chosen are deleted, whatever ends the prepare
+(Ctrl-C too), and only this prepare's own: another running beside it keeps its work. The verdict is
+kept (infer/cache.py).
 """
 
 import sys
@@ -83,12 +84,12 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     reference = batched_probabilities(model, exact, images).argmax(dim=1)  # (N,) training's top-1
     eager = verdict["img_per_s"][f"{trained} (eager)"] = rate(model, exact, images)
     steps.update()
-    timed = {}  # name -> its loaded package
+    timed = []  # the candidates built (their packages loaded again to be checked: one in memory at a time)
     for name in candidates:
         steps.set_postfix_str(f"building {name}")
         packages[name] = cache.new_package_path(checkpoint, name)
         try:
-            timed[name] = build(model, card, name, packages[name], packages)
+            package = build(model, card, name, packages[name], packages)
         except CompileUnavailable as error:
             steps.close()
             raise OptionError(f"--prepare: {error}") from None
@@ -98,7 +99,9 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
             continue
         steps.update()
         steps.set_postfix_str(f"timing {name}")
-        verdict["img_per_s"][name] = rate(timed[name], Precision(name, compiled=True), images)
+        verdict["img_per_s"][name] = rate(package, Precision(name, compiled=True), images)
+        timed.append(name)
+        del package
         steps.update()
     measured, best = [], eager
     for name in sorted(timed, key=verdict["img_per_s"].get, reverse=True):
@@ -109,7 +112,9 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
                 steps.update()
                 continue
             steps.set_postfix_str(f"checking {name} on {len(images)} images")
-            found = batched_probabilities(timed[name], Precision(name, compiled=True), images)  # (N, classes)
+            package = load(packages[name], name, card.img_size)
+            found = batched_probabilities(package, Precision(name, compiled=True), images)  # (N, classes)
+            del package
             verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
             calls = verdict["close_calls"][name] = close_calls(found, reference)
             candidate = Measured(name, candidate.img_per_s, calls)

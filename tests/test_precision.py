@@ -189,20 +189,37 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
                    "--data", str(test)).returncode == 2
 
 
-def test_close_calls_takes_the_smallest_gap_that_restores_agreement(monkeypatch):
+def test_close_calls_takes_the_smallest_gap_that_restores_agreement():
     """Of 100 images a lower precision swapped the top two classes of 3, each with its top two
     logits 0.15 apart; 7 more lie 0.05 apart, unswapped. Re-running the images closer than 0.1
-    leaves the 3 swapped (97%); closer than 0.2 catches them: 100%, 10% of the images re-run."""
+    would leave the 3 swapped (97%); closer than 0.151-0.152 catches them: 100%, 10% of the images re-run."""
     reference = torch.zeros(100, dtype=torch.long)  # training's answer: class 0 for every image
     logits = torch.zeros(100, 10)
     logits[:, 0] = 2.0  # far ahead of class 1 ...
     logits[:3, 0], logits[:3, 1] = 0.0, 0.15  # ... except 3 swapped,
     logits[3:10, 0] = 0.05  # and 7 close, not swapped
-    monkeypatch.setattr(precision_module, "CLOSE_CALL_GAPS", (0.0, 0.1, 0.2, 0.5))
     calls = precision_module.close_calls(logits.softmax(dim=1), reference)
-    assert calls == {"gap": 0.2, "share": pytest.approx(0.10), "agreement": pytest.approx(1.0)}
-    logits[:3, 1] = 5.0  # swapped by far more than any gap: no gap restores 99%
+    assert calls == {"gap": pytest.approx(0.1515, abs=6e-4), "share": pytest.approx(0.10),
+                     "agreement": pytest.approx(1.0)}
+    logits[:3, 1] = 0.12  # the swaps narrower: so is the gap (0.001-0.002 above the widest)
+    assert precision_module.close_calls(logits.softmax(dim=1), reference)["gap"] == pytest.approx(0.1215, abs=6e-4)
+    logits[:3, 1] = 5.0  # swapped by far more than MAX_GAP: no gap restores 99%
     assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
+
+
+def test_the_check_asks_for_agreement_that_holds_beyond_the_images_it_saw():
+    """99.0% measured on 1,000 images is not taken as 99%: on images the check did not see it
+    would fall below about half the time. 99.5% is (Wilson's bound one standard error down: 99.2%);
+    on 100 images only 100% is."""
+    reference = torch.zeros(1000, dtype=torch.long)
+    for swapped, kept in ((10, False), (5, True)):
+        logits = torch.zeros(1000, 10)
+        logits[:, 0] = 2.0
+        logits[:swapped, 1] = 5.0  # swapped far beyond any gap
+        calls = precision_module.close_calls(logits.softmax(dim=1), reference)
+        assert (calls is not None) == kept and (not kept or calls["agreement"] == pytest.approx(0.995))
+    assert precision_module.lower_bound(1.0, 100) >= precision_module.AGREEMENT > precision_module.lower_bound(0.99, 100)
+    assert precision_module.lower_bound(0.995, 1000) == pytest.approx(0.9922, abs=1e-4)
 
 
 def test_close_calls_are_classified_again_by_the_exact_model_asked_for_on_the_first():
