@@ -149,13 +149,18 @@ def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | 
     allowed = -1  # the changed answers the bound allows to stay (-1: even 100% is too few images to show it)
     while allowed + 1 <= count and lower_bound(1 - (allowed + 1) / count, count) >= AGREEMENT:
         allowed += 1
+    if allowed < 0:
+        return None
     gaps = top_two_gap(probabilities.log())  # (N,) logit1 - logit2, inf where p2 underflowed to 0
     changed = probabilities.argmax(dim=1) != reference  # (N,)
     widest = gaps[changed].sort(descending=True).values  # (changed,) the gaps a re-run must reach
-    if allowed < 0:
-        return None
-    # (rounded up, with 0.001 to spare: the run computes the gap from logits, the check from probabilities)
-    gap = 0.0 if len(widest) <= allowed else (math.floor(widest[allowed].item() * 1000 + 1) + 1) / 1000
+    gap = 0.0
+    if len(widest) > allowed:
+        needed = widest[allowed].item()
+        if not math.isfinite(needed):  # an answer changed with its runner-up's probability underflowed to 0
+            return None
+        # (rounded up, with 0.001 to spare: the run computes the gap from logits, the check from probabilities)
+        gap = (math.floor(needed * 1000 + 1) + 1) / 1000
     if gap > MAX_GAP:
         return None
     close = gaps < gap  # (N,) these get training's answer

@@ -205,6 +205,8 @@ def test_close_calls_takes_the_smallest_gap_that_restores_agreement():
     assert precision_module.close_calls(logits.softmax(dim=1), reference)["gap"] == pytest.approx(0.1215, abs=6e-4)
     logits[:3, 1] = 5.0  # swapped by far more than MAX_GAP: no gap restores 99%
     assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
+    logits[:3, 1] = 200.0  # so far that class 0's probability underflows to 0 (an infinite gap): the same answer
+    assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
 
 
 def test_the_check_asks_for_agreement_that_holds_beyond_the_images_it_saw():
