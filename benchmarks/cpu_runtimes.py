@@ -127,6 +127,15 @@ def prepare(checkpoint: Path, folder: Path, images: Path) -> dict:
     return {"seconds": seconds, "onnx": onnx, "int8": int8, "packages": packages, "verdict": verdict}
 
 
+def chose(verdict: dict) -> str:
+    """What `infer --prepare` chose, and what it measured to choose it, in one line."""
+    return (f"chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}, close calls within "
+            f"{verdict['guard']} in fp32); agreement on {verdict['checked_on']} images: "
+            f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}"
+            + (f"; not checked (no faster than one that agreed): {', '.join(verdict['unchecked'])}"
+               if verdict.get("unchecked") else ""))
+
+
 # --- Model only
 
 def model_paths(checkpoint: Path, files: dict, skip_other_runtimes: bool) -> dict:
@@ -256,9 +265,7 @@ def run(args) -> None:
         print(f"\n== {name} at 224 px (stand-in weights), batch {BATCH}, {torch.get_num_threads()} threads")
         print("prepared ahead: " + ", ".join(f"{k} {v:.1f} s" for k, v in files["seconds"].items()))
         verdict = files["verdict"]
-        print(f"infer --prepare chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}, close "
-              f"calls within {verdict['guard']} in fp32); agreement on {verdict['checked_on']} images: "
-              f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}")
+        print(f"infer --prepare {chose(verdict)}")
         paths = model_paths(checkpoint, files, skip_other_runtimes=not others)
         batch = torch.randn(BATCH, 3, 224, 224)
         rates = {label: throughput(fn, batch) for label, fn in paths.items()}
@@ -305,9 +312,7 @@ def report_agreement(checkpoint: Path, work: Path, others: bool, images: Path, c
         from vit.checkpoint import load_model
 
         verdict = Classifier(checkpoint, device="cpu").prepare(expand_paths([images]))
-        print(f"infer --prepare on {checkpoint} chose {verdict['precision']} (close calls within {verdict['guard']} "
-              f"in fp32) in {verdict['seconds']:.0f} s; agreement on {verdict['checked_on']} images: "
-              f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}")
+        print(f"infer --prepare on {checkpoint} (in {verdict['seconds']:.0f} s) {chose(verdict)}")
         real = {"ours fp32": load_model(checkpoint)[0].eval(),
                 "ours: infer defaults (prepared)": Classifier(checkpoint, device="cpu").probabilities}
     else:
@@ -322,9 +327,7 @@ def prepare_real(checkpoint: Path, work: Path, others: bool, images: Path) -> di
     """The agreement checkpoint's paths: its own packages, exports and sessions."""
     files = prepare(checkpoint, work, images)
     verdict = files["verdict"]
-    print(f"infer --prepare on {checkpoint} chose {verdict['precision']} (close calls within {verdict['guard']} "
-          f"in fp32); agreement on {verdict['checked_on']} images: {json.dumps(verdict['agreement'])}, with close "
-          f"calls re-run: {json.dumps(verdict['close_calls'])}")
+    print(f"infer --prepare on {checkpoint} {chose(verdict)}")
     from infer.predict import Classifier
 
     default = Classifier(checkpoint, device="cpu")  # what `python -m infer` runs after that
