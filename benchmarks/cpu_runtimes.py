@@ -109,7 +109,7 @@ def prepare(checkpoint: Path, folder: Path, images: Path) -> dict:
     seconds["ours: infer --prepare"] = verdict["seconds"]
     model, card = load_model(checkpoint)
     packages = {}
-    for precision in cpu_precisions()[:-1]:  # (fp32 runs eagerly)
+    for precision in cpu_precisions():  # (fp32 compiled too: what decides close calls where it is faster)
         packages[precision] = folder / f"{checkpoint.stem}-{precision}.pt2"
         if not packages[precision].exists():
             compiled.build(model, card.img_size, precision, packages[precision])
@@ -130,7 +130,7 @@ def prepare(checkpoint: Path, folder: Path, images: Path) -> dict:
 def chose(verdict: dict) -> str:
     """What `infer --prepare` chose, and what it measured to choose it, in one line."""
     return (f"chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}, close calls within "
-            f"{verdict['guard']} in fp32); agreement on {verdict['checked_on']} images: "
+            f"{verdict['guard']} in fp32, {'compiled' if verdict.get('exact_package') else 'eagerly'}); agreement on {verdict['checked_on']} images: "
             f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}"
             + (f"; not checked (no faster than one that agreed): {', '.join(verdict['unchecked'])}"
                if verdict.get("unchecked") else ""))

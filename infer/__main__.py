@@ -134,8 +134,8 @@ def report_prepared(verdict: dict) -> int:
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, eagerly (no faster precision "
               f"agreed on >= 99%{found})")
     else:
-        close = (f" (images whose top two logits lie within {verdict['guard']} again in training's precision)"
-                 if verdict["guard"] else "")
+        close = (f" (images whose top two logits lie within {verdict['guard']} again in training's precision"
+                 f"{', compiled' if verdict.get('exact_package') else ', eagerly'})" if verdict["guard"] else "")
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, {how_it_runs(verdict['precision'])}"
               f"{close}{found}; "
               "every later python -m infer with this checkpoint loads it")

@@ -36,6 +36,7 @@ from vit.checkpoint import ModelCard
 from weights.files import atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-bf16", *RUNTIMES)  # what a verdict may name
+PACKAGES = ("package", "exact_package")  # a verdict's files: what runs, and what decides its close calls (or None)
 PACKAGE_NAME = re.compile(r"[\w.-]+\.(pt2|onnx)")  # a plain file name in the cache folder, no path
 
 
@@ -116,8 +117,9 @@ def write_verdict(checkpoint: str | Path, verdict: dict) -> dict:
     """Keep the verdict for this checkpoint's contents (atomically), its package's hash recorded;
     returns it as kept."""
     kept = {**verdict, "checkpoint": {"sha256": sha256(checkpoint), "signature": signature(checkpoint)}}
-    if verdict.get("package") is not None:
-        kept["package_sha256"] = sha256(package_path(verdict))
+    for key in PACKAGES:
+        if verdict.get(key) is not None:
+            kept[f"{key}_sha256"] = sha256(package_path(verdict, key))
     atomic_write(verdict_path(checkpoint), lambda file: file.write(json.dumps(kept, indent=1).encode()))
     return kept
 
@@ -145,28 +147,30 @@ def read_verdict(checkpoint: str | Path) -> dict | None:
     kept = verdict["checkpoint"]
     if kept["signature"] != signature(checkpoint) and kept["sha256"] != sha256(checkpoint):
         return None  # the checkpoint is not the one this verdict was made for
-    if verdict["package"] is not None:
-        package_file(verdict)
+    for key in PACKAGES:
+        if verdict.get(key) is not None:
+            package_file(verdict, key)
     return verdict
 
 
-def package_path(verdict: dict) -> Path:
-    """Where the verdict's package is: its plain name in the private folder (unchecked; `package_file`
-    checks it, and `read_verdict` has for every verdict it returns)."""
-    return private_dir() / verdict["package"]
+def package_path(verdict: dict, key: str = "package") -> Path:
+    """Where the verdict's package (or, key "exact_package", the one deciding its close calls) is:
+    its plain name in the private folder (unchecked; `package_file` checks it, and `read_verdict`
+    has for every verdict it returns)."""
+    return private_dir() / verdict[key]
 
 
-def package_file(verdict: dict) -> Path:
-    """The verdict's package, checked: in the private folder, a regular file of this user's, its
-    contents those recorded when it was built. VerdictUnusable otherwise."""
-    path = package_path(verdict)
+def package_file(verdict: dict, key: str = "package") -> Path:
+    """The verdict's package (`key`: see package_path), checked: in the private folder, a regular
+    file of this user's, its contents those recorded when it was built. VerdictUnusable otherwise."""
+    path = package_path(verdict, key)
     try:
         info = path.lstat()
     except OSError:
         raise VerdictUnusable(f"its package {path} is gone") from None
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
         raise VerdictUnusable(f"its package {path} is not a file of yours")
-    if sha256(path) != verdict.get("package_sha256"):
+    if sha256(path) != verdict.get(f"{key}_sha256"):
         raise VerdictUnusable(f"its package {path} is not the one built (its contents changed)")
     return path
 
@@ -189,6 +193,10 @@ def malformed(verdict) -> str | None:
         return f"its package {package!r} is not a file name in the cache folder"
     if package is not None and Path(package).suffix != package_suffix(verdict["precision"]):
         return f"its package {package!r} is not the kind of file {verdict['precision']} runs"
+    exact = verdict.get("exact_package")
+    if exact is not None and not (package is not None and isinstance(exact, str) and PACKAGE_NAME.fullmatch(exact)
+                                  and Path(exact).suffix == ".pt2"):
+        return f"its exact_package {exact!r} is not a package file name in the cache folder beside a package"
     kept = verdict["checkpoint"]
     if not (isinstance(kept.get("sha256"), str) and isinstance(kept.get("signature"), list)):
         return "it records no checkpoint contents"

@@ -7,14 +7,14 @@ checked against training's precision on your images, and kept, so that every lat
 
 What a package holds, built by PyTorch's own tools (no hand-written kernel):
 
-  1. torch.export traces the model into one graph (the same graph `weights export --format onnx`
-     writes), with attention written out as matmuls (`MatmulAttention`) so that they can be
-     quantised too;
-  2. for int8, PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer and
-     both of attention's matmuls int8: weights int8 per output channel, activations int8 with a
-     scale taken from each batch ("dynamic": no calibration data);
+  1. torch.export traces the model into one graph, attention as PyTorch's fused kernel;
+  2. for int8, PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer
+     int8: weights int8 per output channel, activations int8 with a scale taken from each batch
+     ("dynamic": no calibration data). Attention's two matmuls (2% of ViT-B's multiply-adds) stay
+     out: with dynamic scales the quantiser leaves them as they are even written out as matmuls,
+     which gave the same answers at the same speed (benchmarks/README.md, "Whole runs");
   3. Inductor compiles it with the weights frozen (pre-packed for oneDNN's kernels), and what lies
-     between the int8 layers in bf16 where the CPU computes bf16 natively;
+     between the int8 layers (attention included) in bf16 where the CPU computes bf16 natively;
   4. AOTInductor writes the compiled model as one .pt2 file, loaded without compiling again.
 
 Which package a checkpoint runs is decided elsewhere: infer/prepare.py builds and times every
@@ -63,11 +63,10 @@ def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, bat
         raise CompileUnavailable("the compiled int8 path needs torchao: pip install -e \".[fast]\"") from None
     import torch._inductor.config as inductor_config
 
-    from infer.export import with_matmul_attention  # (the exporter imports the ONNX tools: only when building)
-
     start = time.perf_counter()
     example = torch.zeros(batch_size, 3, img_size, img_size)
-    with torch.no_grad(), with_matmul_attention(model.eval().cpu()), quiet_compilers():
+    model.eval().cpu()
+    with torch.no_grad(), quiet_compilers():
         graph = torch.export.export(model, (example,)).module()
         if precision.startswith("int8"):
             quantizer = x86.X86InductorQuantizer()

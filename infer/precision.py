@@ -169,33 +169,34 @@ def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | 
 
 @dataclass(frozen=True)
 class Measured:
-    """One candidate, as infer/prepare.py measured it on the user's images: its img/s, and (None for
-    training's own precision, which needs no check) its close-call answer (`close_calls`; None also
-    where no gap restores AGREEMENT)."""
+    """One candidate, as infer/prepare.py measured it on the user's images: its img/s, and its
+    close-call answer (`close_calls`; None where no gap restores AGREEMENT)."""
 
     name: str
     img_per_s: float
     calls: dict | None = None
 
 
-def effective_rate(candidate: Measured, eager: float) -> float:
-    """img/s once the candidate's close calls are run again in training's precision at `eager` img/s:
-    1 / (1 / rate + share / eager)."""
+def effective_rate(candidate: Measured, exact: float) -> float:
+    """img/s once the candidate's close calls are run again in training's precision at `exact` img/s:
+    1 / (1 / rate + share / exact)."""
     share = candidate.calls["share"] if candidate.calls else 0.0
-    return 1 / (1 / candidate.img_per_s + share / eager)
+    return 1 / (1 / candidate.img_per_s + share / exact)
 
 
-def choose(trained: str, eager: float, candidates: list[Measured]) -> tuple[Measured | None, float]:
+def choose(eager: float, candidates: list[Measured], exact: float | None = None) -> tuple[Measured | None, float]:
     """The fastest candidate that agrees with training's precision, close calls counted, and its
     effective img/s; (None, eager) where training's precision run eagerly is the fastest.
 
-    trained: training's precision name; eager: its img/s, eagerly. A candidate in training's own
-    precision agrees by definition; any other needs `calls` (close_calls found a gap)."""
+    eager: training's precision's img/s, eagerly; exact: the img/s its close calls are decided at
+    (eagerly, or by a package compiled in training's precision where that is faster: infer/prepare.py);
+    eager's where not given. Every candidate needs `calls` (close_calls found a gap), a package
+    compiled in training's own precision too: compiled is not training's code."""
     best, rate = None, eager
     for candidate in candidates:
-        if candidate.name != trained and candidate.calls is None:
+        if candidate.calls is None:
             continue  # it changed too many predictions, whatever the gap
-        effective = effective_rate(candidate, eager)
+        effective = effective_rate(candidate, exact or eager)
         if effective > rate:
             best, rate = candidate, effective
     return best, rate

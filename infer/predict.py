@@ -4,6 +4,7 @@ runs in is infer/precision.py's rule; a checkpoint prepared for this CPU (infer/
 its compiled package (infer/compiled.py)."""
 
 import json
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class Classifier:
             raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
                               "quantize is auto, int8 or none")
         self.checkpoint_path, self.exact_model, self.verdict = Path(checkpoint_path), None, None
+        self.exact_compiled = None  # the package deciding close calls, where the verdict has one (exact_package)
         self.notes: list[str] = []  # one line each, for whoever runs it (python -m infer prints them)
         if self.checkpoint_path.suffix == ".onnx":  # exported: ONNX Runtime on the CPU, in fp32
             if (what := not_a_file(self.checkpoint_path)) is not None:  # a FIFO or a device would never end
@@ -184,9 +186,12 @@ class Classifier:
         self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
         name, trained, gap = verdict["precision"], self.trained_precision, verdict["guard"]
         self.model = prepare.load(cache.package_path(verdict), name, verdict["img_size"])
-        if gap:
+        compiled_exact = bool(gap and verdict.get("exact_package"))  # training's precision compiled decides them
+        if compiled_exact:  # (a package casts inside)
+            self.model = CloseCalls(self.model, gap, lambda: self.exact_package(verdict))
+        elif gap:
             self.model = CloseCalls(self.model, gap, self.exact, AMP_DTYPES.get(self.card.eval_amp))
-        close = f", close calls (top two logits within {gap}) in {trained}" if gap else ""
+        close = f", close calls (top two logits within {gap}) in {trained}{', compiled' * compiled_exact}" if gap else ""
         self.precision = Precision(name, None if name == trained else
                                    f"{name} instead of training's {trained}: {how_it_runs(name)}{close}, checked to "
                                    "agree with it on >= 99% of your images (--quantize none for training's)",
@@ -199,6 +204,25 @@ class Classifier:
             self.exact_model, _ = load_model(self.checkpoint_path)
             self.exact_model.to(self.device)
         return self.exact_model
+
+    def exact_package(self, verdict: dict):
+        """The package compiled in training's precision that decides close calls where the verdict
+        has one, loaded once, on the first close call; the model as trained where it will not load
+        (it passed every check, but its native code fails here), said once on stderr."""
+        if self.exact_compiled is None:
+            try:
+                self.exact_compiled = prepare.load(cache.package_path(verdict, "exact_package"),
+                                                   self.trained_precision, verdict["img_size"])
+            except Exception as error:  # an optional speed-up never stops a job
+                print(f"note: close calls run eagerly: their compiled package cannot be loaded "
+                      f"({first_line(error)[:160]})", file=sys.stderr)
+                model, dtype = self.exact(), AMP_DTYPES.get(self.card.eval_amp)
+
+                def eager(images):  # in training's precision, as the package would have run
+                    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                        return model(images)
+                self.exact_compiled = eager
+        return self.exact_compiled
 
     def prepare(self, check_paths: list[Path]) -> dict:
         """Compile this checkpoint for this CPU and run, from now on, at the fastest precision that
@@ -228,25 +252,32 @@ class Classifier:
         """(B, 3, S, S) model input -> (B, num_classes) class probabilities."""
         return probabilities(self.model, inputs, self.precision, self.device)
 
-    def _read(self, path: Path):
+    def _decode(self, path: Path):
+        """One image decoded, (3, H, W) uint8, or why it cannot be: what the decoding threads do."""
         try:
-            return self.preprocess(load_image(path, self.card.source_size or self.card.img_size))
+            return load_image(path, self.card.source_size or self.card.img_size)
         except ImageError as error:
             return str(error)
 
     def read_all(self, paths: list[str | Path]):
         """Yield (path, model input or error message) in input order. Threads decode up to two
-        batches ahead, so reading the next batch overlaps the model's work on this one."""
+        batches ahead, so reading the next batch overlaps the model's work on this one; the
+        resize to the model's input runs here, in the calling thread: a PyTorch op in a decoding
+        thread starts a team of OpenMP threads of its own, which fights the model's for the
+        cores (on 2 cores the model's batches ran 11-14% slower: benchmarks/README.md, "Whole runs")."""
+        def model_input(item):
+            return item if isinstance(item, str) else self.preprocess(item)
+
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
             ahead = deque()
             for path in paths:
-                ahead.append((path, pool.submit(self._read, path)))
+                ahead.append((path, pool.submit(self._decode, path)))
                 if len(ahead) > 2 * self.batch_size:
                     path_, future = ahead.popleft()
-                    yield path_, future.result()
+                    yield path_, model_input(future.result())
             while ahead:
                 path_, future = ahead.popleft()
-                yield path_, future.result()
+                yield path_, model_input(future.result())
 
     def classify(self, paths: list[str | Path], topk: int = 1) -> list[Prediction]:
         """A Prediction per path, in order (an unreadable image's has `.error` instead of `.top`)."""

@@ -3,17 +3,16 @@ infer/precision.py choose, keep the verdict.
 
     python -m infer --checkpoint CK --prepare --data FOLDER    # once per checkpoint and machine
 
-For each candidate of `precision.cpu_precisions()` (fp32 aside: compiled, it runs no faster than
-eagerly), a package is built (infer/compiled.py) and timed, and so is each installed runtime's
-(infer/runtimes.py: ONNX Runtime); training's precision is timed eagerly too. A runtime that cannot
-build or load this model is left out with a note; ours failing stops the prepare. The candidates
-other than training's precision are then checked, fastest first: each one's top-1 answers against
-training's on up to CHECK_IMAGES images, and the close calls that would restore AGREEMENT
-(precision.close_calls). `precision.choose` takes the fastest that agrees, its close calls' cost
-counted; a candidate no faster than one that already agreed is not checked (it cannot win, and a
-check is a pass over every image). Packages not chosen are deleted, whatever ends the prepare
-(Ctrl-C too), and only this prepare's own: another running beside it keeps its work. The verdict is
-kept (infer/cache.py).
+For each candidate of `precision.cpu_precisions()` (fp32 compiled among them), a package is
+built (infer/compiled.py) and timed, and so is each installed runtime's (infer/runtimes.py: ONNX
+Runtime); training's precision is timed eagerly too. A runtime that cannot build or load this model
+is left out with a note; ours failing stops the prepare. The candidates are then checked, fastest
+first: each one's top-1 answers against training's, run eagerly, on up to CHECK_IMAGES images, and
+the close calls that would restore AGREEMENT (precision.close_calls). `precision.choose` takes the
+fastest that agrees, its close calls' cost counted; a candidate no faster than one that already
+agreed is not checked (it cannot win, and a check is a pass over every image). Packages not chosen
+are deleted, whatever ends the prepare (Ctrl-C too), and only this prepare's own: another running
+beside it keeps its work. The verdict is kept (infer/cache.py).
 """
 
 import sys
@@ -28,7 +27,7 @@ from infer.compiled import CompiledModel, CompileUnavailable
 from infer.runtimes import RuntimeModel, RuntimeUnavailable
 from infer.images import evenly_spaced
 from infer.precision import (CHECK_IMAGES, Measured, OptionError, Precision, choose, close_calls, cpu_precisions,
-                             probabilities)
+                             probabilities, top_two_gap)
 from vit.checkpoint import ModelCard
 
 TIMED_BATCHES = 4  # batches of 16 per timing run: a sustained rate, not one batch's
@@ -43,25 +42,25 @@ def check_images(paths: list[Path]) -> list[Path]:
 def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: list[torch.Tensor]) -> dict:
     """Build, time and check every candidate on `images` (model inputs, (1, 3, S, S) each), choose,
     keep and return the verdict: {"precision", "package" (None: eagerly, in training's precision),
-    "guard" (the close-call gap, 0: none), "img_per_s", "agreement", "close_calls", "checked_on",
-    "card", "seconds"}."""
+    "guard" (the close-call gap, 0: none), "exact_package" (None: close calls decided eagerly; else
+    the package, compiled in training's precision, that decides them), "img_per_s", "agreement",
+    "close_calls", "checked_on", "card", "seconds"}."""
     start = time.perf_counter()
     trained = "fp32" if card.eval_amp == "none" else card.eval_amp
-    verdict = {"precision": trained, "package": None, "guard": 0.0, "agreement": {}, "close_calls": {}, "skipped": {},
-               "unchecked": [],
-               "img_per_s": {}, "checked_on": len(images), "card": card.to_dict(), "img_size": card.img_size,
-               "batch_size": compiled.BATCH_SIZE}
+    verdict = {"precision": trained, "package": None, "guard": 0.0, "exact_package": None, "agreement": {},
+               "close_calls": {}, "skipped": {}, "unchecked": [], "img_per_s": {}, "checked_on": len(images),
+               "card": card.to_dict(), "img_size": card.img_size, "batch_size": compiled.BATCH_SIZE}
     packages = {}  # precision -> the package this prepare built
     try:
         if images:  # (a precision other than training's is never taken unchecked)
             best = measure(checkpoint, model, card, images, trained, verdict, packages)
             if best is not None:
-                verdict.update(precision=best.name, package=packages[best.name].name,
-                               guard=best.calls["gap"] if best.calls else 0.0)
+                verdict.update(precision=best.name, package=packages[best.name].name, guard=best.calls["gap"])
         verdict = cache.write_verdict(checkpoint, verdict)
     finally:
+        kept = {verdict["package"], verdict["exact_package"]}
         for path in packages.values():
-            if path.name != verdict["package"]:
+            if path.name not in kept:
                 path.unlink(missing_ok=True)
     return {**verdict, "seconds": time.perf_counter() - start}
 
@@ -73,11 +72,14 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
 
     A check runs the candidate over every image, so it is skipped where it cannot change the
     answer: a candidate no faster than the best effective rate already found (close calls
-    counted: `precision.effective_rate` is never above the raw rate) cannot win."""
-    candidates = [name for name in cpu_precisions() if name != "fp32"]  # (compiled fp32 runs as fast as eager)
-    candidates += runtimes.available()
+    counted: `precision.effective_rate` is never above the raw rate) cannot win.
+
+    Close calls are decided in training's precision at the faster of its two rates: eagerly, or
+    by its own package (compiled fp32: 1.25x eager for ViT-B/16 on 2 cores, benchmarks/README.md,
+    "Whole runs"), once that package gave training's answer on every close call of the check."""
+    candidates = cpu_precisions() + runtimes.available()
     # A bar on a terminal (the build is minutes on 2 cores); none where stderr is a file or a pipe.
-    steps = tqdm(total=1 + 3 * len(candidates), desc="prepare", unit="step", leave=False,
+    steps = tqdm(total=2 + 3 * len(candidates), desc="prepare", unit="step", leave=False,
                  disable=not sys.stderr.isatty())
     exact = Precision(trained)
     steps.set_postfix_str(f"{trained}, as trained")
@@ -103,26 +105,45 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
         timed.append(name)
         del package
         steps.update()
-    measured, best = [], eager
+    decided_at = max(eager, verdict["img_per_s"].get(trained, 0.0))  # close calls: eagerly, or compiled if faster
+    measured, found, best = [], {}, eager
     for name in sorted(timed, key=verdict["img_per_s"].get, reverse=True):
-        candidate = Measured(name, verdict["img_per_s"][name])
-        if name != trained:
-            if candidate.img_per_s <= best:  # (and so is every one after it)
-                verdict["unchecked"].append(name)
-                steps.update()
-                continue
-            steps.set_postfix_str(f"checking {name} on {len(images)} images")
-            package = load(packages[name], name, card.img_size)
-            found = batched_probabilities(package, Precision(name, compiled=True), images)  # (N, classes)
-            del package
-            verdict["agreement"][name] = (found.argmax(dim=1) == reference).float().mean().item()
-            calls = verdict["close_calls"][name] = close_calls(found, reference)
-            candidate = Measured(name, candidate.img_per_s, calls)
-        measured.append(candidate)
-        best = choose(trained, eager, measured)[1]
+        if verdict["img_per_s"][name] <= best:  # (and so is every one after it)
+            verdict["unchecked"].append(name)
+            steps.update()
+            continue
+        steps.set_postfix_str(f"checking {name} on {len(images)} images")
+        package = load(packages[name], name, card.img_size)
+        found[name] = batched_probabilities(package, Precision(name, compiled=True), images)  # (N, classes)
+        del package
+        verdict["agreement"][name] = (found[name].argmax(dim=1) == reference).float().mean().item()
+        calls = verdict["close_calls"][name] = close_calls(found[name], reference)
+        measured.append(Measured(name, verdict["img_per_s"][name], calls))
+        best = choose(eager, measured, decided_at)[1]
         steps.update()
+    chosen = choose(eager, measured, decided_at)[0]
+    if chosen is not None and chosen.name != trained and chosen.calls["share"] > 0 and decided_at > eager:
+        steps.set_postfix_str(f"checking {trained}, compiled, on the close calls")
+        if decides_close_calls(packages[trained], trained, card.img_size, images, found[chosen.name],
+                               chosen.calls["gap"], reference):
+            verdict["exact_package"] = packages[trained].name
+        else:  # (then eagerly, as trained)
+            verdict["skipped"][f"{trained} for close calls"] = "compiled, it changed a close call's answer"
+            chosen = choose(eager, measured)[0]
+    steps.update()
     steps.close()
-    return choose(trained, eager, measured)[0]
+    return chosen
+
+
+def decides_close_calls(path: Path, name: str, img_size: int, images: list[torch.Tensor], found: torch.Tensor,
+                        gap: float, reference: torch.Tensor) -> bool:
+    """Whether training's precision compiled (`name`'s package at `path`) gives training's answer
+    (`reference`, (N,)) on every close call of the check: the images whose top two of the chosen
+    candidate's (N, classes) probabilities `found` lie within `gap`."""
+    close = (top_two_gap(found.log()) < gap).nonzero().flatten().tolist()
+    package = load(path, name, img_size)
+    answers = batched_probabilities(package, Precision(name, compiled=True), [images[i] for i in close]).argmax(dim=1)
+    return bool((answers == reference[close]).all())
 
 
 def build(model: torch.nn.Module, card: ModelCard, name: str, path: Path, built: dict | None = None):

@@ -83,6 +83,9 @@ def test_a_cache_folder_others_can_write_or_own_is_not_used_at_all(setting, tmp_
     (dict(precision="int4"), "none of"),
     (dict(precision="ort-int8"), "not the kind of file ort-int8 runs"),  # (a .pt2 handed to ONNX Runtime)
     (dict(card={"model_name": "vit_tiny_patch16_224"}), "card is unusable"),
+    (dict(guard=0.1, exact_package="../planted.pt2"), "exact_package '../planted.pt2' is not"),
+    (dict(guard=0.1, exact_package="planted.onnx"), "exact_package 'planted.onnx' is not"),  # (ours: a .pt2)
+    (dict(guard=0.1, exact_package="planted.pt2", exact_package_sha256="0" * 64), "not the one built"),
 ])
 def test_a_planted_or_malformed_verdict_is_one_note_and_the_model_as_trained(setting, change, reason):
     checkpoint, data = setting

@@ -90,6 +90,25 @@ def test_preprocessing_is_exactly_trainings_evaluation_preprocessing(classifier,
     assert torch.equal(training_inputs, inference_inputs)
 
 
+def test_images_are_resized_where_the_model_runs_not_in_the_decoding_threads(tiny_run, monkeypatch):
+    """The decoding threads only decode: a PyTorch op there would start a team of OpenMP threads
+    of its own, fighting the model's for the cores (benchmarks/README.md, "Whole runs")."""
+    import threading
+
+    from infer import predict
+
+    resized_in, resize = [], predict.to_model_input
+
+    def recorded(*args, **kwargs):
+        resized_in.append(threading.current_thread())
+        return resize(*args, **kwargs)
+    monkeypatch.setattr(predict, "to_model_input", recorded)
+    paths = sorted((tiny_run["data"] / "test").glob("*/*.jpg"))[:40]
+    classifier = Classifier(tiny_run["out"] / "vit_cifar10_finetuned.pth", device="cpu", workers=2)
+    assert all(p.top for p in classifier.classify(paths))
+    assert len(resized_in) == len(paths) and set(resized_in) == {threading.current_thread()}
+
+
 def test_training_decodes_every_image_kind_as_inference_does(photo, tmp_path):
     """Small training images go through the same reader: a half-transparent RGBA or a 16-bit
     image gives the tensor training learns from and inference later sees, pixel for pixel."""

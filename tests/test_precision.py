@@ -119,7 +119,7 @@ def test_cli_says_once_in_one_line_when_it_overrides_the_checkpoint(gpu_trained,
 
 @pytest.mark.long
 def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later_runs_load_it(
-        tiny_run, tmp_path, monkeypatch):
+        tiny_run, tmp_path, monkeypatch, capsys):
     """`infer --prepare --data` compiles the checkpoint for this CPU (PT2E int8, Inductor,
     AOTInductor: infer/compiled.py) at the fastest precision whose predictions agree with fp32 on
     >= 99% of the images, keeps the verdict, and later runs load it. Where none agrees, it runs
@@ -137,11 +137,19 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
     verdict = cache.read_verdict(checkpoint)
     rates, calls = verdict["img_per_s"], verdict["close_calls"]
     assert verdict["checked_on"] == 300  # every candidate built and timed here, and fp32 as trained, eagerly:
-    assert set(rates) == ({"fp32 (eager)", *cpu_precisions(), *runtimes.available()} - {"fp32"}) - set(verdict["skipped"])
+    assert set(rates) == {"fp32 (eager)", *cpu_precisions(), *runtimes.available()} - set(verdict["skipped"])
     assert all(r > 0 for r in rates.values()) and "ort-fp32" in rates  # (ONNX Runtime: the test extra's)
 
-    def effective(name):  # img/s with its close calls run again eagerly
-        return 1 / (1 / rates[name] + calls[name]["share"] / rates["fp32 (eager)"])
+    # close calls are decided at training's precision's faster rate: eagerly, or fp32 compiled once it
+    # decided the check's close calls as fp32 eagerly did (where not, said, and eagerly)
+    decided_at = max(rates["fp32 (eager)"], rates["fp32"])
+    if "fp32 for close calls" in verdict["skipped"]:
+        decided_at = rates["fp32 (eager)"]
+    assert (verdict["exact_package"] is not None) == (verdict["guard"] > 0 and verdict["precision"] != "fp32"
+                                                      and decided_at > rates["fp32 (eager)"])
+
+    def effective(name):  # img/s with its close calls run again in fp32
+        return 1 / (1 / rates[name] + calls[name]["share"] / decided_at)
     chosen = effective(verdict["precision"]) if verdict["package"] else rates["fp32 (eager)"]
     for name, rate in rates.items():  # each one faster than the choice was checked, and failed or lost
         if name != verdict["precision"] and rate > chosen:
@@ -153,12 +161,13 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert calls[verdict["precision"]]["agreement"] >= precision_module.AGREEMENT
         assert verdict["guard"] == calls[verdict["precision"]]["gap"]
     assert result.stdout.startswith("prepared in ") and "img/s here: fp32 (eager) " in result.stdout
-    assert not [p for p in (tmp_path / "cache").rglob("*.pt2") if p.name != verdict["package"]]  # the rest removed
+    kept = {verdict["package"], verdict["exact_package"]}
+    assert not [p for p in (tmp_path / "cache").rglob("*.pt2") if p.name not in kept]  # the rest removed
     fp32 = Classifier(checkpoint, device="cpu", quantize="none")
     paths = sorted(test.glob("*/*.jpg"))
     if verdict["package"] is not None:  # a faster precision agreed: later runs load its package
         fast = Classifier(checkpoint, device="cpu")
-        assert fast.precision.compiled and fast.precision.name == verdict["precision"] != "fp32"
+        assert fast.precision.compiled and fast.precision.name == verdict["precision"]
         kind = runtimes.RuntimeModel if verdict["precision"] in runtimes.RUNTIMES else compiled.CompiledModel
         assert isinstance(fast.model.fast if verdict["guard"] else fast.model, kind)
         same = [a.top[0][0] == b.top[0][0] for a, b in zip(fast.classify(paths), fp32.classify(paths))]
@@ -166,13 +175,31 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert sum(same) / len(same) == pytest.approx(calls[verdict["precision"]]["agreement"], abs=0.01)
         result = run_cli("infer", "--checkpoint", str(checkpoint), "--data", str(test))
         assert f"(in {verdict['precision']}, {predict.how_it_runs(verdict['precision'])}" in result.stdout
-        cache.write_verdict(checkpoint, {**verdict, "guard": 1e9})  # every image a close call: fp32's answers
+        expected = fp32.classify(paths, topk=3)
+
+        def fp32s_answers(classifier):  # every image a close call (guard 1e9): fp32's answers, each one
+            for a, b in zip(classifier.classify(paths, topk=3), expected):
+                assert [c for c, _ in a.top] == [c for c, _ in b.top]
+                assert [p for _, p in a.top] == pytest.approx([p for _, p in b.top], abs=1e-5)
+        cache.write_verdict(checkpoint, {**verdict, "guard": 1e9, "exact_package": None})  # decided eagerly
         guarded = Classifier(checkpoint, device="cpu")
         assert isinstance(guarded.model, compiled.CloseCalls) and guarded.exact_model is None  # loaded when needed
-        for a, b in zip(guarded.classify(paths, topk=3), fp32.classify(paths, topk=3)):
-            assert [c for c, _ in a.top] == [c for c, _ in b.top]
-            assert [p for _, p in a.top] == pytest.approx([p for _, p in b.top], abs=1e-5)
+        fp32s_answers(guarded)
         assert guarded.exact_model is not None and guarded.exact() is guarded.exact_model  # read once
+        exact = verdict["exact_package"]  # decided by fp32 compiled: the verdict's package, or one built here
+        if exact is None:
+            exact = cache.new_package_path(checkpoint, "fp32").name
+            compiled.build(fp32.model, fp32.card.img_size, "fp32", cache.private_dir() / exact)
+        cache.write_verdict(checkpoint, {**verdict, "guard": 1e9, "exact_package": exact})
+        guarded = Classifier(checkpoint, device="cpu")
+        assert verdict["precision"] == "fp32" or "in fp32, compiled, checked" in guarded.precision.note
+        fp32s_answers(guarded)
+        assert isinstance(guarded.exact_compiled, compiled.CompiledModel) and guarded.exact_model is None
+        (cache.private_dir() / "broken.pt2").write_bytes(b"PK\x03\x04 a broken build")  # (its hash its own)
+        cache.write_verdict(checkpoint, {**verdict, "guard": 1e9, "exact_package": "broken.pt2"})
+        guarded = Classifier(checkpoint, device="cpu")
+        fp32s_answers(guarded)  # an optional speed-up never stops a job: eagerly, said once
+        assert guarded.exact_model is not None and capsys.readouterr().err.count("close calls run eagerly") == 1
         cache.write_verdict(checkpoint, verdict)
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test)).stdout.startswith(
         "prepared in 0 s")  # kept: checked once
