@@ -45,7 +45,7 @@ CLOSE_BATCH = 16  # close calls gathered across batches before the exact model r
 #                  of 1-2, eagerly, costs several times as much per image: benchmarks/README.md, "Close calls")
 BATCH_SIZE = 16  # a package's fixed batch: as fast as 32 for ViT-S/16 int8, faster than 8 (benchmarks/README.md)
 AUTO_BUILD_IMAGES = 5000  # a job this long prepares first, checked on its own images: preparing repays itself
-#   after about 3,600-7,700 ViT-S/16 and 4,200-4,500 ViT-B/16 images on 2 cores, by the day (benchmarks/README.md)
+#   after about 3,600-7,900 ViT-S/16 and 4,200-5,000 ViT-B/16 images on 2 cores, by the day (benchmarks/README.md)
 
 
 class CompileUnavailable(Exception):
