@@ -129,8 +129,12 @@ def prepare(checkpoint: Path, folder: Path, images: Path) -> dict:
 
 def chose(verdict: dict) -> str:
     """What `infer --prepare` chose, and what it measured to choose it, in one line."""
-    return (f"chose {verdict['precision']} ({'compiled' if verdict['package'] else 'eager'}, close calls within "
-            f"{verdict['guard']} in fp32, {'compiled' if verdict.get('exact_package') else 'eagerly'}); agreement on {verdict['checked_on']} images: "
+    from infer.predict import how_it_runs
+
+    how = how_it_runs(verdict["precision"]) if verdict["package"] else "eagerly"
+    decided = "compiled" if verdict.get("exact_package") else "eagerly"
+    return (f"chose {verdict['precision']} ({how}, close calls within {verdict['guard']} in fp32, {decided}); "
+            f"agreement on {verdict['checked_on']} images: "
             f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}"
             + (f"; not checked (no faster than one that agreed): {', '.join(verdict['unchecked'])}"
                if verdict.get("unchecked") else ""))
