@@ -255,6 +255,10 @@ def run(args) -> None:
     os.environ.setdefault("VIT_CACHE_DIR", str(work / "cache"))  # a fresh package cache, unless one is given
     print(f"machine: {cpu_kind()}; PyTorch {torch.__version__}; date {time.strftime('%Y-%m-%d')}")
     others = args.isa != "avx2"  # capped: ours alone (the other runtimes do not read PyTorch's caps)
+    if not others:  # ...in --prepare too: ONNX Runtime, uncapped, would be an AVX-512 candidate among capped ones
+        from infer import runtimes
+
+        runtimes.available = lambda: []
     if others:
         import onnxruntime
         import openvino
