@@ -10,9 +10,9 @@ What a package holds, built by PyTorch's own tools (no hand-written kernel):
   1. torch.export traces the model into one graph, attention as PyTorch's fused kernel;
   2. for int8, PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer
      int8: weights int8 per output channel, activations int8 with a scale taken from each batch
-     ("dynamic": no calibration data). Attention's two matmuls (2% of ViT-B's multiply-adds) stay
-     out: with dynamic scales the quantiser leaves them as they are even written out as matmuls,
-     which gave the same answers at the same speed (benchmarks/README.md, "Whole runs");
+     ("dynamic": no calibration data). Attention's two matmuls stay out: with dynamic scales the
+     quantiser leaves them as they are even written out as matmuls, which gave the same answers at
+     the same speed (benchmarks/README.md, "Whole runs");
   3. Inductor compiles it with the weights frozen (pre-packed for oneDNN's kernels), and what lies
      between the int8 layers (attention included) in bf16 where the CPU computes bf16 natively;
   4. AOTInductor writes the compiled model as one .pt2 file, loaded without compiling again.

@@ -174,14 +174,13 @@ class Measured:
 
     name: str
     img_per_s: float
-    calls: dict | None = None
+    calls: dict | None
 
 
 def effective_rate(candidate: Measured, exact: float) -> float:
-    """img/s once the candidate's close calls are run again in training's precision at `exact` img/s:
-    1 / (1 / rate + share / exact)."""
-    share = candidate.calls["share"] if candidate.calls else 0.0
-    return 1 / (1 / candidate.img_per_s + share / exact)
+    """img/s of a candidate that agrees once its close calls are run again in training's precision
+    at `exact` img/s: 1 / (1 / rate + share / exact)."""
+    return 1 / (1 / candidate.img_per_s + candidate.calls["share"] / exact)
 
 
 def choose(eager: float, candidates: list[Measured], exact: float | None = None) -> tuple[Measured | None, float]:

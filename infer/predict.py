@@ -264,7 +264,7 @@ class Classifier:
         batches ahead, so reading the next batch overlaps the model's work on this one; the
         resize to the model's input runs here, in the calling thread: a PyTorch op in a decoding
         thread starts a team of OpenMP threads of its own, which fights the model's for the
-        cores (on 2 cores the model's batches ran 11-14% slower: benchmarks/README.md, "Whole runs")."""
+        cores (on 2 cores the model's batches ran slower: benchmarks/README.md, "Whole runs")."""
         def model_input(item):
             return item if isinstance(item, str) else self.preprocess(item)
 

@@ -75,8 +75,8 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     counted: `precision.effective_rate` is never above the raw rate) cannot win.
 
     Close calls are decided in training's precision at the faster of its two rates: eagerly, or
-    by its own package (compiled fp32: 1.25-1.36x eager for ViT-B/16 on 2 cores, benchmarks/README.md,
-    "Whole runs"), once that package gave training's answer on every close call of the check."""
+    by its own package (compiled fp32, where it runs faster: benchmarks/README.md, "Whole runs"),
+    once that package gave training's answer on every close call of the check."""
     candidates = cpu_precisions() + runtimes.available()
     # A bar on a terminal (the build is minutes on 2 cores); none where stderr is a file or a pipe.
     steps = tqdm(total=2 + 3 * len(candidates), desc="prepare", unit="step", leave=False,

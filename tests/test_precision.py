@@ -1,6 +1,8 @@
 """Inference precision follows the hardware as well as the checkpoint: never emulated bf16 on
 a CPU, dynamic int8 where it is the fast substitute, and what each choice does to predictions."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -234,6 +236,30 @@ def test_close_calls_takes_the_smallest_gap_that_restores_agreement():
     assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
     logits[:3, 1] = 200.0  # so far that class 0's probability underflows to 0 (an infinite gap): the same answer
     assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
+
+
+def test_fp32_compiled_decides_close_calls_only_where_it_gave_fp32s_answer_on_each_one(monkeypatch):
+    """Before the package compiled in training's precision decides close calls, it is run on the
+    check's close calls (the images whose top two lie within the gap) and must give training's
+    answer on every one; one changed answer, and they are decided eagerly."""
+    from infer import prepare
+
+    reference = torch.zeros(6, dtype=torch.long)  # training's answers: class 0
+    found = torch.tensor([[2.0, 0.0], [0.5, 0.48], [3.0, 0.0], [0.49, 0.5], [2.5, 0.0], [1.0, 0.0]]).softmax(dim=1)
+    images = [torch.full((1, 3, 4, 4), float(i)) for i in range(6)]  # image i: pixels i
+    asked = []
+
+    def package(wrong: set):  # class 1 for the images in `wrong`, class 0 elsewhere
+        def run(batch):
+            asked.extend(int(i) for i in batch[:, 0, 0, 0])
+            return torch.stack([torch.tensor([0.0, 1.0] if int(i) in wrong else [1.0, 0.0]) for i in batch[:, 0, 0, 0]])
+        return lambda path, name, img_size: run
+
+    monkeypatch.setattr(prepare, "load", package(wrong={0, 2}))  # wrong only where the call was not close
+    assert prepare.decides_close_calls(Path("fp32.pt2"), "fp32", 4, images, found, 0.1, reference)
+    assert asked == [1, 3]  # the close calls alone were run
+    monkeypatch.setattr(prepare, "load", package(wrong={3}))
+    assert not prepare.decides_close_calls(Path("fp32.pt2"), "fp32", 4, images, found, 0.1, reference)
 
 
 def test_the_check_asks_for_agreement_that_holds_beyond_the_images_it_saw():
