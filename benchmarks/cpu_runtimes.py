@@ -247,9 +247,11 @@ def run(args) -> None:
 
     from infer.cpu import cpu_kind
 
-    env = {**AVX2, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-avx2-")} if args.isa == "avx2" else {}
-    if env and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the caps are read at import: start again under them
-        sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.cpu_runtimes", *sys.argv[1:]], env={**os.environ, **env}))
+    if args.isa == "avx2" and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the caps are read at import:
+        with tempfile.TemporaryDirectory(prefix="inductor-avx2-") as fresh:  # start again under them, compiling afresh
+            sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.cpu_runtimes", *sys.argv[1:]],
+                                     env={**os.environ, **AVX2, "TORCHINDUCTOR_CACHE_DIR": fresh}))
+    env = {**AVX2, "TORCHINDUCTOR_CACHE_DIR": os.environ["TORCHINDUCTOR_CACHE_DIR"]} if args.isa == "avx2" else {}
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="cpu-runtimes-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VIT_CACHE_DIR", str(work / "cache"))  # a fresh package cache, unless one is given

@@ -7,7 +7,9 @@ checked against training's precision on your images, and kept, so that every lat
 
 What a package holds, built by PyTorch's own tools (no hand-written kernel):
 
-  1. torch.export traces the model into one graph, attention as PyTorch's fused kernel;
+  1. torch.export traces the model into one graph; where attention will run in bf16, it is written
+     out (`WrittenOutAttention`: two batched matmuls and a softmax Inductor fuses into one
+     kernel), faster on a CPU than PyTorch's fused kernel at ViT's sequence lengths;
   2. for int8, PT2E quantisation with torchao's X86InductorQuantizer marks every Linear layer
      int8: weights int8 per output channel, activations int8 with a scale taken from each batch
      ("dynamic": no calibration data). Attention's two matmuls stay out: with dynamic scales the
@@ -32,13 +34,14 @@ import logging
 import os
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from infer import cache
 from infer.precision import top_two_gap
+from vit.layers.attention import SoftmaxAttention, attention_logits
 from weights.files import atomic_write
 
 CLOSE_BATCH = 16  # close calls gathered across batches before the exact model runs them together (a batch
@@ -55,32 +58,16 @@ class CompileUnavailable(Exception):
 def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, batch_size: int = BATCH_SIZE) -> float:
     """Quantise, compile and write `model`'s package to `path` (atomically: a half-written file is
     never found). Returns the seconds it took."""
-    try:
-        with quiet_compilers():
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
-    except ImportError:
-        raise CompileUnavailable("the compiled int8 path needs torchao: pip install -e \".[fast]\"") from None
     import torch._inductor.config as inductor_config
 
     start = time.perf_counter()
-    example = torch.zeros(batch_size, 3, img_size, img_size)
-    model.eval().cpu()
     with torch.no_grad(), quiet_compilers():
-        graph = torch.export.export(model, (example,)).module()
-        if precision.startswith("int8"):
-            quantizer = x86.X86InductorQuantizer()
-            quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
-            observed = prepare_pt2e(graph, quantizer)
-            observed(example)  # (dynamic scales: one pass to settle the graph, no statistics kept)
-            graph = convert_pt2e(observed)
-        runnable = Between(graph, torch.bfloat16 if precision in ("int8-bf16", "bf16") else None)
-        program = torch.export.export(runnable, (example,))
+        exported = program(model, img_size, precision, batch_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
         freezing, inductor_config.freezing = inductor_config.freezing, True  # weights pre-packed as constants
         try:
-            torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(partial))
             os.replace(partial, path)
         except Exception as error:  # no C++ compiler, or an operator Inductor cannot compile here
             raise CompileUnavailable(f"compiling for this CPU failed ({str(error).splitlines()[0][:160]})") from None
@@ -88,6 +75,61 @@ def build(model: torch.nn.Module, img_size: int, precision: str, path: Path, bat
             inductor_config.freezing = freezing
             partial.unlink(missing_ok=True)
     return time.perf_counter() - start
+
+
+def program(model: torch.nn.Module, img_size: int, precision: str, batch_size: int = BATCH_SIZE):
+    """The package's graph before Inductor compiles it (steps 1-2 above, and step 3's bf16): an
+    ExportedProgram of (batch_size, 3, S, S) images -> logits. benchmarks/package_profile.py
+    compiles the same graph to see where a package's time goes."""
+    try:
+        with quiet_compilers():
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError:
+        raise CompileUnavailable("the compiled int8 path needs torchao: pip install -e \".[fast]\"") from None
+    example = torch.zeros(batch_size, 3, img_size, img_size)
+    model.eval().cpu()
+    dtype = torch.bfloat16 if precision in ("int8-bf16", "bf16") else None  # what runs between the int8 layers
+    written_out = written_out_attention(model) if dtype is not None else nullcontext()
+    with torch.no_grad(), quiet_compilers(), written_out:
+        graph = torch.export.export(model, (example,)).module()
+        if precision.startswith("int8"):
+            quantizer = x86.X86InductorQuantizer()
+            quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=True))
+            observed = prepare_pt2e(graph, quantizer)
+            observed(example)  # (dynamic scales: one pass to settle the graph, no statistics kept)
+            graph = convert_pt2e(observed)
+        return torch.export.export(Between(graph, dtype), (example,))
+
+
+class WrittenOutAttention(SoftmaxAttention):
+    """SoftmaxAttention's formula, softmax(q k^T * scale + bias) v, written out for Inductor on a
+    CPU: two batched matmuls and a softmax that it fuses into one kernel. In bf16 that runs faster
+    than PyTorch's fused kernel at ViT's sequence lengths; in fp32, no faster (benchmarks/README.md,
+    "Attention written out"). The softmax's maximum is taken with `max`, not
+    `amax` as torch.softmax's own steps are: Inductor recognises those steps and puts the fused
+    kernel back (were it ever to recognise these too, the package would only be as fast as before)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        logits = attention_logits(q, k, bias)  # (B, H, T, T)
+        weights = (logits - logits.max(dim=-1, keepdim=True).values).exp()  # (minus the row's largest: no overflow)
+        return weights / weights.sum(dim=-1, keepdim=True) @ v  # (B, H, T, T) @ (B, H, T, hd)
+
+
+@contextmanager
+def written_out_attention(model: torch.nn.Module):
+    """Inside the `with`, every attention core of `model` that is PyTorch's fused kernel
+    (SoftmaxAttention) is WrittenOutAttention; restored on leaving. Other cores (talking heads)
+    are written out already."""
+    swapped = [(module, module.softmax_attention) for module in model.modules()
+               if type(getattr(module, "softmax_attention", None)) is SoftmaxAttention]
+    try:
+        for module, _ in swapped:
+            module.softmax_attention = WrittenOutAttention()
+        yield model
+    finally:
+        for module, core in swapped:
+            module.softmax_attention = core
 
 
 @contextmanager

@@ -14,7 +14,6 @@ preprocessor config, the ONNX file in its metadata ("vit_card", the checkpoint's
 import json
 import math
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,7 +21,6 @@ import torch
 from vit.checkpoint import ModelCard, load_model
 from weights.files import save_safetensors
 from vit.families import model_config, model_spec
-from vit.layers.attention import MatmulAttention, SoftmaxAttention
 from weights.convert import TIMM_FC_NORM, from_ours, timm_table
 from weights.layouts import HF_TO_OURS
 from weights.load import HF_ACTIVATION_NAMES
@@ -56,22 +54,6 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike) -> s
     own = model.cfg.activation != model_config(card.model_name).activation
     return HOW_TO_LOAD[fmt].format(name=card.model_name, n=card.num_classes, size=card.img_size, path=out,
                                    activation=f", act_layer='{model.cfg.activation}'" if own else "")
-
-
-@contextmanager
-def with_matmul_attention(model: torch.nn.Module):
-    """Inside the `with`, every attention core of `model` that is PyTorch's fused kernel
-    (SoftmaxAttention) is its written-out twin, MatmulAttention: same numbers, and matmuls that
-    quantisation can see. Restored on leaving."""
-    swapped = [(module, module.softmax_attention) for module in model.modules()
-               if type(getattr(module, "softmax_attention", None)) is SoftmaxAttention]
-    try:
-        for module, _ in swapped:
-            module.softmax_attention = MatmulAttention()
-        yield model
-    finally:
-        for module, core in swapped:
-            module.softmax_attention = core
 
 
 def timm_state_dict(state_dict: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

@@ -49,3 +49,29 @@ def test_train_benchmark_sets_the_attention_kernel_and_inductor_settings_it_name
             set_inductor(bad)
     with pytest.raises(ValueError, match="true is not a Python literal"):
         set_inductor("max_autotune=true")
+
+
+def test_int8_error_simulates_each_layer_in_int8_and_gives_the_model_back_as_it_was():
+    import torch
+
+    import vit
+    from benchmarks.int8_error import KINDS, int8_weights, simulated, uint8_inputs
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, 32)
+    step = weight.abs().amax(dim=1, keepdim=True) / 127  # (8, 1) one int8 step per output row
+    assert ((int8_weights(weight) - weight).abs() <= step / 2 + 1e-7).all()
+    x = torch.randn(4, 5, 32) * torch.tensor([1.0, 10.0, 100.0, 1000.0]).view(4, 1, 1)  # images far apart in scale
+    per_batch, per_image = uint8_inputs(x, (0, 1, 2)), uint8_inputs(x, (1, 2))
+    assert (per_image - x)[0].abs().max() < (per_batch - x)[0].abs().max()  # the small image keeps its own steps
+
+    model = vit.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32).eval()
+    images = torch.randn(20, 3, 32, 32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)  # (a zero head: every logit 0 in any precision)
+        reference = model(images)
+        assert torch.equal(simulated(model, images, "the batch", KINDS), reference)  # every kind kept fp32: fp32
+        int8 = simulated(model, images, "the batch")
+        assert not torch.equal(int8, reference) and (int8 - reference).abs().mean() < 0.1 * reference.std()
+        assert torch.equal(model(images), reference)  # every layer's own forward is back

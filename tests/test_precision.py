@@ -381,3 +381,26 @@ def test_another_runtime_runs_the_checkpoints_own_export_behind_the_same_verdict
     assert sum(a == b.top[0][0] for a, b in zip(answers, exact.classify(paths))) >= 0.9 * len(paths)
     path.write_bytes(path.read_bytes()[:-1] + b"\0")  # changed after it was checked: not loaded
     assert Classifier(checkpoint, device="cpu").precision.name == "fp32"
+
+
+def test_packages_that_run_attention_in_bf16_write_it_out_and_leave_the_model_as_it_was():
+    """Where attention runs in bf16, the package's graph holds two matmuls and a softmax of its own
+    (WrittenOutAttention: the same numbers), not PyTorch's fused kernel; in fp32 it keeps the kernel."""
+    import vit
+    from infer import compiled
+    from vit.layers.attention import SoftmaxAttention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 7, 16).unbind(0)  # (B, H, T, hd) each
+    bias = torch.randn(1, 4, 7, 7)
+    for b in (None, bias):
+        assert torch.allclose(compiled.WrittenOutAttention()(q, k, v, b), SoftmaxAttention()(q, k, v, b), atol=1e-6)
+    model = vit.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+
+    def fused_kernels(precision):
+        graphs = [m.graph for m in compiled.program(model, 32, precision, batch_size=2).graph_module.modules()
+                  if isinstance(m, torch.fx.GraphModule)]  # (the autocast region is a graph of its own)
+        return sum("scaled_dot_product" in str(node.target) for graph in graphs for node in graph.nodes)
+
+    assert fused_kernels("bf16") == 0 and fused_kernels("fp32") == len(model.blocks)
+    assert all(type(block.attention.softmax_attention) is SoftmaxAttention for block in model.blocks)

@@ -7,7 +7,7 @@ paper's (its Appendix A, Eq. 5-8); every other kind changes one of its steps:
     the core         TalkingHeadsAttention (CaiT: TalkingHeadsSoftmax mixes the heads)
 
 ClassAttention (CaiT) is the CLS token's alone. The core, softmax(q k^T / sqrt(hd) + bias) v, is
-SoftmaxAttention (PyTorch's fused kernel) or MatmulAttention (written out, for int8)."""
+SoftmaxAttention: PyTorch's fused kernel."""
 
 import math
 
@@ -23,7 +23,7 @@ from vit.layers.positions import IDENTITY, DecomposedRelativePositions, Rotation
 
 def attention_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """q k^T / sqrt(head_dim) + bias, written out: (B, H, T, T). The fused kernel below computes
-    it inside; what writes the weights out (explain, MatmulAttention, talking heads) starts here."""
+    it inside; what writes the weights out (explain, talking heads) starts here."""
     logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
     return logits if bias is None else logits + bias
 
@@ -40,15 +40,6 @@ class SoftmaxAttention(nn.Module):
     def weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The attention weights the forward applies, written out in float32: (B, H, T, T), rows summing to 1."""
         return attention_logits(q.float(), k.float(), None if bias is None else bias.float()).softmax(dim=-1)
-
-
-class MatmulAttention(SoftmaxAttention):
-    """SoftmaxAttention's formula written out as two matmuls and a softmax, for tools that work
-    on matmuls: PT2E quantisation makes both of them int8 (infer/compiled.py swaps this in
-    while it exports, infer.export.with_matmul_attention)."""
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return attention_logits(q, k, bias).softmax(dim=-1) @ v  # (B, H, T, T) @ (B, H, T, hd)
 
 
 class MultiHeadSelfAttention(nn.Module):
