@@ -247,8 +247,9 @@ def run(args) -> None:
 
     from infer.cpu import cpu_kind
 
-    if args.isa == "avx2" and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":  # the caps are read at import:
-        with tempfile.TemporaryDirectory(prefix="inductor-avx2-") as fresh:  # start again under them, compiling afresh
+    capped = os.environ.get("ATEN_CPU_CAPABILITY") == "avx2" and "TORCHINDUCTOR_CACHE_DIR" in os.environ
+    if args.isa == "avx2" and not capped:  # the caps are read at import: start again under them,
+        with tempfile.TemporaryDirectory(prefix="inductor-avx2-") as fresh:  # compiling afresh (removed after)
             sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.cpu_runtimes", *sys.argv[1:]],
                                      env={**os.environ, **AVX2, "TORCHINDUCTOR_CACHE_DIR": fresh}))
     env = {**AVX2, "TORCHINDUCTOR_CACHE_DIR": os.environ["TORCHINDUCTOR_CACHE_DIR"]} if args.isa == "avx2" else {}
