@@ -133,7 +133,10 @@ def chose(verdict: dict) -> str:
 
     how = how_it_runs(verdict["precision"]) if verdict["package"] else "eagerly"
     decided = "compiled" if verdict.get("exact_package") else "eagerly"
-    return (f"chose {verdict['precision']} ({how}, close calls within {verdict['guard']} in fp32, {decided}); "
+    second = (f"close calls within {verdict['guard']} in {verdict['second']}, its own within "
+              f"{verdict['second_guard']} in fp32, {decided}: {json.dumps(verdict['second_calls'])}"
+              if verdict.get("second") else f"close calls within {verdict['guard']} in fp32, {decided}")
+    return (f"chose {verdict['precision']} ({how}, {second}); "
             f"agreement on {verdict['checked_on']} images: "
             f"{json.dumps(verdict['agreement'])}, with close calls re-run: {json.dumps(verdict['close_calls'])}"
             + (f"; not checked (no faster than one that agreed): {', '.join(verdict['unchecked'])}"

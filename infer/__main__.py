@@ -134,8 +134,12 @@ def report_prepared(verdict: dict) -> int:
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, eagerly (no faster precision "
               f"agreed on >= 99%{found})")
     else:
-        close = (f" (images whose top two logits lie within {verdict['guard']} again in training's precision"
-                 f"{', compiled' if verdict.get('exact_package') else ', eagerly'})" if verdict["guard"] else "")
+        exact = f"training's precision{', compiled' if verdict.get('exact_package') else ', eagerly'}"
+        second = verdict.get("second") and (
+            f" (images whose top two logits lie within {verdict['guard']} again in {verdict['second']}, and its own "
+            f"within {verdict['second_guard']} in {exact}: {verdict['second_calls']['agreement']:.1%} agreement)")
+        close = second or (f" (images whose top two logits lie within {verdict['guard']} again in {exact})"
+                           if verdict["guard"] else "")
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, {how_it_runs(verdict['precision'])}"
               f"{close}{found}; "
               "every later python -m infer with this checkpoint loads it")
@@ -189,7 +193,8 @@ def report_evaluation(result: dict, as_json: bool, classifier: Classifier) -> in
         top_k = next(k for k in result if k.startswith("top") and k != "top1")
         compiled = f", {how_it_runs(precision.name)}" if precision.compiled else ""
         if precision.compiled and classifier.verdict["guard"]:
-            compiled += f", close calls in {trained}"
+            second = classifier.verdict.get("second")
+            compiled += f", close calls in {second + ' then ' if second else ''}{trained}"
         beside = "" if card.trained_accuracy is None else (
             f"; training measured {100 * card.trained_accuracy:.2f}% in {trained} on its own test set")
         print(f"top-1: {100 * result['top1']:.2f}%  (in {precision.name}{compiled}{beside})")

@@ -36,7 +36,8 @@ from vit.checkpoint import ModelCard
 from weights.files import atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-bf16", *RUNTIMES)  # what a verdict may name
-PACKAGES = ("package", "exact_package")  # a verdict's files: what runs, and what decides its close calls (or None)
+PACKAGES = ("package", "exact_package", "second_package")  # a verdict's files: what runs, what decides its close
+#   calls in training's precision, and what gives them a second opinion first (infer/prepare.py; each may be None)
 PACKAGE_NAME = re.compile(r"[\w.-]+\.(pt2|onnx)")  # a plain file name in the cache folder, no path
 
 
@@ -154,7 +155,8 @@ def read_verdict(checkpoint: str | Path) -> dict | None:
 
 
 def package_path(verdict: dict, key: str = "package") -> Path:
-    """Where the verdict's package (or, key "exact_package", the one deciding its close calls) is:
+    """Where the verdict's package (or, key "exact_package" or "second_package", one deciding its
+    close calls) is:
     its plain name in the private folder (unchecked; `package_file` checks it, and `read_verdict`
     has for every verdict it returns)."""
     return private_dir() / verdict[key]
@@ -197,6 +199,18 @@ def malformed(verdict) -> str | None:
     if exact is not None and not (package is not None and isinstance(exact, str) and PACKAGE_NAME.fullmatch(exact)
                                   and Path(exact).suffix == ".pt2"):
         return f"its exact_package {exact!r} is not a package file name in the cache folder beside a package"
+    second, second_package = verdict.get("second"), verdict.get("second_package")
+    if (second is None) != (second_package is None):
+        return "its second opinion has a precision without a package, or a package without a precision"
+    if second is not None:
+        if second not in PRECISIONS:
+            return f"its second opinion's precision {second!r} is none of {', '.join(PRECISIONS)}"
+        if not (package is not None and isinstance(second_package, str) and PACKAGE_NAME.fullmatch(second_package)
+                and Path(second_package).suffix == package_suffix(second)):
+            return f"its second_package {second_package!r} is not a {second} file name in the cache folder beside a package"
+        guard = verdict.get("second_guard")
+        if not (isinstance(guard, (int, float)) and not isinstance(guard, bool) and math.isfinite(guard) and guard >= 0):
+            return f"its second_guard {guard!r} is not a gap >= 0"
     kept = verdict["checkpoint"]
     if not (isinstance(kept.get("sha256"), str) and isinstance(kept.get("signature"), list)):
         return "it records no checkpoint contents"

@@ -175,14 +175,15 @@ def load_package(path: Path):
 
 
 class CloseCalls:
-    """A fast model whose close calls are decided by the exact one: (B, 3, S, S) -> (B, classes)
+    """A fast model whose close calls are decided by a more exact one: (B, 3, S, S) -> (B, classes)
     logits of `fast`, except where its two highest logits are closer than `gap` (a lower
-    precision could have swapped them), whose rows the exact model (`exact()`, training's
-    weights) computes again in training's precision (`dtype`: autocast, or None for fp32).
-    `exact` is called on the first close call only: a run without one never reads the checkpoint."""
+    precision could have swapped them), whose rows `decider()` computes again: training's
+    precision (the model as trained, or its package), or a second opinion, itself a CloseCalls whose
+    own close calls go on to training's precision (infer/prepare.py). `decider` is called on the
+    first close call only: a run without one never reads the checkpoint or loads another package."""
 
-    def __init__(self, fast, gap: float, exact, dtype: torch.dtype | None = None):
-        self.fast, self.gap, self.exact, self.dtype = fast, gap, exact, dtype
+    def __init__(self, fast, gap: float, decider):
+        self.fast, self.gap, self.decider = fast, gap, decider
         self.batch_size = fast.batch_size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -197,10 +198,10 @@ class CloseCalls:
         return logits, top_two_gap(logits) < self.gap
 
     def decide(self, images: torch.Tensor) -> torch.Tensor:
-        """Close calls (b, 3, S, S) -> the exact model's (b, classes) logits, in training's precision.
-        Classifier.iter_classify gathers them across batches and asks in full batches of CLOSE_BATCH."""
-        with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
-            return self.exact()(images).float()
+        """Close calls (b, 3, S, S) -> the decider's (b, classes) logits (a second opinion's with
+        its own close calls decided). Classifier.iter_classify gathers them across batches and asks
+        in full batches of CLOSE_BATCH, at each step of a cascade."""
+        return self.decider()(images).float()
 
     def to(self, device):  # the CPU's, always
         return self

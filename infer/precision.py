@@ -134,37 +134,75 @@ def lower_bound(share: float, count: int) -> float:
     return (share + z * z / (2 * n) - spread) / (1 + z * z / n)
 
 
-def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | None:
-    """How a precision whose (N, classes) `probabilities` gave these top-1 answers can still agree
-    with training's `reference` (N,) top-1: the smallest gap (0.001-0.002 above, at most MAX_GAP) at
-    which re-running its close calls in training's precision leaves AGREEMENT of the answers as
-    training's, by the check's lower bound (`lower_bound`): {"gap", "share" (of the images re-run),
-    "agreement" (as measured)}; None where no gap does.
-
-    A close call: the two highest logits closer than the gap. A lower precision moves every logit
-    a little; it can swap the top two classes only where they were close. The gap is the one that
-    leaves unre-run no more changed answers than the bound allows: the largest gap among the
-    changed answers but those few."""
-    count = len(reference)
-    allowed = -1  # the changed answers the bound allows to stay (-1: even 100% is too few images to show it)
+def allowed_changes(count: int) -> int | None:
+    """The most answers of `count` a faster path may change and still show AGREEMENT by the check's
+    lower bound (`lower_bound`); None where even 100% of so few images cannot show it."""
+    allowed = -1
     while allowed + 1 <= count and lower_bound(1 - (allowed + 1) / count, count) >= AGREEMENT:
         allowed += 1
-    if allowed < 0:
+    return None if allowed < 0 else allowed
+
+
+def narrowest_gap(gaps: torch.Tensor, changed: torch.Tensor, allowed: int) -> float | None:
+    """The narrowest close-call gap (to 0.001, at most MAX_GAP) that leaves at most `allowed` of the
+    `changed` answers (N,) bool outside it, given each image's top-two gap (N,); None where none
+    does. It is the largest gap among the changed answers but those few, rounded up, with 0.001 to
+    spare: the run computes the gap from logits, the check from probabilities."""
+    widest = gaps[changed].sort(descending=True).values  # (changed,) the gaps a re-run must reach
+    if len(widest) <= allowed:
+        return 0.0
+    needed = widest[allowed].item()
+    if not math.isfinite(needed):  # an answer changed with its runner-up's probability underflowed to 0
+        return None
+    gap = (math.floor(needed * 1000 + 1) + 1) / 1000
+    return gap if gap <= MAX_GAP else None
+
+
+def close_calls(probabilities: torch.Tensor, reference: torch.Tensor) -> dict | None:
+    """How a precision whose (N, classes) `probabilities` gave these top-1 answers can still agree
+    with training's `reference` (N,) top-1: the narrowest gap (`narrowest_gap`) at which re-running
+    its close calls in training's precision leaves AGREEMENT of the answers as training's, by the
+    check's lower bound: {"gap", "share" (of the images re-run), "agreement" (as measured)}; None
+    where no gap does.
+
+    A close call: the two highest logits closer than the gap. A lower precision moves every logit
+    a little; it can swap the top two classes only where they were close."""
+    allowed = allowed_changes(len(reference))
+    if allowed is None:
         return None
     gaps = top_two_gap(probabilities.log())  # (N,) logit1 - logit2, inf where p2 underflowed to 0
     changed = probabilities.argmax(dim=1) != reference  # (N,)
-    widest = gaps[changed].sort(descending=True).values  # (changed,) the gaps a re-run must reach
-    gap = 0.0
-    if len(widest) > allowed:
-        needed = widest[allowed].item()
-        if not math.isfinite(needed):  # an answer changed with its runner-up's probability underflowed to 0
-            return None
-        # (rounded up, with 0.001 to spare: the run computes the gap from logits, the check from probabilities)
-        gap = (math.floor(needed * 1000 + 1) + 1) / 1000
-    if gap > MAX_GAP:
+    gap = narrowest_gap(gaps, changed, allowed)
+    if gap is None:
         return None
     close = gaps < gap  # (N,) these get training's answer
     return {"gap": gap, "share": close.float().mean().item(), "agreement": 1 - (changed & ~close).float().mean().item()}
+
+
+def second_opinion(found: torch.Tensor, gap: float, second: torch.Tensor, reference: torch.Tensor) -> dict | None:
+    """Close calls decided by a second, faster path instead of training's precision, and only its
+    own close calls by training's: a cascade. found: the chosen path's (N, classes) probabilities;
+    gap: its close-call gap (`close_calls`); second: the second path's probabilities (n, classes) on
+    the chosen's close calls, in order; reference: training's top-1 (N,).
+
+    The second's gap is the narrowest that keeps the total of changed answers (the chosen's outside
+    its gap, the second's outside its own) within what the check's bound allows: {"gap" (the
+    second's), "share" (of all N images that reach training's precision), "agreement"}; None where
+    no gap does."""
+    count = len(reference)
+    close = top_two_gap(found.log()) < gap  # (N,) the chosen's close calls
+    kept = (found.argmax(dim=1) != reference) & ~close  # (N,) changed answers left as they are
+    allowed = allowed_changes(count)
+    if allowed is None or int(kept.sum()) > allowed:
+        return None
+    gaps = top_two_gap(second.log())  # (n,)
+    changed = second.argmax(dim=1) != reference[close]  # (n,)
+    second_gap = narrowest_gap(gaps, changed, allowed - int(kept.sum()))
+    if second_gap is None:
+        return None
+    again = gaps < second_gap  # (n,) these get training's answer
+    return {"gap": second_gap, "share": again.float().sum().item() / count,
+            "agreement": 1 - (int(kept.sum()) + int((changed & ~again).sum())) / count}
 
 
 @dataclass(frozen=True)
@@ -177,10 +215,15 @@ class Measured:
     calls: dict | None
 
 
-def effective_rate(candidate: Measured, exact: float) -> float:
+def effective_rate(candidate: Measured, exact: float, second: tuple[float, dict] | None = None) -> float:
     """img/s of a candidate that agrees once its close calls are run again in training's precision
-    at `exact` img/s: 1 / (1 / rate + share / exact)."""
-    return 1 / (1 / candidate.img_per_s + candidate.calls["share"] / exact)
+    at `exact` img/s: 1 / (1 / rate + share / exact). With a second opinion (its img/s and
+    `second_opinion`'s answer), the close calls run in the second path and only its own close calls
+    in training's precision: 1 / (1 / rate + share / second + second's share / exact)."""
+    if second is None:
+        return 1 / (1 / candidate.img_per_s + candidate.calls["share"] / exact)
+    second_rate, calls = second
+    return 1 / (1 / candidate.img_per_s + candidate.calls["share"] / second_rate + calls["share"] / exact)
 
 
 def choose(eager: float, candidates: list[Measured], exact: float | None = None) -> tuple[Measured | None, float]:

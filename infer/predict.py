@@ -67,38 +67,69 @@ def how_it_runs(precision: str) -> str:
 
 
 class CloseCallQueue:
-    """A job's close calls (infer/compiled.CloseCalls), gathered across batches and decided by the
-    exact model CLOSE_BATCH at a time, instead of one or two per batch. The batches wait, in order,
-    until their close calls are decided (at most MAX_WAITING of them); a batch with none, at the
-    head of the queue, goes at once."""
+    """A job's close calls (infer/compiled.CloseCalls), gathered across batches and decided
+    CLOSE_BATCH at a time, instead of one or two per batch. Where the decider is a second opinion
+    with close calls of its own (a cascade: infer/prepare.py), those are gathered in turn, a step
+    further. The batches wait, in order, until every close call of theirs is decided (at most
+    MAX_WAITING of them); a batch with none undecided, at the head of the queue, goes at once."""
 
     MAX_WAITING = 64  # batches held back at most (1,024 images of 16): a long run's results keep coming
 
     def __init__(self, model: CloseCalls):
-        self.model, self.batches = model, deque()  # [paths, logits (B, classes), close (B,) bool, inputs (B, ...)]
+        self.model, self.batches = model, deque()  # [paths, logits (B, classes), rows undecided]
+        self.steps = []  # per step of the cascade: [batch, row, input (3, S, S)] waiting for its decider
 
     def add(self, paths: list, inputs: torch.Tensor):
         """Run a batch's fast model; yield (paths, logits) of every batch now decided, in order."""
         logits, close = self.model.split(inputs)
-        self.batches.append([paths, logits, close, inputs[close]])
-        if sum(len(b[3]) for b in self.batches) >= compiled.CLOSE_BATCH or len(self.batches) > self.MAX_WAITING:
+        batch = [paths, logits, int(close.sum())]
+        self.batches.append(batch)
+        self.wait(0, [[batch, row, image] for row, image in zip(close.nonzero().flatten().tolist(), inputs[close])])
+        step = 0
+        while step < len(self.steps):  # (a step's decisions may add to the next)
+            while len(self.steps[step]) >= compiled.CLOSE_BATCH:
+                self.decide(step)
+            step += 1
+        if len(self.batches) > self.MAX_WAITING:
             yield from self.settle()
-        while self.batches and not self.batches[0][2].any():
-            paths_, logits_, _, _ = self.batches.popleft()
+        while self.batches and self.batches[0][2] == 0:
+            paths_, logits_, _ = self.batches.popleft()
             yield paths_, logits_
 
+    def wait(self, step: int, items: list):
+        while items and len(self.steps) <= step:
+            self.steps.append([])
+        if items:
+            self.steps[step] += items
+
+    def decide(self, step: int):
+        """Decide up to CLOSE_BATCH close calls waiting at `step`: the decider's logits replace the
+        rows; a second opinion's own close calls go on to the next step."""
+        items, self.steps[step] = self.steps[step][:compiled.CLOSE_BATCH], self.steps[step][compiled.CLOSE_BATCH:]
+        asking = self.model  # the CloseCalls whose decider decides this step
+        for _ in range(step):
+            asking = asking.decider()
+        decider, images = asking.decider(), torch.stack([image for _, _, image in items])
+        if isinstance(decider, CloseCalls):
+            logits, again = decider.split(images)
+        else:
+            logits, again = decider(images).float(), torch.zeros(len(items), dtype=torch.bool)
+        for item, row_logits, close in zip(items, logits, again.tolist()):
+            item[0][1][item[1]] = row_logits
+            if close:
+                self.wait(step + 1, [item])
+            else:
+                item[0][2] -= 1
+
     def settle(self):
-        """Decide every waiting close call, CLOSE_BATCH at a time; yield every batch, in order."""
-        gathered = [b[3] for b in self.batches if len(b[3])]
-        if gathered:
-            decided = torch.cat([self.model.decide(chunk) for chunk in torch.cat(gathered).split(compiled.CLOSE_BATCH)])
-            start = 0
-            for batch in self.batches:
-                count = len(batch[3])
-                batch[1][batch[2]] = decided[start:start + count]
-                start += count
+        """Decide every waiting close call, CLOSE_BATCH at a time, step by step; yield every batch, in order."""
+        step = 0
+        while step < len(self.steps):
+            while self.steps[step]:
+                self.decide(step)
+            step += 1
         while self.batches:
-            paths_, logits_, _, _ = self.batches.popleft()
+            paths_, logits_, _ = self.batches.popleft()
             yield paths_, logits_
 
 
@@ -116,7 +147,7 @@ class Classifier:
             raise OptionError(f"amp {amp!r} / quantize {quantize!r}: amp is auto, bf16, fp16 or none; "
                               "quantize is auto, int8 or none")
         self.checkpoint_path, self.exact_model, self.verdict = Path(checkpoint_path), None, None
-        self.exact_compiled = None  # the package deciding close calls, where the verdict has one (exact_package)
+        self.exact_decider = self.second_decider = None  # what decides close calls, loaded on the first (`decider`)
         self.notes: list[str] = []  # one line each, for whoever runs it (python -m infer prints them)
         if self.checkpoint_path.suffix == ".onnx":  # exported: ONNX Runtime on the CPU, in fp32
             if (what := not_a_file(self.checkpoint_path)) is not None:  # a FIFO or a device would never end
@@ -186,12 +217,14 @@ class Classifier:
         self.card = ModelCard.from_dict(verdict["card"], self.checkpoint_path)
         name, trained, gap = verdict["precision"], self.trained_precision, verdict["guard"]
         self.model = prepare.load(cache.package_path(verdict), name, verdict["img_size"])
-        compiled_exact = bool(gap and verdict.get("exact_package"))  # training's precision compiled decides them
-        if compiled_exact:  # (a package casts inside)
-            self.model = CloseCalls(self.model, gap, lambda: self.exact_package(verdict))
-        elif gap:
-            self.model = CloseCalls(self.model, gap, self.exact, AMP_DTYPES.get(self.card.eval_amp))
-        close = f", close calls (top two logits within {gap}) in {trained}{', compiled' * compiled_exact}" if gap else ""
+        second = verdict.get("second") if gap else None
+        if gap:
+            self.model = CloseCalls(self.model, gap, (lambda: self.second_opinion(verdict)) if second else
+                                    lambda: self.decider(verdict))
+        exact = f"{trained}{', compiled' if verdict.get('exact_package') else ''}"
+        close = (f", close calls (top two logits within {gap}) in {second}, and its own (within "
+                 f"{verdict['second_guard']}) in {exact}" if second else
+                 f", close calls (top two logits within {gap}) in {exact}" if gap else "")
         self.precision = Precision(name, None if name == trained else
                                    f"{name} instead of training's {trained}: {how_it_runs(name)}{close}, checked to "
                                    "agree with it on >= 99% of your images (--quantize none for training's)",
@@ -205,24 +238,43 @@ class Classifier:
             self.exact_model.to(self.device)
         return self.exact_model
 
-    def exact_package(self, verdict: dict):
-        """The package compiled in training's precision that decides close calls where the verdict
-        has one, loaded once, on the first close call; the model as trained where it will not load
-        (it passed every check, but its native code fails here), said once on stderr."""
-        if self.exact_compiled is None:
+    def decider(self, verdict: dict):
+        """Training's precision, deciding close calls: (b, 3, S, S) -> (b, classes) logits. The
+        package compiled in it where the verdict has one (exact_package), else the model as trained,
+        eagerly; loaded once, on the first close call. A package that will not load (it passed every
+        check, but its native code fails here) gives way to the model as trained, said once on stderr."""
+        if self.exact_decider is None and verdict.get("exact_package"):
             try:
-                self.exact_compiled = prepare.load(cache.package_path(verdict, "exact_package"),
-                                                   self.trained_precision, verdict["img_size"])
+                self.exact_decider = prepare.load(cache.package_path(verdict, "exact_package"),
+                                                  self.trained_precision, verdict["img_size"])
             except Exception as error:  # an optional speed-up never stops a job
                 print(f"note: close calls run eagerly: their compiled package cannot be loaded "
                       f"({first_line(error)[:160]})", file=sys.stderr)
-                model, dtype = self.exact(), AMP_DTYPES.get(self.card.eval_amp)
+        if self.exact_decider is None:
+            model, dtype = self.exact(), AMP_DTYPES.get(self.card.eval_amp)
 
-                def eager(images):  # in training's precision, as the package would have run
-                    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                        return model(images)
-                self.exact_compiled = eager
-        return self.exact_compiled
+            @torch.inference_mode()
+            def eager(images):  # in training's precision, as its package would have run
+                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                    return model(images)
+            self.exact_decider = eager
+        return self.exact_decider
+
+    def second_opinion(self, verdict: dict):
+        """The verdict's second opinion on close calls (infer/prepare.py): its package, whose own
+        close calls (within second_guard) go on to training's precision (`decider`); loaded once, on
+        the first close call. Where it will not load, training's precision decides them all (said
+        once on stderr): slower, never less exact."""
+        if self.second_decider is None:
+            try:
+                package = prepare.load(cache.package_path(verdict, "second_package"), verdict["second"],
+                                       verdict["img_size"])
+                self.second_decider = CloseCalls(package, verdict["second_guard"], lambda: self.decider(verdict))
+            except Exception as error:  # an optional speed-up never stops a job
+                print(f"note: close calls run in {self.trained_precision}: their second opinion cannot be loaded "
+                      f"({first_line(error)[:160]})", file=sys.stderr)
+                self.second_decider = self.decider(verdict)
+        return self.second_decider
 
     def prepare(self, check_paths: list[Path]) -> dict:
         """Compile this checkpoint for this CPU and run, from now on, at the fastest precision that

@@ -27,7 +27,7 @@ from infer.compiled import CompiledModel, CompileUnavailable
 from infer.runtimes import RuntimeModel, RuntimeUnavailable
 from infer.images import evenly_spaced
 from infer.precision import (CHECK_IMAGES, Measured, OptionError, Precision, choose, close_calls, cpu_precisions,
-                             probabilities, top_two_gap)
+                             effective_rate, probabilities, second_opinion, top_two_gap)
 from vit.checkpoint import ModelCard
 
 TIMED_BATCHES = 4  # batches of 16 per timing run: a sustained rate, not one batch's
@@ -43,11 +43,14 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     """Build, time and check every candidate on `images` (model inputs, (1, 3, S, S) each), choose,
     keep and return the verdict: {"precision", "package" (None: eagerly, in training's precision),
     "guard" (the close-call gap, 0: none), "exact_package" (None: close calls decided eagerly; else
-    the package, compiled in training's precision, that decides them), "img_per_s", "agreement",
-    "close_calls", "checked_on", "card", "seconds"}."""
+    the package, compiled in training's precision, that decides them), "second", "second_package",
+    "second_guard", "second_calls" (None: no second opinion; else the candidate that decides the
+    close calls first, its package, its own gap and `precision.second_opinion`'s answer),
+    "img_per_s", "agreement", "close_calls", "checked_on", "card", "seconds"}."""
     start = time.perf_counter()
     trained = "fp32" if card.eval_amp == "none" else card.eval_amp
-    verdict = {"precision": trained, "package": None, "guard": 0.0, "exact_package": None, "agreement": {},
+    verdict = {"precision": trained, "package": None, "guard": 0.0, "exact_package": None, "second": None,
+               "second_package": None, "second_guard": 0.0, "second_calls": None, "agreement": {},
                "close_calls": {}, "skipped": {}, "unchecked": [], "img_per_s": {}, "checked_on": len(images),
                "card": card.to_dict(), "img_size": card.img_size, "batch_size": compiled.BATCH_SIZE}
     packages = {}  # precision -> the package this prepare built
@@ -58,7 +61,7 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
                 verdict.update(precision=best.name, package=packages[best.name].name, guard=best.calls["gap"])
         verdict = cache.write_verdict(checkpoint, verdict)
     finally:
-        kept = {verdict["package"], verdict["exact_package"]}
+        kept = {verdict["package"], verdict["exact_package"], verdict["second_package"]}
         for path in packages.values():
             if path.name not in kept:
                 path.unlink(missing_ok=True)
@@ -130,9 +133,40 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
         else:  # (then eagerly, as trained)
             verdict["skipped"][f"{trained} for close calls"] = "compiled, it changed a close call's answer"
             chosen = choose(eager, measured)[0]
+    if chosen is not None and chosen.name != trained and chosen.calls["share"] > 0:
+        steps.set_postfix_str("a second opinion for the close calls")
+        exact_rate = decided_at if verdict["exact_package"] else eager
+        find_second_opinion(chosen, found[chosen.name], exact_rate, timed, verdict, packages, card, images, reference)
     steps.update()
     steps.close()
     return chosen
+
+
+def find_second_opinion(chosen: Measured, found: torch.Tensor, exact_rate: float, timed: list[str], verdict: dict,
+                   packages: dict, card: ModelCard, images: list[torch.Tensor], reference: torch.Tensor) -> None:
+    """Where another candidate, faster than training's precision, decides `chosen`'s close calls
+    with close calls of its own that few (precision.second_opinion), and the cascade is faster than
+    training's precision deciding them all: record it in `verdict` ("second", "second_package",
+    "second_guard"). Each such candidate runs on the chosen's close calls of the check, fastest
+    cascade kept. Their images reach training's precision only through the second's close calls,
+    a subset of the chosen's: the check of training's precision compiled (`decides_close_calls`)
+    covers them."""
+    close = (top_two_gap(found.log()) < chosen.calls["gap"]).nonzero().flatten().tolist()
+    best = effective_rate(chosen, exact_rate)
+    for name in timed:
+        if name == chosen.name or verdict["img_per_s"][name] <= exact_rate:
+            continue  # (a path no faster than training's precision cannot speed its close calls up)
+        package = load(packages[name], name, card.img_size)
+        opinions = batched_probabilities(package, Precision(name, compiled=True), [images[i] for i in close])
+        del package
+        calls = second_opinion(found, chosen.calls["gap"], opinions, reference)
+        if calls is None:
+            continue
+        rate_ = effective_rate(chosen, exact_rate, (verdict["img_per_s"][name], calls))
+        if rate_ > best:
+            best = rate_
+            verdict.update(second=name, second_package=packages[name].name, second_guard=calls["gap"],
+                           second_calls=calls)
 
 
 def decides_close_calls(path: Path, name: str, img_size: int, images: list[torch.Tensor], found: torch.Tensor,

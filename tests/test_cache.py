@@ -86,6 +86,13 @@ def test_a_cache_folder_others_can_write_or_own_is_not_used_at_all(setting, tmp_
     (dict(guard=0.1, exact_package="../planted.pt2"), "exact_package '../planted.pt2' is not"),
     (dict(guard=0.1, exact_package="planted.onnx"), "exact_package 'planted.onnx' is not"),  # (ours: a .pt2)
     (dict(guard=0.1, exact_package="planted.pt2", exact_package_sha256="0" * 64), "not the one built"),
+    (dict(guard=0.1, second="bf16", second_package="../planted.pt2"), "second_package '../planted.pt2' is not"),
+    (dict(guard=0.1, second="ort-fp32", second_package="planted.pt2"), "not a ort-fp32 file name"),
+    (dict(guard=0.1, second="int4", second_package="planted.pt2"), "second opinion's precision 'int4'"),
+    (dict(guard=0.1, second="bf16", second_package=None), "a precision without a package"),
+    (dict(guard=0.1, second="bf16", second_package="planted.pt2", second_guard=-1), "second_guard -1"),
+    (dict(guard=0.1, second="bf16", second_package="planted.pt2", second_guard=0.05, second_package_sha256="0" * 64),
+     "not the one built"),
 ])
 def test_a_planted_or_malformed_verdict_is_one_note_and_the_model_as_trained(setting, change, reason):
     checkpoint, data = setting

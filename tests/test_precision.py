@@ -163,7 +163,12 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert calls[verdict["precision"]]["agreement"] >= precision_module.AGREEMENT
         assert verdict["guard"] == calls[verdict["precision"]]["gap"]
     assert result.stdout.startswith("prepared in ") and "img/s here: fp32 (eager) " in result.stdout
-    kept = {verdict["package"], verdict["exact_package"]}
+    if verdict["second"] is not None:  # a second opinion: faster than fp32 on the close calls, and faster in all
+        second = verdict["second_calls"]
+        assert rates[verdict["second"]] > decided_at and second["agreement"] >= precision_module.AGREEMENT
+        assert 1 / (1 / rates[verdict["precision"]] + calls[verdict["precision"]]["share"] / rates[verdict["second"]]
+                    + second["share"] / decided_at) > effective(verdict["precision"])
+    kept = {verdict["package"], verdict["exact_package"], verdict["second_package"]}
     assert not [p for p in (tmp_path / "cache").rglob("*.pt2") if p.name not in kept]  # the rest removed
     fp32 = Classifier(checkpoint, device="cpu", quantize="none")
     paths = sorted(test.glob("*/*.jpg"))
@@ -196,12 +201,26 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         guarded = Classifier(checkpoint, device="cpu")
         assert verdict["precision"] == "fp32" or "in fp32, compiled, checked" in guarded.precision.note
         fp32s_answers(guarded)
-        assert isinstance(guarded.exact_compiled, compiled.CompiledModel) and guarded.exact_model is None
+        assert isinstance(guarded.exact_decider, compiled.CompiledModel) and guarded.exact_model is None
         (cache.private_dir() / "broken.pt2").write_bytes(b"PK\x03\x04 a broken build")  # (its hash its own)
         cache.write_verdict(checkpoint, {**verdict, "guard": 1e9, "exact_package": "broken.pt2"})
         guarded = Classifier(checkpoint, device="cpu")
         fp32s_answers(guarded)  # an optional speed-up never stops a job: eagerly, said once
         assert guarded.exact_model is not None and capsys.readouterr().err.count("close calls run eagerly") == 1
+        # a second opinion (here the verdict's own package) on every close call: its answers where its own
+        # gap is 0, fp32's where every one of its own is close too; training's alone where it will not load
+        opinion = {**verdict, "guard": 1e9, "exact_package": None, "second": verdict["precision"],
+                   "second_package": verdict["package"], "second_guard": 0.0}
+        cache.write_verdict(checkpoint, opinion)
+        guarded = Classifier(checkpoint, device="cpu")
+        assert f"in {verdict['precision']}, and its own (within 0.0) in fp32" in guarded.precision.note
+        assert [p.top[0][0] for p in guarded.classify(paths)] == [p.top[0][0] for p in fast.classify(paths)]
+        assert guarded.exact_model is None  # (its own gap 0: fp32 never asked)
+        cache.write_verdict(checkpoint, {**opinion, "second_guard": 1e9})
+        fp32s_answers(Classifier(checkpoint, device="cpu"))
+        cache.write_verdict(checkpoint, {**opinion, "second_guard": 1e9, "second_package": "broken.pt2"})
+        fp32s_answers(Classifier(checkpoint, device="cpu"))
+        assert capsys.readouterr().err.count("their second opinion cannot be loaded") == 1
         cache.write_verdict(checkpoint, verdict)
     assert run_cli("infer", "--checkpoint", str(checkpoint), "--prepare", "--data", str(test)).stdout.startswith(
         "prepared in 0 s")  # kept: checked once
@@ -236,6 +255,69 @@ def test_close_calls_takes_the_smallest_gap_that_restores_agreement():
     assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
     logits[:3, 1] = 200.0  # so far that class 0's probability underflows to 0 (an infinite gap): the same answer
     assert precision_module.close_calls(logits.softmax(dim=1), reference) is None
+
+
+def test_a_second_opinion_takes_the_close_calls_and_leaves_training_only_its_own():
+    """1,000 images, 6 changed answers allowed (99% by the check's bound). The chosen path changed
+    12, all within its gap of 0.1 (100 close calls), none outside. A second opinion on those 100
+    changed 12 too, by 0.01, 0.02, ..., 0.12: the 6 widest may stay, so its own gap reaches just past
+    0.06, and the 6 swapped and 2 close within it (0.8% of all images) go to training's precision."""
+    reference = torch.zeros(1000, dtype=torch.long)
+    found = torch.zeros(1000, 10)
+    found[:, 0] = 3.0
+    found[:100, 1] = 2.95  # 100 close calls (gap 0.05), 12 of them swapped:
+    found[:12, 1] = 3.05
+    second = torch.zeros(100, 10)
+    second[:, 0] = 2.0
+    second[:12, 1] = 2.0 + 0.01 * torch.arange(1, 13)  # 12 swapped, by 0.01 to 0.12
+    second[12:14, 1] = 1.995  # and 2 close, unswapped
+    calls = precision_module.second_opinion(found.softmax(dim=1), 0.1, second.softmax(dim=1), reference)
+    assert calls["gap"] == pytest.approx(0.0615, abs=6e-4) and calls["share"] == pytest.approx(0.008)
+    assert calls["agreement"] == pytest.approx(0.994)
+    plain = precision_module.Measured("int8", 20.0, {"gap": 0.1, "share": 0.1, "agreement": 1.0})
+    assert precision_module.effective_rate(plain, 5.0, (12.0, calls)) == pytest.approx(
+        1 / (1 / 20 + 0.1 / 12 + 0.008 / 5))
+    found[500:507, 1] = 9.0  # 7 more changed, far outside the gap: past what the bound allows, no second helps
+    assert precision_module.second_opinion(found.softmax(dim=1), 0.1, second.softmax(dim=1), reference) is None
+
+
+def test_prepare_keeps_the_fastest_second_opinion_and_none_that_would_slow_the_close_calls(monkeypatch):
+    """Each candidate faster than training's precision runs on the chosen's close calls; the
+    cascade kept is the fastest, and only where it beats training's precision deciding them all."""
+    from infer import prepare
+
+    reference = torch.zeros(1000, dtype=torch.long)
+    found = torch.zeros(1000, 3)
+    found[:, 0] = 3.0
+    found[:100, 1] = 2.95  # 100 close calls, fp32 to decide them
+    images = [torch.full((1, 3, 4, 4), float(i)) for i in range(1000)]
+    asked = {}
+
+    def load(path, name, img_size):  # "c" agrees far from any tie; "b" swaps every answer, within 0.01
+        def run(batch):
+            asked.setdefault(name, []).extend(int(i) for i in batch[:, 0, 0, 0])
+            logits = torch.zeros(len(batch), 3)
+            logits[:, 0 if name == "c" else 1] = 5.0 if name == "c" else 0.01  # (b: wrong, every one close)
+            return logits
+        return run
+
+    monkeypatch.setattr(prepare, "load", load)
+    chosen = precision_module.Measured("a", 30.0, {"gap": 0.1, "share": 0.1, "agreement": 1.0})
+    verdict = {"img_per_s": {"a": 30.0, "b": 20.0, "c": 8.0, "slow": 4.0}}
+    packages = {name: Path(f"{name}.pt2") for name in verdict["img_per_s"]}
+    card = type("Card", (), {"img_size": 4})
+    prepare.find_second_opinion(chosen, found.softmax(dim=1), 5.0, ["a", "b", "c", "slow"], verdict, packages,
+                                card, images, reference)
+    assert set(asked) == {"b", "c"} and asked["c"] == list(range(100))  # (not the chosen, nor one slower than fp32)
+    assert verdict["second"] == "c" and verdict["second_package"] == "c.pt2" and verdict["second_guard"] == 0.0
+    verdict = {"img_per_s": {"a": 30.0, "b": 20.0, "c": 5.5}}  # c barely faster than fp32: b's all-close cascade loses
+    prepare.find_second_opinion(chosen, found.softmax(dim=1), 5.0, ["a", "b", "c"], verdict, packages, card,
+                                images, reference)
+    assert verdict["second"] == "c"
+    verdict = {"img_per_s": {"a": 30.0, "b": 20.0}}  # b alone sends every close call on to fp32: slower, not kept
+    prepare.find_second_opinion(chosen, found.softmax(dim=1), 5.0, ["a", "b"], verdict, packages, card, images,
+                                reference)
+    assert "second" not in verdict
 
 
 def test_fp32_compiled_decides_close_calls_only_where_it_gave_fp32s_answer_on_each_one(monkeypatch):
@@ -339,6 +421,46 @@ def test_close_calls_are_gathered_across_batches_and_decided_in_full_batches(tin
     assert sum(sizes) == sum(tied_count) > CLOSE_BATCH  # every close call decided once, by the exact model
     # ...in full batches: one short batch where the unreadable image settles the queue, one at the end
     assert sizes.count(CLOSE_BATCH) >= len(sizes) - 2 and len(sizes) < len(tied_count)
+
+
+def test_a_second_opinions_own_close_calls_are_gathered_in_turn(tiny_run):
+    """In a cascade, the close calls go to the second opinion in full batches, and its own close
+    calls (every other one here) wait, gathered, for the exact model; every answer is the exact
+    model's where the second was close, the second's where only the fast one was."""
+    from infer.compiled import CLOSE_BATCH, CloseCalls
+
+    checkpoint = tiny_run["out"] / "vit_cifar10_finetuned.pth"
+    exact = Classifier(checkpoint, device="cpu", quantize="none", batch_size=4)
+    paths = sorted((tiny_run["data"] / "test").glob("*/*.jpg"))[:120]
+    truth = exact.classify(paths, topk=2)
+    model, sizes = exact.model, {"second": [], "exact": []}
+
+    def tie(logits, every):  # the top two tied in every `every`-th row
+        top, tied = logits.topk(2, dim=1), torch.arange(len(logits)) % every == 0
+        logits[tied, top.indices[tied, 0]] = top.values[tied, 1]
+        return logits
+
+    def fast(images):
+        return tie(model(images).float(), 2)
+
+    def second(images):  # wrong wherever it is not close: its answer must not be taken there, so
+        sizes["second"].append(len(images))  # only a tie sends the right answer on
+        return tie(model(images).float(), 1)
+
+    def decide(images):
+        sizes["exact"].append(len(images))
+        return model(images)
+
+    fast.batch_size = second.batch_size = 4
+    opinion = CloseCalls(second, 1e-6, lambda: decide)
+    guarded = Classifier(checkpoint, device="cpu", quantize="none", batch_size=4)
+    guarded.model = CloseCalls(fast, 1e-6, lambda: opinion)
+    predictions = guarded.classify(paths, topk=2)
+    for a, b in zip(predictions, truth):
+        assert [c for c, _ in a.top] == [c for c, _ in b.top]
+    assert sum(sizes["second"]) == 60 and sum(sizes["exact"]) == 60  # each close call once at each step
+    for step in sizes.values():  # in full batches, but for the last
+        assert step.count(CLOSE_BATCH) == len(step) - 1
 
 
 @pytest.mark.parametrize("name", ["ort-fp32", "ort-int8"])
