@@ -137,7 +137,7 @@ def report_prepared(verdict: dict) -> int:
         exact = f"training's precision{', compiled' if verdict.get('exact_package') else ', eagerly'}"
         second = verdict.get("second") and (
             f" (images whose top two logits lie within {verdict['guard']} again in {verdict['second']}, and its own "
-            f"within {verdict['second_guard']} in {exact}: {verdict['second_calls']['agreement']:.1%} agreement)")
+            f"within {verdict['second_guard']} in {exact})")
         close = second or (f" (images whose top two logits lie within {verdict['guard']} again in {exact})"
                            if verdict["guard"] else "")
         print(f"prepared in {verdict['seconds']:.0f} s: runs in {verdict['precision']}, {how_it_runs(verdict['precision'])}"

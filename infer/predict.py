@@ -97,9 +97,9 @@ class CloseCallQueue:
             yield paths_, logits_
 
     def wait(self, step: int, items: list):
-        while items and len(self.steps) <= step:
-            self.steps.append([])
+        """Queue close calls ([batch, row, input] each) for the decider of `step`."""
         if items:
+            self.steps += [[] for _ in range(step + 1 - len(self.steps))]
             self.steps[step] += items
 
     def decide(self, step: int):

@@ -46,11 +46,13 @@ def prepare(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
     the package, compiled in training's precision, that decides them), "second", "second_package",
     "second_guard", "second_calls" (None: no second opinion; else the candidate that decides the
     close calls first, its package, its own gap and `precision.second_opinion`'s answer),
+    "second_opinions" (each one tried: its answer and the cascade's img/s, None where no gap did),
     "img_per_s", "agreement", "close_calls", "checked_on", "card", "seconds"}."""
     start = time.perf_counter()
     trained = "fp32" if card.eval_amp == "none" else card.eval_amp
     verdict = {"precision": trained, "package": None, "guard": 0.0, "exact_package": None, "second": None,
-               "second_package": None, "second_guard": 0.0, "second_calls": None, "agreement": {},
+               "second_package": None, "second_guard": 0.0, "second_calls": None, "second_opinions": {},
+               "agreement": {},
                "close_calls": {}, "skipped": {}, "unchecked": [], "img_per_s": {}, "checked_on": len(images),
                "card": card.to_dict(), "img_size": card.img_size, "batch_size": compiled.BATCH_SIZE}
     packages = {}  # precision -> the package this prepare built
@@ -160,10 +162,9 @@ def find_second_opinion(chosen: Measured, found: torch.Tensor, exact_rate: float
         opinions = batched_probabilities(package, Precision(name, compiled=True), [images[i] for i in close])
         del package
         calls = second_opinion(found, chosen.calls["gap"], opinions, reference)
-        if calls is None:
-            continue
-        rate_ = effective_rate(chosen, exact_rate, (verdict["img_per_s"][name], calls))
-        if rate_ > best:
+        rate_ = calls and effective_rate(chosen, exact_rate, (verdict["img_per_s"][name], calls))
+        verdict.setdefault("second_opinions", {})[name] = calls and {**calls, "img_per_s": rate_}  # (None: no gap)
+        if calls is not None and rate_ > best:
             best = rate_
             verdict.update(second=name, second_package=packages[name].name, second_guard=calls["gap"],
                            second_calls=calls)

@@ -218,7 +218,9 @@ def test_prepare_takes_the_fastest_precision_that_agrees_on_the_images_and_later
         assert guarded.exact_model is None  # (its own gap 0: fp32 never asked)
         cache.write_verdict(checkpoint, {**opinion, "second_guard": 1e9})
         fp32s_answers(Classifier(checkpoint, device="cpu"))
-        cache.write_verdict(checkpoint, {**opinion, "second_guard": 1e9, "second_package": "broken.pt2"})
+        broken = f"broken{cache.package_suffix(verdict['precision'])}"  # (a runtime's: an .onnx file)
+        (cache.private_dir() / broken).write_bytes(b"PK\x03\x04 a broken build")
+        cache.write_verdict(checkpoint, {**opinion, "second_guard": 1e9, "second_package": broken})
         fp32s_answers(Classifier(checkpoint, device="cpu"))
         assert capsys.readouterr().err.count("their second opinion cannot be loaded") == 1
         cache.write_verdict(checkpoint, verdict)
@@ -310,6 +312,10 @@ def test_prepare_keeps_the_fastest_second_opinion_and_none_that_would_slow_the_c
                                 card, images, reference)
     assert set(asked) == {"b", "c"} and asked["c"] == list(range(100))  # (not the chosen, nor one slower than fp32)
     assert verdict["second"] == "c" and verdict["second_package"] == "c.pt2" and verdict["second_guard"] == 0.0
+    tried = verdict["second_opinions"]  # each one tried, recorded: b's cascade sends all 100 on, c's none
+    assert set(tried) == {"b", "c"} and tried["b"]["share"] == pytest.approx(0.1) and tried["c"]["share"] == 0
+    assert tried["c"]["img_per_s"] == pytest.approx(1 / (1 / 30 + 0.1 / 8))
+    assert tried["b"]["img_per_s"] == pytest.approx(1 / (1 / 30 + 0.1 / 20 + 0.1 / 5))
     verdict = {"img_per_s": {"a": 30.0, "b": 20.0, "c": 5.5}}  # c barely faster than fp32: b's all-close cascade loses
     prepare.find_second_opinion(chosen, found.softmax(dim=1), 5.0, ["a", "b", "c"], verdict, packages, card,
                                 images, reference)
