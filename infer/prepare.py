@@ -145,7 +145,7 @@ def measure(checkpoint: Path, model: torch.nn.Module, card: ModelCard, images: l
 
 
 def find_second_opinion(chosen: Measured, found: torch.Tensor, exact_rate: float, timed: list[str], verdict: dict,
-                   packages: dict, card: ModelCard, images: list[torch.Tensor], reference: torch.Tensor) -> None:
+                        packages: dict, card: ModelCard, images: list[torch.Tensor], reference: torch.Tensor) -> None:
     """Where another candidate, faster than training's precision, decides `chosen`'s close calls
     with close calls of its own that few (precision.second_opinion), and the cascade is faster than
     training's precision deciding them all: record it in `verdict` ("second", "second_package",
@@ -153,7 +153,7 @@ def find_second_opinion(chosen: Measured, found: torch.Tensor, exact_rate: float
     cascade kept. Their images reach training's precision only through the second's close calls,
     a subset of the chosen's: the check of training's precision compiled (`decides_close_calls`)
     covers them."""
-    close = (top_two_gap(found.log()) < chosen.calls["gap"]).nonzero().flatten().tolist()
+    close = close_rows(found, chosen.calls["gap"])
     best = effective_rate(chosen, exact_rate)
     for name in timed:
         if name == chosen.name or verdict["img_per_s"][name] <= exact_rate:
@@ -170,12 +170,18 @@ def find_second_opinion(chosen: Measured, found: torch.Tensor, exact_rate: float
                            second_calls=calls)
 
 
+def close_rows(found: torch.Tensor, gap: float) -> list[int]:
+    """The close calls of a check: the rows of (N, classes) probabilities `found` whose top two lie
+    within `gap`."""
+    return (top_two_gap(found.log()) < gap).nonzero().flatten().tolist()
+
+
 def decides_close_calls(path: Path, name: str, img_size: int, images: list[torch.Tensor], found: torch.Tensor,
                         gap: float, reference: torch.Tensor) -> bool:
     """Whether training's precision compiled (`name`'s package at `path`) gives training's answer
     (`reference`, (N,)) on every close call of the check: the images whose top two of the chosen
     candidate's (N, classes) probabilities `found` lie within `gap`."""
-    close = (top_two_gap(found.log()) < gap).nonzero().flatten().tolist()
+    close = close_rows(found, gap)
     package = load(path, name, img_size)
     answers = batched_probabilities(package, Precision(name, compiled=True), [images[i] for i in close]).argmax(dim=1)
     return bool((answers == reference[close]).all())
